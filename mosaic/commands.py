@@ -1,0 +1,118 @@
+"""The CLI commands that are not a server or a poster: pipeline, export, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from mosaic.bundle import bundle_dir, read_manifest
+from mosaic.metadata_store import quote
+from mosaic.pipeline import PipelineConfig, run_pipeline
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    fields = PipelineConfig.__dataclass_fields__
+    values = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    return PipelineConfig(**values)
+
+
+def pipeline(args: argparse.Namespace, quiet: bool) -> int:
+    result = run_pipeline(config_from_args(args), show_progress=not quiet)
+    if not quiet:
+        print_summary(result.manifest, result.directory, result.cached_stages)
+    return 0
+
+
+def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
+    counts = manifest["counts"]
+    grid = manifest["grid"]
+    print(f"Built {directory}: {counts['items']} items from {counts['inputs']} inputs, "
+          f"{counts['skipped']} skipped, grid {grid['n_rows']} x {grid['n_cols']} "
+          f"at {grid['cell_size']} px")
+    for entry in manifest["skipped"][:10]:
+        print(f"  skipped {entry['source']}: {entry['reason']}")
+    if counts["skipped"] > 10:
+        print(f"  ... and {counts['skipped'] - 10} more (see manifest.json 'skipped')")
+    if counts["metadata_rows"]:
+        print(f"  metadata: {counts['images_without_row']} images without a row, "
+              f"{counts['rows_without_image']} rows without an image (manifest 'unmatched')")
+    if counts.get("ignored_files"):
+        print(f"  ignored {counts['ignored_files']} non-image files (manifest 'ignored_files')")
+    timings = ", ".join(f"{name} {seconds:.1f}s{' (cached)' if name in cached else ''}"
+                        for name, seconds in manifest["timings"].items())
+    print(f"  timings: {timings}")
+    print(f"  serve it: python run.py serve --out {directory.parent}")
+
+
+def read_items(directory: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every item joined with its metadata, in id order: (column names, rows)."""
+    conn = sqlite3.connect(f"file:{directory / 'metadata.sqlite'}?mode=ro", uri=True)
+    try:
+        meta_columns = [name for (name,) in conn.execute(
+            "SELECT name FROM columns ORDER BY position")]
+        extra = "".join(f", m.{quote(c)}" for c in meta_columns)
+        cursor = conn.execute(
+            f"SELECT i.id, i.source, i.row, i.col, i.x, i.y, i.title, i.url{extra} "
+            "FROM items i JOIN metadata m ON m.id = i.id ORDER BY i.id")
+        names = ["id", "source", "row", "col", "x", "y", "title", "url", *meta_columns]
+        return names, [dict(zip(names, row)) for row in cursor]
+    finally:
+        conn.close()
+
+
+def export(args: argparse.Namespace) -> int:
+    directory = bundle_dir(args.out, args.id)
+    read_manifest(directory)
+    names, rows = read_items(directory)
+    handle = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, handle, ensure_ascii=False, indent=1)
+            handle.write("\n")
+        else:
+            writer = csv.DictWriter(handle, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if args.output:
+            handle.close()
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    directory = bundle_dir(args.out, args.id)
+    manifest = read_manifest(directory)
+    counts, grid, tiles = manifest["counts"], manifest["grid"], manifest["tiles"]
+    print(f"{manifest['title']} ({manifest['id']}), {directory}")
+    print(f"  built {manifest['created']} by mosaic {manifest['program_version']}, "
+          f"schema {manifest['schema_version']}")
+    print(f"  items {counts['items']} of {counts['inputs']} inputs, skipped {counts['skipped']}")
+    print(f"  grid {grid['n_rows']} rows x {grid['n_cols']} cols, cell {grid['cell_size']} px "
+          f"({grid['method']})")
+    print(f"  tiles {tiles['width']} x {tiles['height']} px, {tiles['levels']} levels, "
+          f"{tiles['tile_size']} px {tiles['format']}")
+    for embedding in manifest["embeddings"]:
+        print(f"  embedding {embedding['name']}: {embedding['dim']}-d {embedding['metric']}, "
+              f"search_k {embedding['search_k']} (recall@20 {embedding['recall_at_20']})")
+    for column in manifest["columns"]:
+        print(f"  column {column['name']}: {column['kind']}")
+    print(f"  hotspots {len(manifest['hotspots'])}")
+    return 0
+
+
+def demo(args: argparse.Namespace, quiet: bool) -> int:
+    from mosaic.demo import write_digits
+
+    images, metadata = write_digits(Path(args.data))
+    config = PipelineConfig(images=str(images), metadata=str(metadata), out=args.out,
+                            id="digits", title="Handwritten digits (scikit-learn)",
+                            title_template="Digit {label} (#{index})", clusters="auto")
+    result = run_pipeline(config, show_progress=not quiet)
+    if not quiet:
+        print_summary(result.manifest, result.directory, result.cached_stages)
+    return 0

@@ -1,0 +1,160 @@
+"""Embed stage: turn images (or the user's files) into vectors.
+
+Kinds of ``--embedding``:
+
+- ``vgg16``: Keras VGG16, the 4096-d ``fc2`` layer, fed 224 px inputs in batches.
+- ``raw``: the cell shrunk to 16 x 16 RGB (768-d), in [0, 1].
+- ``file:PATH``: the user's vectors. A ``.npy`` of shape (n_inputs, dim) whose
+  row i belongs to the i-th path of the sorted input list; or a CSV with a
+  filename column and one numeric column per dimension.
+- ``xy:PATH``: like ``file:`` but exactly 2-D; it is used as the layout as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mosaic.errors import UsageError
+
+VGG_INPUT_SIZE = 224
+RAW_SIDE = 16
+KINDS = ("vgg16", "raw", "file", "xy")
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    name: str  # unique, used in file names and the API
+    kind: str  # one of KINDS
+    path: str | None = None
+
+    @property
+    def from_pixels(self) -> bool:
+        return self.kind in ("vgg16", "raw")
+
+    @property
+    def metric(self) -> str:
+        """The annoy metric for neighbour search."""
+        return "angular" if self.kind in ("vgg16", "file") else "euclidean"
+
+
+def parse_embedding_specs(values: list[str]) -> list[EmbeddingSpec]:
+    """Parse the ``--embedding`` values; the first one drives the layout."""
+    specs = []
+    for value in values:
+        kind, _, path = value.partition(":")
+        if kind not in KINDS:
+            raise UsageError(
+                f"--embedding {value!r}: kind must be vgg16, raw, file:PATH or xy:PATH"
+            )
+        if kind in ("file", "xy"):
+            if not path:
+                raise UsageError(f"--embedding {value!r} needs a path after '{kind}:'")
+            if not os.path.isfile(path):
+                raise UsageError(f"--embedding {value!r}: no such file {path}")
+            name = f"{kind}-{Path(path).stem}"
+        elif path:
+            raise UsageError(f"--embedding {value!r}: {kind} takes no path")
+        else:
+            name = kind
+        specs.append(EmbeddingSpec(name=name, kind=kind, path=path or None))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--embedding given twice: {', '.join(names)}")
+    if any(s.kind == "xy" for s in specs[1:]):
+        raise UsageError("--embedding xy:PATH must come first: it is the layout")
+    return specs
+
+
+class Vgg16Embedder:
+    """VGG16 up to ``fc2``. ``weights`` is 'imagenet', 'none' or a local weights file."""
+
+    dim = 4096
+    input_size = VGG_INPUT_SIZE
+
+    def __init__(self, weights: str = "imagenet"):
+        self.weights = weights
+        self._model = None
+
+    def load(self) -> None:
+        """Build the model (imports TensorFlow; slow, so not done at import)."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+
+        if self.weights == "imagenet":
+            try:
+                base = keras.applications.VGG16(weights="imagenet", include_top=True)
+            except Exception as error:  # keras raises plain Exception on fetch failure
+                raise UsageError(
+                    "could not download the VGG16 imagenet weights "
+                    f"({str(error).splitlines()[0][:120]}); pass --weights PATH to a local "
+                    "vgg16 weights file (.h5 or .weights.h5), or --weights none"
+                ) from None
+        else:
+            base = keras.applications.VGG16(weights=None, include_top=True)
+            if self.weights != "none":
+                if not os.path.isfile(self.weights):
+                    raise UsageError(f"--weights {self.weights}: no such file")
+                try:
+                    base.load_weights(self.weights)
+                except Exception as error:
+                    raise UsageError(f"--weights {self.weights}: cannot load ({error})") from None
+        self._model = keras.Model(base.input, base.get_layer("fc2").output)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (B, 224, 224, 3) RGB -> float32 (B, 4096)."""
+        from keras.applications.vgg16 import preprocess_input
+
+        if self._model is None:
+            self.load()
+        inputs = preprocess_input(batch.astype(np.float32))
+        return np.asarray(self._model.predict_on_batch(inputs), dtype=np.float32)
+
+
+def read_user_vectors(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:
+    """Load ``file:``/``xy:`` vectors as float32 (len(paths), dim), in input order."""
+    assert spec.path is not None
+    if spec.path.endswith(".npy"):
+        try:
+            vectors = np.load(spec.path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--embedding {spec.kind}:{spec.path}: {error}") from None
+        if vectors.ndim != 2 or len(vectors) != len(paths):
+            raise UsageError(
+                f"--embedding {spec.kind}:{spec.path} has shape {vectors.shape}; expected "
+                f"({len(paths)}, dim): one row per input image in sorted path order"
+            )
+    else:
+        vectors = _read_vector_csv(spec, paths)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if spec.kind == "xy" and vectors.shape[1] != 2:
+        raise UsageError(f"--embedding xy:{spec.path} must have 2 columns, not {vectors.shape[1]}")
+    if not np.isfinite(vectors).all():
+        raise UsageError(f"--embedding {spec.kind}:{spec.path} contains NaN or infinite values")
+    return vectors
+
+
+def _read_vector_csv(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:
+    with open(spec.path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0][0].strip() != "filename":
+        raise UsageError(f"--embedding {spec.kind}:{spec.path}: first column must be 'filename'")
+    by_name = {}
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            by_name[row[0]] = [float(v) for v in row[1:]]
+        except ValueError:
+            raise UsageError(f"{spec.path} line {line}: non-numeric value") from None
+    vectors = []
+    for path in paths:
+        vector = by_name.get(path) or by_name.get(os.path.basename(path))
+        if vector is None:
+            raise UsageError(f"{spec.path} has no row for image {path}")
+        vectors.append(vector)
+    if len({len(v) for v in vectors}) != 1:
+        raise UsageError(f"{spec.path}: rows have different lengths")
+    return np.array(vectors, dtype=np.float32)

@@ -1,0 +1,104 @@
+"""Index stage, part 2: the SQLite metadata store with FTS5 and facet counts.
+
+Schema in docs/bundle.md. CSV column names are kept verbatim and quoted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SQL_TYPES = {"number": "REAL", "year": "INTEGER", "facet": "TEXT", "text": "TEXT"}
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    id: int
+    source: str
+    row: int
+    col: int
+    x: float
+    y: float
+    title: str | None
+    url: str | None
+    width: int
+    height: int
+    metadata: dict[str, str] | None  # the matched CSV row, if any
+
+
+def quote(name: str) -> str:
+    """An SQL identifier for any column name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def write_metadata_db(path: Path, items: Iterable[ItemRecord], kinds: dict[str, str]) -> None:
+    """Create the database at ``path`` (which must not exist) from ``items``."""
+    conn = sqlite3.connect(path)
+    try:
+        _create_schema(conn, kinds)
+        counts: dict[str, Counter] = {name: Counter() for name, k in kinds.items()
+                                      if k == "facet"}
+        columns = list(kinds)
+        placeholders = ", ".join("?" * (len(columns) + 1))
+        insert_meta = (f"INSERT INTO metadata (id, {', '.join(map(quote, columns))}) "
+                       f"VALUES ({placeholders})" if columns else
+                       "INSERT INTO metadata (id) VALUES (?)")
+        for item in items:
+            conn.execute(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (item.id, item.source, Path(item.source).name, item.row, item.col,
+                 item.x, item.y, item.title, item.url, item.width, item.height))
+            values = [_typed(item.metadata, name, kind) for name, kind in kinds.items()]
+            conn.execute(insert_meta, (item.id, *values))
+            body = [Path(item.source).name]
+            for name, kind in kinds.items():
+                value = (item.metadata or {}).get(name, "")
+                if kind in ("text", "facet") and value:
+                    body.append(value)
+                if kind == "facet" and value:
+                    counts[name][value] += 1
+            conn.execute("INSERT INTO items_fts (rowid, title, body) VALUES (?, ?, ?)",
+                         (item.id, item.title or "", " ".join(body)))
+        for name, counter in counts.items():
+            conn.executemany("INSERT INTO facet_values VALUES (?, ?, ?)",
+                             [(name, value, n) for value, n in counter.most_common()])
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _create_schema(conn: sqlite3.Connection, kinds: dict[str, str]) -> None:
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, source TEXT NOT NULL, "
+        "filename TEXT NOT NULL, row INTEGER NOT NULL, col INTEGER NOT NULL, "
+        "x REAL NOT NULL, y REAL NOT NULL, title TEXT, url TEXT, width INTEGER, "
+        "height INTEGER)")
+    meta_columns = "".join(f", {quote(n)} {SQL_TYPES[k]}" for n, k in kinds.items())
+    conn.execute(f"CREATE TABLE metadata (id INTEGER PRIMARY KEY{meta_columns})")
+    conn.execute("CREATE TABLE columns (name TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                 "position INTEGER NOT NULL)")
+    conn.executemany("INSERT INTO columns VALUES (?, ?, ?)",
+                     [(n, k, i) for i, (n, k) in enumerate(kinds.items())])
+    conn.execute("CREATE TABLE facet_values (name TEXT NOT NULL, value TEXT NOT NULL, "
+                 "count INTEGER NOT NULL)")
+    conn.execute("CREATE VIRTUAL TABLE items_fts USING fts5(title, body)")
+    for name, kind in kinds.items():
+        if kind in ("facet", "number", "year"):
+            index = quote(f"metadata_{name}")
+            conn.execute(f"CREATE INDEX {index} ON metadata ({quote(name)})")
+
+
+def _typed(row: dict[str, str] | None, name: str, kind: str):
+    value = (row or {}).get(name, "")
+    if value == "":
+        return None
+    if kind == "number":
+        return float(value)
+    if kind == "year":
+        return int(float(value))
+    return value

@@ -1,0 +1,403 @@
+"""The orchestrator: runs the stages in order, caches each one in the bundle, writes the manifest.
+
+Each stage's cache key chains the key of what it reads, plus its own
+parameters and the program version, so changing a late parameter re-runs only
+the stages after it. The manifest is removed when a run starts and written
+last, so its presence always means a complete bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyvips
+
+from mosaic import SCHEMA_VERSION, __version__
+from mosaic import clusters as clusters_mod
+from mosaic import collect, grid, reduce, render
+from mosaic.bundle import (MANIFEST, StageCache, bundle_dir, bundle_lock, cache_key,
+                           save_npy_atomic, write_bytes_atomic, write_json_atomic)
+from mosaic.decode import DONE, DecodeOptions, compact, pixel_dims, run_decode
+from mosaic.embed import EmbeddingSpec, parse_embedding_specs, read_user_vectors
+from mosaic.errors import MosaicError, UsageError
+from mosaic.metadata_store import ItemRecord, write_metadata_db
+from mosaic.neighbors import build_annoy, choose_search_k
+from mosaic.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    """Every parameter of a run; the CLI fills it from flags (same names)."""
+
+    images: str
+    out: str = "output"
+    id: str | None = None
+    title: str | None = None
+    metadata: str | None = None
+    filename_column: str = "filename"
+    title_template: str | None = None
+    url_template: str | None = None
+    cell_size: int = 128
+    fit: str = "fit"
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_pixels: int = 40_000 * 40_000
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    embeddings: list[str] = field(default_factory=lambda: ["raw"])
+    weights: str = "imagenet"
+    pca: int = 256
+    reducer: str = "tsne"
+    tsne_backend: str = "opentsne"
+    perplexity: float = 30.0
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "euclidean"
+    random_state: int = 0
+    grid: str = "auto"
+    tile_size: int = 256
+    overlap: int = 0
+    tile_format: str = "jpeg"
+    quality: int = 85
+    n_trees: int = 20
+    clusters: str = "off"
+
+    def collection_id(self) -> str:
+        if self.id:
+            return self.id
+        spec = Path(self.images)
+        base = spec if spec.is_dir() else Path(self.images.split("*")[0] or ".").resolve()
+        return (base.name if base.is_dir() else base.stem) or "collection"
+
+
+def validate(config: PipelineConfig) -> None:
+    """UsageError naming the first bad parameter."""
+    checks = [
+        (8 <= config.cell_size <= 1024, "--cell-size must be between 8 and 1024"),
+        (config.fit in ("fit", "fill"), "--fit must be fit or fill"),
+        (config.jobs >= 1, "--jobs must be at least 1"),
+        (config.pca >= 0, "--pca must be 0 (off) or positive"),
+        (config.perplexity > 0, "--perplexity must be positive"),
+        (config.n_neighbors >= 2, "--n-neighbors must be at least 2"),
+        (0 <= config.min_dist <= 1, "--min-dist must be between 0 and 1"),
+        (16 <= config.tile_size <= 4096, "--tile-size must be between 16 and 4096"),
+        (0 <= config.overlap < config.tile_size // 2, "--overlap must be in [0, tile-size/2)"),
+        (config.tile_format in render.TILE_FORMATS, "--tile-format must be jpeg, webp or png"),
+        (1 <= config.quality <= 100, "--quality must be between 1 and 100"),
+        (config.n_trees >= 1, "--n-trees must be at least 1"),
+        (config.max_pixels >= 1, "--max-pixels must be positive"),
+        (config.grid in grid.METHODS, f"--grid must be one of {', '.join(grid.METHODS)}"),
+        (config.reducer in reduce.REDUCERS, "--reducer must be tsne or umap"),
+        (config.tsne_backend in reduce.TSNE_BACKENDS,
+         "--tsne-backend must be opentsne, multicore or sklearn"),
+        (config.clusters == "off" or config.clusters == "auto" or config.clusters.isdigit()
+         and int(config.clusters) >= 1, "--clusters must be off, auto or a positive count"),
+        ("/" not in config.collection_id() and not config.collection_id().startswith("."),
+         "--id must be a plain name (no '/' and no leading '.')"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+@dataclass
+class PipelineResult:
+    manifest: dict[str, Any]
+    directory: Path
+    cached_stages: list[str]
+
+
+def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> PipelineResult:
+    """Run every stage (resuming/caching); returns the written manifest and what was cached."""
+    validate(config)
+    specs = parse_embedding_specs(config.embeddings)
+    inputs = collect.collect_inputs(config.images)
+    metadata = collect.read_metadata(config.metadata, config.filename_column) \
+        if config.metadata else None
+    columns = metadata.columns if metadata else []
+    collect.check_template("--title", config.title_template, columns)
+    collect.check_template("--url", config.url_template, columns)
+    directory = bundle_dir(config.out, config.collection_id())
+    with bundle_lock(directory):
+        (directory / MANIFEST).unlink(missing_ok=True)
+        pyvips.cache_set_max(0)
+        run = _Run(config, specs, inputs, metadata, directory, show_progress)
+        return PipelineResult(run.execute(), directory, run.cached)
+
+
+class _Run:
+    """One pipeline run over one bundle folder (held under its lock)."""
+
+    def __init__(self, config, specs, inputs, metadata, directory, show_progress):
+        self.config: PipelineConfig = config
+        self.specs: list[EmbeddingSpec] = specs
+        self.inputs: collect.Inputs = inputs
+        self.metadata: collect.Metadata | None = metadata
+        self.directory: Path = directory
+        self.cache = StageCache(directory)
+        self.show_progress = show_progress
+        self.timings: dict[str, float] = {}
+        self.cached: list[str] = []
+
+    def stage(self, name: str, key: str, build) -> dict[str, Any]:
+        """Return the fresh cache record of ``name`` or run ``build`` to make one."""
+        record = self.cache.read(name, key)
+        started = time.perf_counter()
+        if record is None:
+            logger.info("stage %s: running", name)
+            outputs, info = build()
+            self.cache.write(name, key, outputs, **info)
+            record = self.cache.read(name, key)
+        else:
+            self.cached.append(name)
+        self.timings[name] = round(time.perf_counter() - started, 3)
+        return record
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def execute(self) -> dict[str, Any]:
+        c = self.config
+        stats = [_file_signature(p) for p in self.inputs.paths]
+        input_key = cache_key(__version__, self.inputs.paths, stats)
+        pixel_specs = [asdict(s) for s in self.specs if s.from_pixels]
+        decode_key = cache_key(input_key, c.cell_size, c.fit, c.background, c.max_pixels,
+                               pixel_specs, c.weights if pixel_specs else None)
+        decoded = self.stage("decode", decode_key, lambda: self.build_decode(decode_key))
+        kept = np.load(self.path("cache/kept.npy"))
+        user_files = [(s.name, _file_signature(s.path)) for s in self.specs if not s.from_pixels]
+        vectors_key = cache_key(decode_key, user_files)
+        self.stage("vectors", vectors_key, lambda: self.build_user_vectors(kept))
+        layout_key = cache_key(vectors_key, c.pca, c.reducer, c.tsne_backend, c.perplexity,
+                               c.n_neighbors, c.min_dist, c.metric, c.random_state)
+        layout = self.stage("layout", layout_key, self.build_layout)
+        grid_key = cache_key(layout_key, c.grid)
+        gridded = self.stage("grid", grid_key, self.build_grid)
+        render_key = cache_key(grid_key, decode_key, c.tile_size, c.overlap, c.tile_format,
+                               c.quality, c.background)
+        tiles = self.stage("render", render_key, lambda: self.build_render(gridded))
+        indexes = [self.stage(f"index-{s.name}", cache_key(vectors_key, s.name, c.n_trees,
+                                                           c.random_state),
+                              lambda s=s: self.build_annoy(s)) for s in self.specs]
+        meta_key = cache_key(grid_key, _file_signature(c.metadata), c.filename_column,
+                             c.title_template, c.url_template)
+        stored = self.stage("metadata", meta_key, lambda: self.build_metadata(kept))
+        hotspot_key = cache_key(meta_key, c.clusters)
+        hotspots = self.stage("hotspots", hotspot_key, lambda: self.build_hotspots(stored))
+        manifest = self.manifest(decoded, layout, gridded, tiles, indexes, stored, hotspots)
+        write_json_atomic(self.path(MANIFEST), manifest)
+        return manifest
+
+    # -- stages -------------------------------------------------------------
+    def build_decode(self, key: str):
+        c = self.config
+        n = len(self.inputs.paths)
+        options = DecodeOptions(c.cell_size, c.fit, c.background, c.max_pixels, c.jobs,
+                                c.weights)
+        work = self.path("cache/decode-work")
+        with Progress(n, "decode", self.show_progress) as bar:
+            status, sizes, failures = run_decode(self.inputs.paths, self.specs, options,
+                                                 work, key, bar.update)
+        kept = np.flatnonzero(status == DONE)
+        skipped = [{"source": self.inputs.paths[i], "reason": failures[i]}
+                   for i in sorted(failures)]
+        if len(kept) == 0:
+            reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
+            raise MosaicError(f"no usable images: all {n} inputs failed ({reasons})")
+        dims = pixel_dims(self.specs)
+        vector_paths = {name: self.path(f"embeddings/{name}.npy") for name in dims}
+        compact(work, kept, self.path("cells.u8"), vector_paths, n, c.cell_size, dims)
+        save_npy_atomic(self.path("cache/kept.npy"), kept)
+        save_npy_atomic(self.path("cache/sizes.npy"), sizes[kept])
+        shutil.rmtree(work, ignore_errors=True)
+        outputs = ["cells.u8", "cache/kept.npy", "cache/sizes.npy",
+                   *(f"embeddings/{name}.npy" for name in dims)]
+        return outputs, {"skipped": skipped, "n_items": int(len(kept))}
+
+    def build_user_vectors(self, kept: np.ndarray):
+        outputs = []
+        for spec in self.specs:
+            if spec.from_pixels:
+                continue
+            vectors = read_user_vectors(spec, self.inputs.paths)[kept]
+            save_npy_atomic(self.path(f"embeddings/{spec.name}.npy"), vectors)
+            outputs.append(f"embeddings/{spec.name}.npy")
+        return outputs, {}
+
+    def build_layout(self):
+        c = self.config
+        lead = self.specs[0]
+        vectors = np.load(self.path(f"embeddings/{lead.name}.npy"), mmap_mode="r")
+        if lead.kind == "xy":
+            xy = reduce.scale_unit(np.asarray(vectors, dtype=np.float64))
+        else:
+            reduced = reduce.reduce_pca(vectors, c.pca, c.random_state) if c.pca else vectors
+            xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
+                                  c.n_neighbors, c.min_dist, c.metric, c.random_state, c.jobs)
+        save_npy_atomic(self.path("layout.npy"), xy)
+        return ["layout.npy"], {}
+
+    def build_grid(self):
+        xy = np.load(self.path("layout.npy"))
+        positions, (n_rows, n_cols) = grid.assign_grid(xy, self.config.grid,
+                                                       self.config.random_state)
+        method = self.config.grid
+        if method == "auto":
+            method = "lap" if len(xy) <= grid.LAP_AUTO_MAX_ITEMS else "rasterfairy"
+        save_npy_atomic(self.path("positions.npy"), positions)
+        cells = grid.cell_ids(positions, n_rows, n_cols)
+        write_bytes_atomic(self.path("grid.i32"), cells.astype("<i4").tobytes())
+        return ["positions.npy", "grid.i32"], {"n_rows": n_rows, "n_cols": n_cols,
+                                               "method": method}
+
+    def build_render(self, gridded: dict):
+        c = self.config
+        positions = np.load(self.path("positions.npy"))
+        cells = np.memmap(self.path("cells.u8"), dtype=np.uint8, mode="r",
+                          shape=(len(positions), c.cell_size, c.cell_size, 3))
+        matrix_path = self.path("cache/matrix.raw")
+        with Progress(gridded["n_rows"], "render", self.show_progress) as bar:
+            width, height = render.write_matrix(matrix_path, cells, positions,
+                                                gridded["n_rows"], gridded["n_cols"],
+                                                c.background, bar.update)
+        matrix = render.open_matrix(matrix_path, width, height)
+        tiles = render.cut_tiles(matrix, self.path("tiles"), c.tile_size, c.overlap,
+                                 c.tile_format, c.quality)
+        overview = render.overview_image(matrix)
+        write_bytes_atomic(self.path("overview.jpg"), overview.jpegsave_buffer(Q=85))
+        overview_info = {"path": "overview.jpg", "width": overview.width,
+                         "height": overview.height}
+        del matrix
+        matrix_path.unlink(missing_ok=True)
+        return ["tiles/map.dzi", "overview.jpg"], {"tiles": tiles, "overview": overview_info}
+
+    def build_annoy(self, spec: EmbeddingSpec):
+        vectors = np.load(self.path(f"embeddings/{spec.name}.npy"), mmap_mode="r")
+        index = build_annoy(vectors, spec.metric, self.config.n_trees, self.config.random_state)
+        search_k, recall = choose_search_k(index, vectors, spec.metric, self.config.random_state)
+        target = self.path(f"embeddings/{spec.name}.ann")
+        tmp = target.with_name(f".{target.name}.tmp")
+        index.save(str(tmp))
+        index.unload()
+        tmp.replace(target)
+        return [f"embeddings/{spec.name}.ann"], {
+            "embedding": {"name": spec.name, "kind": spec.kind, "dim": int(vectors.shape[1]),
+                          "metric": spec.metric, "vectors": f"embeddings/{spec.name}.npy",
+                          "index": f"embeddings/{spec.name}.ann",
+                          "n_trees": self.config.n_trees, "search_k": search_k,
+                          "recall_at_20": round(recall, 4)}}
+
+    def build_metadata(self, kept: np.ndarray):
+        c = self.config
+        positions = np.load(self.path("positions.npy"))
+        xy = np.load(self.path("layout.npy"))
+        sizes = np.load(self.path("cache/sizes.npy"))
+        kinds, match, rows = {}, None, []
+        if self.metadata:
+            kinds = collect.infer_column_kinds(self.metadata)
+            match = collect.match_metadata(self.inputs, self.metadata)
+            rows = self.metadata.rows
+        records = []
+        for item, input_index in enumerate(kept.tolist()):
+            source = self.inputs.paths[input_index]
+            row_index = match.row_of_input[input_index] if match else None
+            values = dict(rows[row_index]) if row_index is not None else {}
+            fields = {**values, "filename": Path(source).name, "stem": Path(source).stem,
+                      "id": str(item)}
+            title = collect.format_template(c.title_template, fields) or Path(source).name
+            records.append(ItemRecord(
+                id=item, source=os.path.abspath(source), row=int(positions[item, 0]),
+                col=int(positions[item, 1]), x=float(xy[item, 0]), y=float(xy[item, 1]),
+                title=title, url=collect.format_template(c.url_template, fields),
+                width=int(sizes[item, 0]), height=int(sizes[item, 1]),
+                metadata=values or None))
+        target = self.path("metadata.sqlite")
+        tmp = target.with_name(".metadata.sqlite.tmp")
+        tmp.unlink(missing_ok=True)
+        write_metadata_db(tmp, records, kinds)
+        tmp.replace(target)
+        unmatched = {"images_without_row": match.images_without_row if match else [],
+                     "rows_without_image": match.rows_without_image if match else []}
+        columns = [{"name": n, "kind": k} for n, k in kinds.items()]
+        return ["metadata.sqlite"], {"columns": columns, "unmatched": unmatched,
+                                     "metadata_rows": len(rows)}
+
+    def build_hotspots(self, stored: dict):
+        setting = self.config.clusters
+        if setting == "off":
+            return [], {"hotspots": []}
+        xy = np.load(self.path("layout.npy"))
+        positions = np.load(self.path("positions.npy"))
+        labels = clusters_mod.find_clusters(xy, None if setting == "auto" else int(setting),
+                                            self.config.random_state)
+        facets = [col["name"] for col in stored["columns"] if col["kind"] == "facet"]
+        categories = None
+        if facets:
+            import sqlite3
+
+            conn = sqlite3.connect(self.path("metadata.sqlite"))
+            column = '"' + facets[0].replace('"', '""') + '"'
+            categories = [v for (v,) in conn.execute(f"SELECT {column} FROM metadata ORDER BY id")]
+            conn.close()
+        return [], {"hotspots": clusters_mod.describe_hotspots(labels, xy, positions, categories)}
+
+    # -- manifest -----------------------------------------------------------
+    def manifest(self, decoded, layout, gridded, tiles, indexes, stored, hotspots) -> dict:
+        c = self.config
+        n_items = decoded["n_items"]
+        unmatched = stored["unmatched"]
+        parameters = asdict(c)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "program": "mosaic",
+            "program_version": __version__,
+            "id": c.collection_id(),
+            "title": c.title or c.collection_id(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "parameters": parameters,
+            "counts": {"inputs": len(self.inputs.paths), "items": n_items,
+                       "skipped": len(decoded["skipped"]),
+                       "ignored_files": len(self.inputs.ignored),
+                       "metadata_rows": stored["metadata_rows"],
+                       "images_without_row": len(unmatched["images_without_row"]),
+                       "rows_without_image": len(unmatched["rows_without_image"])},
+            "grid": {"n_rows": gridded["n_rows"], "n_cols": gridded["n_cols"],
+                     "cell_size": c.cell_size, "fit": c.fit, "method": gridded["method"]},
+            "tiles": tiles["tiles"],
+            "overview": tiles["overview"],
+            "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
+                      "layout": "layout.npy", "grid": "grid.i32", "cells": "cells.u8"},
+            "cells": {"path": "cells.u8", "shape": [n_items, c.cell_size, c.cell_size, 3],
+                      "dtype": "uint8"},
+            "embeddings": [record["embedding"] for record in indexes],
+            "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
+                       "backend": c.tsne_backend if c.reducer == "tsne" else "umap",
+                       "random_state": c.random_state},
+            "display": {"title": c.title_template, "url": c.url_template},
+            "columns": stored["columns"],
+            "facets": [col["name"] for col in stored["columns"] if col["kind"] == "facet"],
+            "hotspots": hotspots["hotspots"],
+            "skipped": decoded["skipped"],
+            "ignored_files": self.inputs.ignored,
+            "unmatched": unmatched,
+            "timings": self.timings,
+        }
+
+
+def _file_signature(path: str | None) -> list | None:
+    """(size, mtime_ns) of a file, or the error for one that cannot be stat'ed."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+        return [stat.st_size, stat.st_mtime_ns]
+    except OSError as error:
+        return [type(error).__name__]

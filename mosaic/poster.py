@@ -1,0 +1,412 @@
+"""Print-ready poster montages of a bundle: the whole map, a filtered subset or a sample.
+
+The flow, each step a function::
+
+    ids = select_items(bundle, manifest, search_args, random_n, seed)   # None = whole map
+    cell_grid = arrange_items(bundle, manifest, ids, arrange, seed)     # (rows, cols) of ids
+    record = render_poster(bundle, manifest, cell_grid, options, "poster.pdf")
+
+The montage is written one row of cells at a time into a raw file that
+libvips memory-maps; the page (background, montage, text) is a lazy libvips
+image that the saver streams, so memory holds one strip of cells plus
+libvips's buffers, whatever the page size. Beside the poster goes
+``<stem>.items.json``: which item sits in which cell, and the page geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+from mosaic import __version__
+from mosaic.grid import assign_grid, cell_ids, grid_shape
+from mosaic.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
+from mosaic.poster_cells import CellFetcher
+from mosaic.poster_pdf import PDF_COMPRESSIONS, write_pdf
+from mosaic.poster_render import (
+    Colour, Layout, compose_page, iter_montage_strips, plan_layout, render_label,
+    render_text, text_colour_for,
+)
+from mosaic.query import QueryError, parse_search_args, search_items
+from mosaic.render import open_matrix
+
+__all__ = [
+    "ARRANGEMENTS", "FORMATS", "PosterError", "PosterOptions", "arrange_items",
+    "output_format", "parse_colour", "render_poster", "render_poster_bytes", "select_items",
+]
+log = logging.getLogger(__name__)
+
+FORMATS = {".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff", ".png": "png",
+           ".jpg": "jpeg", ".jpeg": "jpeg"}
+ARRANGEMENTS = ("layout", "random")
+SERVER_MAX_PIXELS = 25_000_000
+JPEG_MAX_SIDE = 65_535
+PREVIEW_DPI = 150
+A4_MM = (210.0, 297.0)
+NAMED_COLOURS: dict[str, Colour] = {
+    "white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128),
+    "gray": (128, 128, 128), "lightgrey": (211, 211, 211), "lightgray": (211, 211, 211),
+    "darkgrey": (40, 40, 40), "darkgray": (40, 40, 40), "ivory": (255, 255, 240),
+    "cream": (255, 253, 208), "navy": (0, 0, 128),
+}
+
+
+@dataclass(frozen=True)
+class PosterOptions:
+    """How a poster looks and is written (the page geometry included)."""
+
+    page: Page = field(default_factory=lambda: resolve_page("A3"))
+    background: Colour = (255, 255, 255)
+    text_colour: Colour | None = None
+    title: str | None = None
+    subtitle: str | None = None
+    caption: str | None = None
+    font: str = "sans"
+    gutter: Length = Length(0.0, "mm")
+    hotspots: bool = False
+    sources: bool = True
+    quality: int = 92
+    pdf_compression: str = "jpeg"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise PosterError(f"--quality must be 1..100, not {self.quality}")
+        if self.pdf_compression not in PDF_COMPRESSIONS:
+            raise PosterError(f"--pdf-compression must be one of {', '.join(PDF_COMPRESSIONS)}")
+
+
+def parse_colour(text: str | Colour, name: str = "--background") -> Colour:
+    """``#rrggbb``, ``#rgb``, ``r,g,b`` or a name (white, black, grey, ...)."""
+    if isinstance(text, (tuple, list)) and len(text) == 3:
+        values = [int(v) for v in text]
+    else:
+        word = str(text).strip().lower()
+        if word in NAMED_COLOURS:
+            return NAMED_COLOURS[word]
+        try:
+            if word.startswith("#") and len(word) in (4, 7):
+                digits = word[1:] if len(word) == 7 else "".join(c * 2 for c in word[1:])
+                values = [int(digits[i:i + 2], 16) for i in (0, 2, 4)]
+            else:
+                values = [int(v) for v in word.split(",")]
+        except ValueError:
+            values = []
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise PosterError(
+            f"{name} must be #rrggbb, #rgb, R,G,B (0-255) or one of "
+            f"{', '.join(sorted(NAMED_COLOURS))}; not {text!r}"
+        )
+    return (values[0], values[1], values[2])
+
+
+def output_format(path: str | Path) -> str:
+    """The format written for ``path``'s extension; PosterError if unsupported."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise PosterError(
+            f"-o/--output must end in {', '.join(FORMATS)}; {Path(path).name!r} does not"
+        )
+    return FORMATS[suffix]
+
+
+def select_items(
+    bundle_dir: Path,
+    manifest: dict,
+    search_args: Mapping[str, str] | None = None,
+    random_n: int | None = None,
+    seed: int = 0,
+) -> np.ndarray | None:
+    """Item ids to place, sorted; None means the whole map in its stored grid.
+
+    ``search_args`` are the server's search parameters (``q``, ``<facet>``,
+    ``<col>_min``/``_max``); ``random_n`` draws that many of the matches
+    with ``numpy.random.default_rng(seed)``.
+    """
+    n_items = int(manifest["counts"]["items"])
+    search_args = {k: v for k, v in (search_args or {}).items() if v not in (None, "")}
+    if random_n is not None and random_n < 1:
+        raise PosterError(f"--random must be a whole number >= 1, not {random_n}")
+    if not search_args and random_n is None:
+        return None
+    ids = np.arange(n_items)
+    if search_args:
+        try:
+            query = parse_search_args(search_args, manifest.get("columns", []))
+            with sqlite3.connect(f"file:{bundle_dir / manifest['files']['metadata']}?mode=ro",
+                                 uri=True) as conn:
+                _total, found = search_items(conn, query)
+        except QueryError as error:
+            raise PosterError(f"bad filter: {error}") from None
+        ids = np.array(sorted(found), dtype=np.int64)
+        if len(ids) == 0:
+            shown = " ".join(f"{k}={v}" for k, v in search_args.items())
+            raise PosterError(f"the filters ({shown}) match no item; the subset is empty")
+    if random_n is not None:
+        if random_n > len(ids):
+            raise PosterError(
+                f"--random {random_n} is more than the {len(ids)} "
+                f"{'matching ' if search_args else ''}items"
+            )
+        rng = np.random.default_rng(seed)
+        ids = np.sort(rng.choice(ids, size=random_n, replace=False))
+    return ids
+
+
+def arrange_items(
+    bundle_dir: Path, manifest: dict, ids: np.ndarray | None, arrange: str = "layout",
+    seed: int = 0,
+) -> np.ndarray:
+    """int (n_rows, n_cols) of item ids (-1 empty): the grid to print.
+
+    ``ids=None`` keeps the stored grid. Otherwise ``arrange="layout"`` lays
+    the items out afresh from their stored 2-D coordinates (similar items stay
+    together, in the same relative order), and ``"random"`` shuffles them
+    into the grid with ``seed``.
+    """
+    if arrange not in ARRANGEMENTS:
+        raise PosterError(f"--arrange must be one of {', '.join(ARRANGEMENTS)}, not {arrange!r}")
+    if ids is None:
+        positions = np.load(bundle_dir / manifest["files"]["positions"])
+        return cell_ids(positions, manifest["grid"]["n_rows"], manifest["grid"]["n_cols"])
+    ids = np.asarray(ids, dtype=np.int64)
+    if arrange == "random":
+        order = np.random.default_rng(seed).permutation(ids)
+        n_rows, n_cols = grid_shape(len(order))
+        grid = np.full(n_rows * n_cols, -1, dtype=np.int64)
+        grid[:len(order)] = order
+        return grid.reshape(n_rows, n_cols)
+    layout = np.load(bundle_dir / manifest["files"]["layout"], mmap_mode="r")
+    positions, (n_rows, n_cols) = assign_grid(np.asarray(layout[ids]), random_state=seed)
+    grid = np.full((n_rows, n_cols), -1, dtype=np.int64)
+    grid[positions[:, 0], positions[:, 1]] = ids
+    return grid
+
+
+def render_poster(
+    bundle_dir: Path,
+    manifest: dict,
+    cell_grid: np.ndarray,
+    options: PosterOptions,
+    output: str | Path,
+    preview: bool = False,
+    selection: dict | None = None,
+) -> dict:
+    """Render ``cell_grid`` to ``output`` and write ``<stem>.items.json`` beside it.
+
+    Returns that record (page, grid, placed items, warnings). The format is
+    the extension's (see :data:`FORMATS`); with ``preview`` an A4-sized
+    ``<stem>.preview.png`` is written too.
+    """
+    output = Path(output)
+    fmt = output_format(output)
+    if not output.parent.is_dir():
+        raise PosterError(f"-o/--output folder {output.parent} does not exist")
+    record = {"program": "mosaic", "program_version": __version__,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "bundle": manifest.get("id"), "output": output.name, "format": fmt,
+              "selection": selection or {}}
+    with tempfile.TemporaryDirectory(prefix=".poster-", dir=output.parent) as tmp:
+        page_image, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
+                                               Path(tmp))
+        partial = output.with_name(f".{output.name}.partial")
+        _save(page_image, partial, fmt, options, manifest)
+        os.replace(partial, output)
+        if preview:
+            info["preview"] = _write_preview(page_image, options.page, output)
+    record.update(info)
+    record["grid"] = layout.to_dict()
+    record["count"] = int((cell_grid >= 0).sum())
+    record["items"] = _placed_items(cell_grid)
+    items_path = output.with_name(output.stem + ".items.json")
+    items_path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
+    return record
+
+
+def render_poster_bytes(
+    bundle_dir: Path,
+    manifest: dict,
+    ids: list[int] | np.ndarray | None,
+    options: PosterOptions,
+    fmt: str = "png",
+    max_pixels: int = SERVER_MAX_PIXELS,
+    arrange: str = "layout",
+    seed: int = 0,
+) -> bytes:
+    """Render a poster of ``ids`` (None: the whole map) in memory, for the server.
+
+    ``fmt`` is pdf, png, jpeg or tiff. Refuses pages over ``max_pixels`` with a
+    PosterError that points to the CLI.
+    """
+    suffix = {"pdf": ".pdf", "png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "tiff": ".tif",
+              "tif": ".tif"}.get(str(fmt).lower())
+    if suffix is None:
+        raise PosterError(f"format must be one of pdf, png, jpeg, tiff; not {fmt!r}")
+    width, height = options.page.size_px
+    if width * height > max_pixels:
+        raise PosterError(
+            f"a {width} x {height} px poster ({width * height / 1e6:.1f} MP) is over this "
+            f"server's limit of {max_pixels / 1e6:.0f} MP; lower the size or dpi, or render "
+            "it with `python run.py poster`"
+        )
+    if ids is not None:
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        n_items = int(manifest["counts"]["items"])
+        if len(ids) == 0:
+            raise PosterError("the selection is empty; nothing to put on a poster")
+        if ids[0] < 0 or ids[-1] >= n_items:
+            raise PosterError(f"item ids must be in 0..{n_items - 1}")
+    cell_grid = arrange_items(bundle_dir, manifest, ids, arrange, seed)
+    with tempfile.TemporaryDirectory(prefix="mosaic-poster-") as tmp:
+        path = Path(tmp) / f"poster{suffix}"
+        page_image, _layout, _info = _build_page(bundle_dir, manifest, cell_grid, options,
+                                                 Path(tmp))
+        _save(page_image, path, FORMATS[suffix], options, manifest)
+        return path.read_bytes()
+
+
+def _build_page(
+    bundle_dir: Path, manifest: dict, cell_grid: np.ndarray, options: PosterOptions, tmp: Path
+) -> tuple[pyvips.Image, Layout, dict]:
+    """Lay out and stream the montage to ``tmp``; return the lazy page image."""
+    page, warnings = options.page, []
+    texts = _render_texts(page, options, warnings)
+    header, footer = _text_block_heights(page, texts)
+    layout = plan_layout(page, cell_grid.shape, options.gutter.to_px(page.dpi), header, footer)
+    fetcher = CellFetcher(bundle_dir, manifest, layout.cell_px, options.sources)
+    raw = tmp / "montage.raw"
+    with fetcher, open(raw, "wb") as handle:
+        for strip in iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
+                                         layout.gutter_px, options.background):
+            handle.write(strip.data)
+    warnings += fetcher.warnings()
+    overlays = _place_texts(page, layout, texts, header)
+    if options.hotspots:
+        overlays += _hotspot_labels(manifest, cell_grid, layout, options, warnings)
+    montage = open_matrix(raw, *layout.montage_size)
+    image = compose_page(page.size_px, options.background, montage,
+                         (layout.montage_x, layout.montage_y), overlays)
+    image = image.copy(xres=page.px_per_mm, yres=page.px_per_mm)
+    info = {"page": page.to_dict(), "cells": fetcher.summary(), "warnings": warnings}
+    return image, layout, info
+
+
+def _render_texts(page: Page, options: PosterOptions, warnings: list[str]) -> dict:
+    colour = options.text_colour or text_colour_for(options.background)
+    title_pt = min(page.width_mm, page.height_mm) * 0.028 / MM_PER_INCH * 72
+    width = page.content_box[2]
+    sizes = {"title": (title_pt, True), "subtitle": (title_pt * 0.55, False),
+             "caption": (title_pt * 0.38, False)}
+    return {
+        name: render_text(getattr(options, name), size, page.dpi, width, colour,
+                          options.background, options.font, bold, warnings)
+        for name, (size, bold) in sizes.items()
+    }
+
+
+def _gap(page: Page) -> int:
+    return max(1, round(min(page.trim_px) * 0.012))
+
+
+def _text_block_heights(page: Page, texts: dict) -> tuple[int, int]:
+    gap = _gap(page)
+    header = sum(t.height + gap for t in (texts["title"], texts["subtitle"]) if t is not None)
+    footer = texts["caption"].height + gap if texts["caption"] is not None else 0
+    return header, footer
+
+
+def _place_texts(page: Page, layout: Layout, texts: dict, header: int) -> list:
+    left, _top, width, _height = page.content_box
+    overlays, y = [], layout.header_y
+    for name in ("title", "subtitle"):
+        if texts[name] is not None:
+            overlays.append((texts[name], left + (width - texts[name].width) // 2, y))
+            y += texts[name].height + _gap(page)
+    caption = texts["caption"]
+    if caption is not None:
+        overlays.append((caption, left + (width - caption.width) // 2,
+                         layout.footer_y + _gap(page)))
+    return overlays
+
+
+def _hotspot_labels(
+    manifest: dict, cell_grid: np.ndarray, layout: Layout, options: PosterOptions,
+    warnings: list[str],
+) -> list:
+    """White label boxes centred on each hotspot's representative, where it is placed."""
+    page = options.page
+    where = {int(i): (r, c) for (r, c), i in np.ndenumerate(cell_grid) if i >= 0}
+    size_pt = min(page.width_mm, page.height_mm) * 0.011 / MM_PER_INCH * 72
+    montage_w, montage_h = layout.montage_size
+    overlays = []
+    for hotspot in manifest.get("hotspots", []):
+        cell = where.get(int(hotspot.get("representative", -1)))
+        if cell is None or not str(hotspot.get("label", "")).strip():
+            continue
+        label = render_label(str(hotspot["label"]), size_pt, page.dpi, montage_w // 4,
+                             options.font, warnings)
+        if label is None or label.width > montage_w or label.height > montage_h:
+            continue
+        x, y = layout.cell_origin(*cell)
+        x = x + layout.cell_px // 2 - label.width // 2
+        y = y + layout.cell_px // 2 - label.height // 2
+        x = min(max(x, layout.montage_x), layout.montage_x + montage_w - label.width)
+        y = min(max(y, layout.montage_y), layout.montage_y + montage_h - label.height)
+        overlays.append((label, x, y))
+    return overlays
+
+
+def _save(image: pyvips.Image, path: Path, fmt: str, options: PosterOptions,
+          manifest: dict) -> None:
+    """Write ``image`` as ``fmt`` with its resolution recorded."""
+    page = options.page
+    try:
+        if fmt == "pdf":
+            write_pdf(image, path, page.size_mm, page.bleed_mm, options.pdf_compression,
+                      options.quality, title=options.title or manifest.get("title"),
+                      producer=f"mosaic {__version__}")
+        elif fmt == "tiff":
+            bigtiff = image.width * image.height * 3 > 3_500_000_000
+            image.tiffsave(str(path), compression="deflate", predictor="horizontal",
+                           resunit="inch", bigtiff=bigtiff)
+        elif fmt == "png":
+            image.pngsave(str(path), compression=6)
+        else:
+            if max(image.width, image.height) > JPEG_MAX_SIDE:
+                raise PosterError(
+                    f"JPEG sides are at most {JPEG_MAX_SIDE} px; this page is "
+                    f"{image.width} x {image.height} px (write a .tif instead)"
+                )
+            image.jpegsave(str(path), Q=options.quality, optimize_coding=True,
+                           subsample_mode="off")
+    except pyvips.Error as error:
+        raise PosterError(f"cannot write {path.name}: {error.message.strip()}") from None
+
+
+def _write_preview(page_image: pyvips.Image, page: Page, output: Path) -> str:
+    """An A4-sized PNG of the page (150 dpi, same orientation), never upscaled."""
+    a4_w, a4_h = (round(s / MM_PER_INCH * PREVIEW_DPI) for s in A4_MM)
+    if page_image.width > page_image.height:
+        a4_w, a4_h = a4_h, a4_w
+    scale = min(a4_w / page_image.width, a4_h / page_image.height, 1.0)
+    preview = page_image.resize(scale) if scale < 1 else page_image
+    preview = preview.copy(xres=PREVIEW_DPI / MM_PER_INCH, yres=PREVIEW_DPI / MM_PER_INCH)
+    path = output.with_name(output.stem + ".preview.png")
+    preview.pngsave(str(path))
+    return path.name
+
+
+def _placed_items(cell_grid: np.ndarray) -> list[dict]:
+    rows, cols = np.nonzero(cell_grid >= 0)
+    return [{"id": int(cell_grid[r, c]), "row": int(r), "col": int(c)}
+            for r, c in zip(rows, cols)]
+

@@ -1,0 +1,121 @@
+"""Cells at print size: the bundle's stored thumbnails, or the source images.
+
+When a print cell is no larger than the stored ``cell_size``, stored cells are
+shrunk (Lanczos-3, each on its own). When it is larger, each source image is
+decoded again at the print size (``items.source`` in ``metadata.sqlite``), so
+a 12 x 12 montage on A2 is sharp rather than a 128-px thumbnail blown up; a
+source that is missing or no longer decodes falls back to the stored cell,
+upscaled, with a warning.
+
+Stored cells are read with ``os.pread`` one cell at a time rather than through
+a memory map, so a poster of a 100k-item bundle keeps only the current row of
+cells resident rather than the whole 5 GB ``cells.u8``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from mosaic.errors import ImageError
+from mosaic.poster_render import resize_cells
+from mosaic.thumbnail import decode_image
+
+log = logging.getLogger(__name__)
+
+
+class CellFetcher:
+    """``fetch(ids) -> uint8 (k, cell_px, cell_px, 3)`` for a bundle; use as a context manager."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict, cell_px: int, sources: bool = True):
+        shape = manifest["cells"]["shape"]
+        self.path = Path(bundle_dir) / manifest["cells"]["path"]
+        self.metadata = Path(bundle_dir) / manifest["files"]["metadata"]
+        self.n_items, self.stored_px = int(shape[0]), int(shape[1])
+        self.cell_px = int(cell_px)
+        self.use_sources = bool(sources) and self.cell_px > self.stored_px
+        self.fit = manifest.get("grid", {}).get("fit", "fit")
+        self.background = _bundle_background(manifest)
+        self.counts = {"stored": 0, "from_source": 0, "missing_source": 0}
+        self.missing: list[str] = []
+        self._fd: int | None = None
+        self._sources: dict[int, str] | None = None
+
+    def __enter__(self) -> CellFetcher:
+        self._fd = os.open(self.path, os.O_RDONLY)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read_stored(self, ids: np.ndarray) -> np.ndarray:
+        """The stored cells of ``ids`` as uint8 (k, c, c, 3)."""
+        size = self.stored_px * self.stored_px * 3
+        out = np.empty((len(ids), self.stored_px, self.stored_px, 3), dtype=np.uint8)
+        flat = out.reshape(len(ids), size)
+        for k, item in enumerate(ids):
+            data = os.pread(self._fd, size, int(item) * size)
+            if len(data) != size:
+                raise OSError(f"{self.path} is truncated at item {item}")
+            flat[k] = np.frombuffer(data, dtype=np.uint8)
+        return out
+
+    def fetch(self, ids: np.ndarray) -> np.ndarray:
+        """Cells of ``ids`` at ``cell_px``."""
+        if not self.use_sources:
+            self.counts["stored"] += len(ids)
+            return resize_cells(self.read_stored(ids), self.cell_px)
+        sources = self._source_paths()
+        out = np.empty((len(ids), self.cell_px, self.cell_px, 3), dtype=np.uint8)
+        for k, item in enumerate(ids):
+            try:
+                out[k] = decode_image(sources[int(item)], self.cell_px, fit=self.fit,
+                                      background=self.background).cell
+                self.counts["from_source"] += 1
+            except (ImageError, OSError, KeyError) as error:
+                self.counts["missing_source"] += 1
+                self.missing.append(f"{sources.get(int(item), item)}: {error}")
+                out[k] = resize_cells(self.read_stored([item]), self.cell_px)[0]
+        return out
+
+    def _source_paths(self) -> dict[int, str]:
+        if self._sources is None:
+            with sqlite3.connect(f"file:{self.metadata}?mode=ro", uri=True) as conn:
+                self._sources = dict(conn.execute("SELECT id, source FROM items"))
+        return self._sources
+
+    def summary(self) -> dict:
+        """Where the cells came from: counts, sizes and the first missing sources."""
+        return {"stored_px": self.stored_px, "print_px": self.cell_px, **self.counts,
+                "missing_examples": self.missing[:5]}
+
+    def warnings(self) -> list[str]:
+        """One line per problem, for the log and the items record."""
+        if not self.counts["missing_source"]:
+            return []
+        message = (
+            f"{self.counts['missing_source']} source image(s) could not be read again; "
+            f"their stored {self.stored_px}-px cells were upscaled to {self.cell_px} px "
+            f"(first: {self.missing[0]})"
+        )
+        log.warning(message)
+        return [message]
+
+
+def _bundle_background(manifest: dict) -> tuple[int, int, int]:
+    value = manifest.get("parameters", {}).get("background", (255, 255, 255))
+    try:
+        if isinstance(value, str):
+            value = value.strip().lstrip("#")
+            if "," in value:
+                return tuple(int(v) for v in value.split(","))[:3]
+            return tuple(int(value[i:i + 2], 16) for i in (0, 2, 4))
+        return (int(value[0]), int(value[1]), int(value[2]))
+    except (ValueError, TypeError, IndexError):
+        return (255, 255, 255)

@@ -1,0 +1,184 @@
+"""Search over a bundle's ``metadata.sqlite``: keyword, facets and numeric ranges.
+
+Shared by the server (``/api/collections/<cid>/search`` and ``export.csv``)
+and the poster CLI, so both read the same query string the same way::
+
+    >>> columns = [{"name": "category", "kind": "facet"},
+    ...            {"name": "year", "kind": "year"}]
+    >>> query = parse_search_args({"q": "red", "category": "a", "year_min": "1990"}, columns)
+    >>> query.facets, query.ranges
+    ({'category': 'a'}, {'year': (1990.0, None)})
+
+Parameters:
+
+- ``q``: keyword search. Each word must occur (AND); a trailing ``*`` makes a
+  word a prefix. With ``_searchmode=raw``, ``q`` is passed to SQLite FTS5 as
+  is (``"exact phrase"``, ``OR``, ``NOT``, ``NEAR``); a syntax error there is
+  a ``QueryError``.
+- ``<facet>=VALUE``: the item's value of that facet column equals VALUE.
+  Several facets combine with AND.
+- ``<numeric>_min`` / ``<numeric>_max``: inclusive bounds on a ``number`` or
+  ``year`` column. Items without a value never match a bound.
+
+Empty values mean "not set", as an HTML form sends them. Results are ordered
+by FTS5 rank (best first, ties by id) when ``q`` is given, else by id.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+RESERVED = frozenset({"q", "_searchmode", "limit", "offset"})
+NUMERIC_KINDS = frozenset({"number", "year"})
+_WORD = re.compile(r"\S+")
+
+
+class QueryError(ValueError):
+    """A search parameter that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A parsed search: keyword, facet equalities and inclusive numeric ranges."""
+
+    q: str | None = None
+    facets: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    raw: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.q or self.facets or self.ranges)
+
+
+def parse_search_args(
+    args: Mapping[str, str], columns: list[dict], extra: Iterable[str] = ()
+) -> SearchQuery:
+    """Parse query-string style ``args`` against a bundle's ``columns``.
+
+    ``columns`` is ``manifest["columns"]`` (dicts with ``name`` and ``kind``).
+    ``extra`` names further parameters the caller handles itself (``n``,
+    ``seed``...); any other unknown name raises QueryError.
+    """
+    facet_names = {c["name"] for c in columns if c["kind"] == "facet"}
+    numeric_names = {c["name"] for c in columns if c["kind"] in NUMERIC_KINDS}
+    allowed = RESERVED | set(extra)
+    mode = (args.get("_searchmode") or "words").strip()
+    if mode not in ("words", "raw"):
+        raise QueryError(f"_searchmode must be 'words' or 'raw', not {mode!r}")
+
+    facets: dict[str, str] = {}
+    ranges: dict[str, list[float | None]] = {}
+    unknown = []
+    for name in args:
+        value = args[name]
+        if name in allowed:
+            continue
+        if name in facet_names:
+            if value != "":
+                facets[name] = value
+            continue
+        base, _, bound = name.rpartition("_")
+        if base in numeric_names and bound in ("min", "max"):
+            if value.strip() != "":
+                pair = ranges.setdefault(base, [None, None])
+                pair[0 if bound == "min" else 1] = _parse_number(name, value)
+            continue
+        unknown.append(name)
+    if unknown:
+        raise QueryError(
+            f"unknown search parameter(s): {', '.join(sorted(unknown))}; valid are "
+            f"q, {_describe(facet_names, numeric_names)}"
+        )
+    q = (args.get("q") or "").strip() or None
+    return SearchQuery(
+        q=q, facets=facets, ranges={k: (v[0], v[1]) for k, v in ranges.items()},
+        raw=mode == "raw",
+    )
+
+
+def search_items(
+    conn: sqlite3.Connection, query: SearchQuery, limit: int | None = None, offset: int = 0
+) -> tuple[int, list[int]]:
+    """Return ``(total, ids)``: how many items match and one page of their ids.
+
+    ``limit=None`` returns every match from ``offset`` on. Ordered by FTS5
+    rank then id when ``query.q`` is set, else by id.
+    """
+    if limit is not None and limit < 0 or offset < 0:
+        raise QueryError("limit and offset must be >= 0")
+    source, where, params, order = _build_sql(query)
+    total_sql = f"SELECT COUNT(*) FROM {source}{where}"
+    page_sql = f"SELECT i.id FROM {source}{where} ORDER BY {order} LIMIT ? OFFSET ?"
+    try:
+        total = conn.execute(total_sql, params).fetchone()[0]
+        if limit == 0:
+            return total, []
+        rows = conn.execute(page_sql, [*params, -1 if limit is None else limit, offset])
+        return total, [row[0] for row in rows]
+    except sqlite3.OperationalError as error:
+        if query.q and not str(error).startswith("no such table"):
+            raise QueryError(f"bad full-text query q={query.q!r}: {error}") from None
+        raise
+
+
+def fts_expression(q: str, raw: bool = False) -> str:
+    """The FTS5 MATCH expression for ``q``: every word quoted (AND), or ``q`` itself."""
+    if raw:
+        return q
+    terms = []
+    for word in _WORD.findall(q):
+        prefix = word.endswith("*") and len(word) > 1
+        word = word.rstrip("*") if prefix else word
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+def _build_sql(query: SearchQuery) -> tuple[str, str, list, str]:
+    source = "items AS i"
+    clauses: list[str] = []
+    params: list = []
+    order = "i.id"
+    if query.q:
+        source += " JOIN items_fts ON items_fts.rowid = i.id"
+        clauses.append("items_fts MATCH ?")
+        params.append(fts_expression(query.q, query.raw))
+        order = "items_fts.rank, i.id"
+    if query.facets or query.ranges:
+        source += " JOIN metadata AS m ON m.id = i.id"
+    for name, value in query.facets.items():
+        clauses.append(f"m.{_quote(name)} = ?")
+        params.append(value)
+    for name, (low, high) in query.ranges.items():
+        if low is not None:
+            clauses.append(f"m.{_quote(name)} >= ?")
+            params.append(low)
+        if high is not None:
+            clauses.append(f"m.{_quote(name)} <= ?")
+            params.append(high)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return source, where, params, order
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _parse_number(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise QueryError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise QueryError(f"{name} must be a finite number, not {value!r}")
+    return number
+
+
+def _describe(facet_names: set[str], numeric_names: set[str]) -> str:
+    parts = [f"{name}=VALUE" for name in sorted(facet_names)]
+    parts += [f"{name}_min, {name}_max" for name in sorted(numeric_names)]
+    return ", ".join(parts) or "(this collection has no facet or numeric columns)"

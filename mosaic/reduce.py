@@ -1,0 +1,146 @@
+"""Reduce stage: PCA, then a 2-D layout with t-SNE or UMAP.
+
+Backends sit behind one function each; a missing optional package raises an
+ImportError that says what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from mosaic.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+REDUCERS = ("tsne", "umap")
+TSNE_BACKENDS = ("opentsne", "multicore", "sklearn")
+# Above this many float32 values PCA runs incrementally, chunk by chunk.
+INCREMENTAL_PCA_VALUES = 100_000_000
+PCA_BATCH_ROWS = 20_000
+MIN_ITEMS_FOR_MANIFOLD = 10
+
+
+def reduce_pca(vectors: np.ndarray, n_components: int, random_state: int = 0) -> np.ndarray:
+    """Project (N, D) vectors onto their first ``n_components`` principal axes.
+
+    Returns float32 (N, min(n_components, D, N)); vectors already small enough
+    are returned as float32 unchanged. Large inputs (e.g. a memmap) are fitted
+    with IncrementalPCA so only one batch is in memory at a time.
+    """
+    n_items, dim = vectors.shape
+    n_components = min(n_components, dim, n_items)
+    if n_components <= 0 or dim <= n_components:
+        return np.asarray(vectors, dtype=np.float32)
+    if n_items * dim <= INCREMENTAL_PCA_VALUES:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=n_components, random_state=random_state)
+        return pca.fit_transform(np.asarray(vectors, dtype=np.float32)).astype(np.float32)
+    from sklearn.decomposition import IncrementalPCA
+
+    batch = max(PCA_BATCH_ROWS, n_components)
+    ipca = IncrementalPCA(n_components=n_components)
+    for start in range(0, n_items, batch):
+        chunk = np.asarray(vectors[start:start + batch], dtype=np.float32)
+        if len(chunk) >= n_components:
+            ipca.partial_fit(chunk)
+    out = np.empty((n_items, n_components), dtype=np.float32)
+    for start in range(0, n_items, batch):
+        out[start:start + batch] = ipca.transform(np.asarray(vectors[start:start + batch]))
+    return out
+
+
+def layout_2d(
+    vectors: np.ndarray,
+    reducer: str = "tsne",
+    tsne_backend: str = "opentsne",
+    perplexity: float = 30.0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    metric: str = "euclidean",
+    random_state: int = 0,
+    n_jobs: int = 1,
+) -> np.ndarray:
+    """Embed (N, D) vectors in 2-D; returns float32 (N, 2) scaled to [0, 1].
+
+    Fewer than ``MIN_ITEMS_FOR_MANIFOLD`` items are laid out by PCA alone,
+    since t-SNE and UMAP are undefined for so few points.
+    """
+    if reducer not in REDUCERS:
+        raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, not {reducer!r}")
+    if tsne_backend not in TSNE_BACKENDS:
+        raise UsageError(f"--tsne-backend must be one of {', '.join(TSNE_BACKENDS)}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n_items = len(vectors)
+    if n_items < MIN_ITEMS_FOR_MANIFOLD or vectors.shape[1] < 2:
+        xy = _small_layout(vectors, random_state)
+    elif reducer == "umap":
+        xy = _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs)
+    else:
+        perplexity = min(perplexity, (n_items - 1) / 3)
+        xy = _TSNE[tsne_backend](vectors, perplexity, metric, random_state, n_jobs)
+    return scale_unit(np.asarray(xy, dtype=np.float64))
+
+
+def scale_unit(xy: np.ndarray) -> np.ndarray:
+    """Scale both axes by the same factor into [0, 1], centred; float32."""
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    span = float((high - low).max()) or 1.0
+    scaled = (xy - low) / span
+    scaled += (1.0 - scaled.max(axis=0)) / 2
+    return scaled.astype(np.float32)
+
+
+def _small_layout(vectors: np.ndarray, random_state: int) -> np.ndarray:
+    if len(vectors) == 1 or vectors.shape[1] == 0:
+        return np.zeros((len(vectors), 2))
+    centred = vectors - vectors.mean(axis=0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ axes[:2].T
+    if xy.shape[1] == 1:
+        xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
+    return xy
+
+
+def _opentsne(vectors, perplexity, metric, random_state, n_jobs):
+    from openTSNE import TSNE
+
+    tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
+                n_jobs=n_jobs, verbose=False)
+    return np.asarray(tsne.fit(vectors))
+
+
+def _multicore_tsne(vectors, perplexity, metric, random_state, n_jobs):
+    try:
+        from MulticoreTSNE import MulticoreTSNE
+    except ImportError:
+        raise ImportError(
+            "--tsne-backend multicore needs MulticoreTSNE; install it with `make venv` "
+            "(see the Makefile for the cmake flags it needs)"
+        ) from None
+    if metric != "euclidean":
+        raise UsageError("--tsne-backend multicore supports only --metric euclidean")
+    tsne = MulticoreTSNE(n_components=2, perplexity=perplexity,
+                         random_state=random_state, n_jobs=n_jobs)
+    return tsne.fit_transform(vectors.astype(np.float64))
+
+
+def _sklearn_tsne(vectors, perplexity, metric, random_state, n_jobs):
+    from sklearn.manifold import TSNE
+
+    tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
+                n_jobs=n_jobs, init="pca")
+    return tsne.fit_transform(vectors)
+
+
+def _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs):
+    import umap
+
+    model = umap.UMAP(n_neighbors=min(n_neighbors, len(vectors) - 1), min_dist=min_dist,
+                      metric=metric, random_state=random_state)
+    return model.fit_transform(vectors)
+
+
+_TSNE = {"opentsne": _opentsne, "multicore": _multicore_tsne, "sklearn": _sklearn_tsne}

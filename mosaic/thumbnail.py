@@ -1,0 +1,139 @@
+"""Thumbnail stage: decode each image once with libvips into a square cell.
+
+The same decode also yields the model input for pixel-based embeddings, so no
+image is ever read twice in one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+from mosaic.errors import ImageError
+
+FITS = ("fit", "fill")
+DEFAULT_MAX_PIXELS = 40_000 * 40_000
+# EXIF orientations 5..8 swap width and height.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One decoded image.
+
+    cell: uint8 (cell_size, cell_size, 3), sRGB, upright.
+    model_input: uint8 (model_size, model_size, 3) or None.
+    width, height: the upright size of the source image in pixels.
+    """
+
+    cell: np.ndarray
+    model_input: np.ndarray | None
+    width: int
+    height: int
+
+
+def decode_image(
+    path: str | Path,
+    cell_size: int = 128,
+    fit: str = "fit",
+    background: tuple[int, int, int] = (255, 255, 255),
+    model_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode ``path`` once and return its cell (and model input, if asked).
+
+    ``fit="fit"`` letterboxes the whole image on ``background``;
+    ``fit="fill"`` crops the centre square. Raises ImageError with a short
+    reason for any file libvips cannot decode.
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    path = str(path)
+    try:
+        header = pyvips.Image.new_from_file(path)
+        width, height = header.width, header.height
+        if width * height > max_pixels:
+            raise ImageError(
+                f"image is {width}x{height} = {width * height} pixels, over the "
+                f"--max-pixels limit of {max_pixels} (possible decompression bomb)"
+            )
+        if _orientation(header) in _TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+        box = max(cell_size, model_size or 0)
+        base = pyvips.Image.thumbnail(
+            path, box, height=box, crop="centre" if fit == "fill" else "none",
+            fail_on="error",
+        )
+        base = _to_srgb(base, background).copy_memory()
+        cell = _square(base, cell_size, fit, background)
+        model_input = _square(base, model_size, fit, background) if model_size else None
+    except pyvips.Error as error:
+        raise ImageError(_short_reason(error)) from None
+    return DecodedImage(cell=cell, model_input=model_input, width=width, height=height)
+
+
+def _orientation(image: pyvips.Image) -> int:
+    if image.get_typeof("orientation"):
+        return int(image.get("orientation"))
+    return 1
+
+
+def _to_srgb(image: pyvips.Image, background: tuple[int, int, int]) -> pyvips.Image:
+    """Any interpretation, depth or alpha -> 3-band 8-bit sRGB on ``background``."""
+    if image.interpretation == "cmyk":
+        image = image.icc_transform("srgb", input_profile="cmyk", embedded=True)
+    elif image.interpretation != "srgb" or image.format != "uchar":
+        image = image.colourspace("srgb")
+    if image.hasalpha():
+        image = image.flatten(background=list(background))
+    if image.bands > 3:
+        image = image.extract_band(0, n=3)
+    elif image.bands == 1:
+        image = image.bandjoin([image, image])
+    return image.cast("uchar")
+
+
+def _square(image: pyvips.Image, size: int, fit: str, background) -> np.ndarray:
+    """Resize an in-memory image to a ``size`` square, letterboxed or cropped."""
+    if fit == "fill":
+        square = image.thumbnail_image(size, height=size, crop="centre")
+        if square.width != size or square.height != size:
+            square = square.resize(size / square.width, vscale=size / square.height)
+    else:
+        square = image.thumbnail_image(size, height=size)
+        square = square.gravity("centre", size, size, extend="background",
+                                background=list(background))
+    return square.numpy().reshape(size, size, 3)
+
+
+def _short_reason(error: pyvips.Error) -> str:
+    text = " ".join(str(error.detail or error.message).split())
+    return text[:300] or "libvips could not decode the file"
+
+
+def raw_vector(cell: np.ndarray, side: int = 16) -> np.ndarray:
+    """The raw-pixel embedding: the cell shrunk to ``side`` x ``side`` RGB, in [0, 1]."""
+    image = pyvips.Image.new_from_array(cell, interpretation="srgb")
+    small = image.thumbnail_image(side, height=side, size="force")
+    return (small.numpy().reshape(-1).astype(np.float32)) / 255.0
+
+
+def decode_many(paths, indices, executor, **options):
+    """Decode ``paths[i]`` for each i in ``indices`` on ``executor``, in order.
+
+    Yields (i, DecodedImage or ImageError). One bad file never stops the run:
+    any error becomes an ImageError carrying its reason.
+    """
+
+    def decode_one(index: int):
+        try:
+            return decode_image(paths[index], **options)
+        except ImageError as error:
+            return error
+        except Exception as error:  # one file's failure is recorded, never fatal
+            return ImageError(f"{type(error).__name__}: {error}"[:300])
+
+    yield from zip(indices, executor.map(decode_one, indices))

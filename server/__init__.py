@@ -1,0 +1,43 @@
+"""The mosaic web server: a JSON API, tiles and the viewer over the bundles in one folder.
+
+``create_app`` is the app factory (also for gunicorn)::
+
+    gunicorn -w 4 -b 127.0.0.1:8000 "server:create_app(out_dir='output')"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import Flask
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def create_app(test_config: dict | None = None, out_dir: str | os.PathLike | None = None
+               ) -> Flask:
+    """Build the app. Settings: ``MOSAIC_OUT`` (bundle folder; env var MOSAIC_OUT,
+    default ``output``), ``MOSAIC_EXACT_MAX`` (collections up to this many items get
+    exact neighbour search), ``MOSAIC_STATIC`` and ``MOSAIC_TILE_MAX_AGE``."""
+    from server import api, db, errors, files, pages
+
+    app = Flask(__name__, static_folder=None)
+    app.config.from_mapping(
+        MOSAIC_OUT=os.environ.get("MOSAIC_OUT", "output"),
+        MOSAIC_EXACT_MAX=20_000,
+        MOSAIC_STATIC=str(STATIC_DIR),
+        MOSAIC_TILE_MAX_AGE=3600,
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    if out_dir is not None:
+        app.config["MOSAIC_OUT"] = str(out_dir)
+    app.json.sort_keys = False
+    db.init_app(app)
+    errors.register(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(files.bp)
+    app.register_blueprint(pages.bp)
+    return app

@@ -1,0 +1,225 @@
+"""The JSON API under ``/api``. Errors use the shape in server.errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+import sqlite3
+from collections.abc import Iterator
+
+import numpy as np
+from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
+
+from mosaic.query import parse_search_args, search_items
+from server.bundles import Bundle
+from server.db import get_bundle, get_db, get_registry
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_K = 500
+MAX_LIMIT = 1000
+MAX_RANDOM = 1000
+ITEM_FIELDS = ("id", "row", "col", "title", "url", "filename", "width", "height")
+
+
+@bp.get("/collections")
+def collections():
+    return jsonify(ok=True, collections=[_summary(b) for b in get_registry().list()])
+
+
+@bp.get("/collections/<cid>")
+def collection(cid: str):
+    bundle = get_bundle(cid)
+    m = bundle.manifest
+    tiles = m.get("tiles", {})
+    body = _summary(bundle)
+    body.update(
+        version=bundle.version,
+        dzi=_collection_url(bundle, tiles.get("dzi", "tiles/map.dzi")) + f"?v={bundle.version}",
+        tiles=tiles,
+        grid={k: bundle.grid[k] for k in ("n_rows", "n_cols", "cell_size")},
+        grid_url=_collection_url(bundle, "grid.i32") + f"?v={bundle.version}",
+        thumbnail_url=_collection_url(bundle, "thumbs/{id}.jpg"),
+        embeddings=[{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
+                    for e in m.get("embeddings", [])],
+        columns=bundle.columns,
+        hotspots=m.get("hotspots", []),
+        display=m.get("display", {}),
+        counts=m.get("counts", {}),
+    )
+    return jsonify(ok=True, **body)
+
+
+@bp.get("/collections/<cid>/items/<int:item_id>")
+def item(cid: str, item_id: int):
+    bundle = get_bundle(cid)
+    _check_item(bundle, item_id)
+    conn = get_db(bundle)
+    row = conn.execute(f"SELECT {', '.join(ITEM_FIELDS)} FROM items WHERE id = ?",
+                       (item_id,)).fetchone()
+    if row is None:
+        abort(404, description=f"item {item_id} not in collection {cid!r}")
+    metadata = conn.execute("SELECT * FROM metadata WHERE id = ?", (item_id,)).fetchone()
+    fields = {k: metadata[k] for k in metadata.keys() if k != "id"} if metadata else {}
+    return jsonify(ok=True, **dict(row), thumbnail=_thumb(bundle, item_id), metadata=fields)
+
+
+@bp.get("/collections/<cid>/items/<int:item_id>/neighbors")
+def neighbors(cid: str, item_id: int):
+    bundle = get_bundle(cid)
+    _check_item(bundle, item_id)
+    name = request.args.get("embedding") or (bundle.embedding_names or [None])[0]
+    if name is None or bundle.embedding(name) is None:
+        abort(400, description=f"unknown embedding {name!r}; this collection has "
+                               f"{', '.join(bundle.embedding_names) or 'none'}")
+    k = _int_arg("k", 20, 1, MAX_K)
+    index = bundle.neighbor_index(name)
+    ids, distances = index.query(item_id, k)
+    rows = _rows(bundle, ids.tolist())
+    result = [dict(rows[i], distance=float(d)) for i, d in zip(ids.tolist(), distances)]
+    return jsonify(ok=True, id=item_id, embedding=name, metric=index.metric,
+                   method=index.method, k=k, neighbors=result)
+
+
+@bp.get("/collections/<cid>/search")
+def search(cid: str):
+    bundle = get_bundle(cid)
+    query = parse_search_args(request.args, bundle.columns, extra=("ids",))
+    limit = _int_arg("limit", 100, 0, MAX_LIMIT)
+    offset = _int_arg("offset", 0, 0, None)
+    want_ids = request.args.get("ids", "")
+    if want_ids not in ("", "all"):
+        abort(400, description=f"ids must be 'all' or absent, not {want_ids!r}")
+    conn = get_db(bundle)
+    if want_ids:
+        total, all_ids = search_items(conn, query)
+        page = all_ids[offset:offset + limit]
+    else:
+        total, page = search_items(conn, query, limit=limit, offset=offset)
+    rows = _rows(bundle, page)
+    body = dict(ok=True, total=total, limit=limit, offset=offset,
+                items=[rows[i] for i in page])
+    if want_ids:
+        body["ids"] = all_ids
+    return jsonify(body)
+
+
+@bp.get("/collections/<cid>/random")
+def random_items(cid: str):
+    bundle = get_bundle(cid)
+    query = parse_search_args(request.args, bundle.columns, extra=("n", "seed"))
+    n = _int_arg("n", 50, 1, MAX_RANDOM)
+    seed = _int_arg("seed", None, 0, 2**63 - 1)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if query.is_empty:
+        population = np.arange(bundle.n_items)
+    else:
+        population = np.array(search_items(get_db(bundle), query)[1], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(population, size=min(n, len(population)), replace=False).tolist()
+    rows = _rows(bundle, chosen)
+    return jsonify(ok=True, seed=seed, total=len(population), items=[rows[i] for i in chosen])
+
+
+@bp.get("/collections/<cid>/facets")
+def facets(cid: str):
+    bundle = get_bundle(cid)
+    conn = get_db(bundle)
+    values: dict[str, list] = {name: [] for name in bundle.manifest.get("facets", [])}
+    for row in conn.execute(
+            "SELECT name, value, count FROM facet_values ORDER BY name, count DESC, value"):
+        values.setdefault(row["name"], []).append({"value": row["value"], "count": row["count"]})
+    numeric = []
+    for column in bundle.columns:
+        if column["kind"] in ("number", "year"):
+            quoted = '"' + column["name"].replace('"', '""') + '"'
+            low, high, count = conn.execute(
+                f"SELECT MIN({quoted}), MAX({quoted}), COUNT({quoted}) FROM metadata").fetchone()
+            numeric.append({"name": column["name"], "kind": column["kind"],
+                            "min": low, "max": high, "count": count})
+    return jsonify(ok=True, facets=[{"name": k, "values": v} for k, v in values.items()],
+                   numeric=numeric)
+
+
+@bp.get("/collections/<cid>/export.csv")
+def export_csv(cid: str):
+    bundle = get_bundle(cid)
+    query = parse_search_args(request.args, bundle.columns)
+    ids = sorted(search_items(get_db(bundle), query)[1])
+    conn = bundle.connect()  # owned by the generator, which outlives the request context
+    headers = {"Content-Disposition": f'attachment; filename="{bundle.cid}.csv"'}
+    return Response(stream_with_context(_csv_rows(conn, ids)), mimetype="text/csv",
+                    headers=headers)
+
+
+def _csv_rows(conn: sqlite3.Connection, ids: list[int], chunk: int = 500) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    sql = ("SELECT i.id, i.row, i.col, i.title, i.url, i.filename, m.* FROM items AS i "
+           "LEFT JOIN metadata AS m ON m.id = i.id WHERE i.id IN ({}) ORDER BY i.id")
+    try:
+        columns = [d[0] for d in conn.execute(sql.format("NULL")).description]
+        keep = [i for i, name in enumerate(columns) if not (i >= 6 and name == "id")]
+        writer.writerow([columns[i] for i in keep])
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            for row in conn.execute(sql.format(",".join("?" * len(part))), part):
+                writer.writerow([row[i] for i in keep])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue()
+    finally:
+        conn.close()
+
+
+def _summary(bundle: Bundle) -> dict:
+    overview = bundle.manifest.get("overview") or {}
+    return {
+        "id": bundle.cid,
+        "title": bundle.title,
+        "n_items": bundle.n_items,
+        "embeddings": bundle.embedding_names,
+        "facets": bundle.manifest.get("facets", []),
+        "overview": _collection_url(bundle, "overview.jpg") if overview.get("path") else None,
+        "url": f"{request.script_root}/c/{bundle.cid}",
+    }
+
+
+def _collection_url(bundle: Bundle, path: str) -> str:
+    return f"{request.script_root}/collections/{bundle.cid}/{path}"
+
+
+def _thumb(bundle: Bundle, item_id: int) -> str:
+    return _collection_url(bundle, f"thumbs/{item_id}.jpg")
+
+
+def _rows(bundle: Bundle, ids: list[int]) -> dict[int, dict]:
+    """``{id: {id, row, col, title, thumbnail}}`` for ``ids``, in one query."""
+    if not ids:
+        return {}
+    sql = f"SELECT id, row, col, title FROM items WHERE id IN ({','.join('?' * len(ids))})"
+    return {r["id"]: dict(r, thumbnail=_thumb(bundle, r["id"]))
+            for r in get_db(bundle).execute(sql, ids)}
+
+
+def _check_item(bundle: Bundle, item_id: int) -> None:
+    if not 0 <= item_id < bundle.n_items:
+        abort(404, description=f"item {item_id} not in collection {bundle.cid!r} "
+                               f"(ids are 0..{bundle.n_items - 1})")
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:
+    text = request.args.get(name, "")
+    if text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        abort(400, description=f"{name} must be an integer, not {text!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        abort(400, description=f"{name} must be {bound}, not {value}")
+    return value

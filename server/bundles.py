@@ -1,0 +1,162 @@
+"""Read-only access to the bundles under the output folder (see docs/bundle.md).
+
+A ``Bundle`` is opened once per worker process and cached by the app; its
+arrays are memory-mapped and its annoy indexes are loaded on first use. A
+bundle is reopened when its ``manifest.json`` changes (a rebuild).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from server.neighbors import NeighborIndex
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_CID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class BundleNotFound(LookupError):
+    """No complete bundle with that id."""
+
+
+@dataclass
+class Bundle:
+    """One complete bundle folder and its parsed manifest."""
+
+    cid: str
+    path: Path
+    manifest: dict
+    version: str
+    exact_max: int
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._indexes: dict[str, NeighborIndex] = {}
+
+    @property
+    def n_items(self) -> int:
+        return int(self.manifest["counts"]["items"])
+
+    @property
+    def title(self) -> str:
+        return self.manifest.get("title") or self.cid
+
+    @property
+    def grid(self) -> dict:
+        return self.manifest["grid"]
+
+    @property
+    def columns(self) -> list[dict]:
+        return self.manifest.get("columns", [])
+
+    @property
+    def embedding_names(self) -> list[str]:
+        return [e["name"] for e in self.manifest.get("embeddings", [])]
+
+    def file(self, key: str) -> Path:
+        """A path named in ``manifest["files"]``."""
+        return self.path / self.manifest["files"][key]
+
+    @cached_property
+    def cells(self) -> np.memmap:
+        """uint8 ``(N, cell_size, cell_size, 3)``, memory-mapped."""
+        spec = self.manifest["cells"]
+        return np.memmap(self.path / spec["path"], dtype=np.dtype(spec["dtype"]),
+                         mode="r", shape=tuple(spec["shape"]))
+
+    def connect(self) -> sqlite3.Connection:
+        """A new read-only connection to ``metadata.sqlite`` (one per request)."""
+        uri = self.file("metadata").resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def embedding(self, name: str) -> dict | None:
+        for spec in self.manifest.get("embeddings", []):
+            if spec["name"] == name:
+                return spec
+        return None
+
+    def neighbor_index(self, name: str) -> NeighborIndex:
+        """The index of one embedding, opened once and shared by this worker's threads."""
+        with self._lock:
+            index = self._indexes.get(name)
+            if index is None:
+                spec = self.embedding(name)
+                if spec is None:
+                    raise KeyError(name)
+                index = NeighborIndex(self.path, spec, exact=self.n_items <= self.exact_max)
+                self._indexes[name] = index
+            return index
+
+
+class BundleRegistry:
+    """The bundles under one output folder, each opened once per process."""
+
+    def __init__(self, out_dir: str | Path, exact_max: int = 20_000) -> None:
+        self.out_dir = Path(out_dir)
+        self.exact_max = exact_max
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[int, Bundle]] = {}
+
+    def list(self) -> list[Bundle]:
+        """Every complete bundle, sorted by id; broken ones are logged and skipped."""
+        if not self.out_dir.is_dir():
+            return []
+        bundles = []
+        for child in sorted(self.out_dir.iterdir()):
+            if (child / "manifest.json").is_file():
+                try:
+                    bundles.append(self.get(child.name))
+                except BundleNotFound as error:
+                    log.warning("skipping %s: %s", child, error)
+        return bundles
+
+    def get(self, cid: str) -> Bundle:
+        """The bundle ``cid``; raises BundleNotFound for unknown or unreadable ids."""
+        if not _CID.match(cid):
+            raise BundleNotFound(f"no collection {cid!r}")
+        path = self.out_dir / cid
+        manifest_path = path / "manifest.json"
+        try:
+            stamp = manifest_path.stat().st_mtime_ns
+        except OSError:
+            raise BundleNotFound(f"no collection {cid!r}") from None
+        with self._lock:
+            cached = self._cache.get(cid)
+            if cached and cached[0] == stamp:
+                return cached[1]
+        bundle = _open(cid, path, manifest_path, self.exact_max)
+        with self._lock:
+            self._cache[cid] = (stamp, bundle)
+        return bundle
+
+
+def _open(cid: str, path: Path, manifest_path: Path, exact_max: int) -> Bundle:
+    try:
+        data = manifest_path.read_bytes()
+        manifest = json.loads(data)
+    except (OSError, ValueError) as error:
+        raise BundleNotFound(f"collection {cid!r} has an unreadable manifest: {error}") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleNotFound(
+            f"collection {cid!r} has schema_version {manifest.get('schema_version')!r}, "
+            f"this server reads {SCHEMA_VERSION}"
+        )
+    version = hashlib.sha1(data).hexdigest()[:12]
+    log.info("opened bundle %s (%s items) in process %d", cid,
+             manifest.get("counts", {}).get("items"), os.getpid())
+    return Bundle(cid=cid, path=path, manifest=manifest, version=version, exact_max=exact_max)

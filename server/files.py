@@ -1,0 +1,84 @@
+"""Bundle files under ``/collections/<cid>/``: tiles, overview, grid and thumbnails.
+
+Files go out only through ``send_from_directory`` (traversal is a 404). URLs
+that carry the bundle's version (``?v=``, as the API hands them out) are
+cached for a year; others for ``MOSAIC_TILE_MAX_AGE`` seconds, with ETags.
+"""
+
+from __future__ import annotations
+
+import pyvips
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory
+
+from server.bundles import Bundle
+from server.db import get_bundle
+
+bp = Blueprint("files", __name__, url_prefix="/collections/<cid>")
+
+YEAR = 365 * 24 * 3600
+THUMB_QUALITY = 85
+
+
+@bp.get("/tiles/<path:filename>")
+def tiles(cid: str, filename: str):
+    bundle = get_bundle(cid)
+    mimetype = "application/xml" if filename.endswith(".dzi") else None
+    return _send(bundle, "tiles", filename, mimetype)
+
+
+@bp.get("/overview.jpg")
+def overview(cid: str):
+    bundle = get_bundle(cid)
+    path = (bundle.manifest.get("overview") or {}).get("path")
+    if not path:
+        abort(404, description=f"collection {cid!r} has no overview image")
+    return _send(bundle, ".", path)
+
+
+@bp.get("/grid.i32")
+def grid(cid: str):
+    """The raw little-endian int32 grid (cell -> item id, -1 empty), row-major."""
+    bundle = get_bundle(cid)
+    response = _send(bundle, ".", bundle.manifest["files"]["grid"])
+    response.headers["X-Grid-Shape"] = f"{bundle.grid['n_rows']},{bundle.grid['n_cols']}"
+    return response
+
+
+@bp.get("/thumbs/<int:item_id>.jpg")
+def thumbnail(cid: str, item_id: int):
+    """One item's cell from ``cells.u8``, encoded as JPEG."""
+    bundle = get_bundle(cid)
+    if not 0 <= item_id < bundle.n_items:
+        abort(404, description=f"item {item_id} not in collection {cid!r}")
+    response = Response(mimetype="image/jpeg")
+    response.set_etag(f"{bundle.version}-{item_id}")
+    _cache(response, bundle)
+    if request.if_none_match.contains(f"{bundle.version}-{item_id}"):
+        response.status_code = 304
+        return response
+    response.set_data(encode_cell(bundle.cells[item_id]))
+    return response
+
+
+def encode_cell(cell, quality: int = THUMB_QUALITY) -> bytes:
+    """JPEG bytes of one uint8 ``(size, size, 3)`` cell."""
+    height, width, bands = cell.shape
+    image = pyvips.Image.new_from_memory(cell.tobytes(), width, height, bands, "uchar")
+    return image.jpegsave_buffer(Q=quality, strip=True)
+
+
+def _send(bundle: Bundle, folder: str, filename: str, mimetype: str | None = None
+          ) -> Response:
+    response = send_from_directory(bundle.path / folder, filename, mimetype=mimetype)
+    _cache(response, bundle)
+    return response
+
+
+def _cache(response: Response, bundle: Bundle) -> None:
+    response.cache_control.no_cache = None
+    response.cache_control.public = True
+    if request.args.get("v") == bundle.version:
+        response.cache_control.max_age = YEAR
+        response.cache_control.immutable = True
+    else:
+        response.cache_control.max_age = current_app.config["MOSAIC_TILE_MAX_AGE"]

@@ -1,0 +1,55 @@
+// URL state: viewport, selected item, embedding and filters live in the hash,
+// e.g. #view=0.42,0.37,8.5&item=12&emb=raw&q=red&category=a&year_min=1990,
+// so a copied link reproduces the view. Filter keys are the search API's.
+
+const VIEWER_KEYS = new Set(["view", "item", "emb"]);
+const WRITE_DELAY_MS = 150;
+
+export function setupHash(app) {
+  const viewport = app.viewer.viewport;
+  let timer = 0;
+
+  function write() {
+    const params = new URLSearchParams();
+    const center = viewport.getCenter();
+    const zoom = viewport.getZoom();
+    params.set("view", [center.x, center.y, zoom].map((v) => Number(v.toPrecision(6))).join(","));
+    if (app.state.item >= 0) params.set("item", String(app.state.item));
+    if (app.state.embedding !== app.collection.embeddings[0]?.name) {
+      params.set("emb", app.state.embedding);
+    }
+    for (const [key, value] of app.filters) params.append(key, value);
+    const hash = `#${params}`;
+    if (hash !== window.location.hash) history.replaceState(null, "", hash);
+  }
+
+  function scheduleWrite() {
+    clearTimeout(timer);
+    timer = setTimeout(write, WRITE_DELAY_MS);
+  }
+
+  function apply() {
+    const params = new URLSearchParams(window.location.hash.slice(1));
+    const filters = new URLSearchParams();
+    for (const [key, value] of params) if (!VIEWER_KEYS.has(key)) filters.append(key, value);
+    const embedding = params.get("emb");
+    if (embedding && app.collection.embeddings.some((e) => e.name === embedding)) {
+      app.state.embedding = embedding;
+    }
+    const item = Number.parseInt(params.get("item") ?? "", 10);
+    app.select(Number.isInteger(item) ? item : -1, { fly: false });
+    const view = (params.get("view") || "").split(",").map(Number);
+    if (view.length === 3 && view.every(Number.isFinite) && view[2] > 0) {
+      viewport.zoomTo(view[2], null, true);
+      viewport.panTo(new OpenSeadragon.Point(view[0], view[1]), true);
+    }
+    return app.setFilters(filters);
+  }
+
+  app.viewer.addHandler("animation-finish", scheduleWrite);
+  for (const name of ["select", "filters", "embedding"]) {
+    app.events.addEventListener(name, scheduleWrite);
+  }
+  window.addEventListener("hashchange", apply);
+  return apply();
+}

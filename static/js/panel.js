@@ -1,0 +1,61 @@
+// The side panel for the selected item: thumbnail, title, link and metadata.
+// Metadata is untrusted, so it is only ever set as text.
+
+import { getJSON } from "./api.js";
+
+const SAFE_SCHEMES = new Set(["http:", "https:"]);
+
+export function setupPanel(app) {
+  const panel = document.getElementById("panel");
+  const thumb = document.getElementById("panel-thumb");
+  const title = document.getElementById("panel-title");
+  const link = document.getElementById("panel-link");
+  const metadata = document.getElementById("panel-metadata");
+  let token = 0;
+
+  document.getElementById("panel-close").addEventListener("click", () => app.select(-1));
+
+  app.events.addEventListener("select", async (event) => {
+    const id = event.detail.id;
+    const mine = ++token;
+    if (id < 0) {
+      panel.hidden = true;
+      return;
+    }
+    let item;
+    try {
+      item = await getJSON(`${app.root}/items/${id}`);
+    } catch (error) {
+      app.report(error);
+      return;
+    }
+    if (mine !== token) return;
+    panel.hidden = false;
+    panel.dataset.id = String(id);
+    thumb.src = item.thumbnail;
+    thumb.alt = item.title || "";
+    title.textContent = item.title || `item ${id}`;
+    const href = safeUrl(item.url);
+    link.hidden = !href;
+    if (href) link.href = href; else link.removeAttribute("href");
+    const rows = [["filename", item.filename], ["cell", `row ${item.row}, col ${item.col}`]];
+    for (const [key, value] of Object.entries(item.metadata)) rows.push([key, value]);
+    metadata.replaceChildren(...rows.flatMap(([key, value]) => {
+      const term = document.createElement("dt");
+      term.textContent = key;
+      const detail = document.createElement("dd");
+      detail.textContent = value === null ? "—" : String(value);
+      return [term, detail];
+    }));
+  });
+}
+
+function safeUrl(url) {
+  if (!url) return null;
+  try {
+    const parsed = new URL(url, window.location.href);
+    return SAFE_SCHEMES.has(parsed.protocol) ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
