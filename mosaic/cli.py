@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -71,7 +70,8 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                     help="vgg16 | raw | file:PATH | xy:PATH; repeat for more indexes, the "
                     "first drives the layout (default: raw)")
     em.add_argument("--weights", default=d.weights, help="VGG16 weights: imagenet | none | PATH")
-    em.add_argument("--pca", type=int, default=d.pca, help="PCA components before the layout (0 = off)")
+    em.add_argument("--pca", type=int, default=d.pca,
+                    help="PCA components before the layout (0 = off)")
     em.add_argument("--reducer", choices=["tsne", "umap"], default=d.reducer)
     em.add_argument("--tsne-backend", choices=["opentsne", "multicore", "sklearn"],
                     default=d.tsne_backend)

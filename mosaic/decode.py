@@ -67,7 +67,8 @@ def run_decode(
                for name, dim in dims.items()}
     status = _load(work / "status.npy", np.zeros(n, dtype=np.int8))
     sizes = _load(work / "sizes.npy", np.zeros((n, 2), dtype=np.int64))
-    failures = {int(k): v for k, v in json.loads(_read_text(work / "failures.json") or "{}").items()}
+    stored_failures = json.loads(_read_text(work / "failures.json") or "{}")
+    failures = {int(k): v for k, v in stored_failures.items()}
     vgg = Vgg16Embedder(options.weights) if any(s.kind == "vgg16" for s in specs) else None
     if vgg is not None and (status == TODO).any():
         vgg.load()

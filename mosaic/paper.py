@@ -207,7 +207,7 @@ def resolve_page(
     return Page(
         width_mm=float(size_mm[0]), height_mm=float(size_mm[1]), dpi=float(dpi),
         trim_px=(int(trim_px[0]), int(trim_px[1])), margin_px=margin_px, bleed_px=bleed_px,
-        margin_mm=margin_len.to_mm(dpi), bleed_mm=bleed_px / dpi * MM_PER_INCH,
+        margin_mm=margin_len.to_mm(dpi), bleed_mm=bleed_len.to_mm(dpi),
     )
 
 

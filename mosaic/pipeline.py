@@ -20,11 +20,18 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from mosaic import SCHEMA_VERSION, __version__
+from mosaic import SCHEMA_VERSION, __version__, collect, grid, reduce, render
 from mosaic import clusters as clusters_mod
-from mosaic import collect, grid, reduce, render
-from mosaic.bundle import (MANIFEST, StageCache, bundle_dir, bundle_lock, cache_key,
-                           save_npy_atomic, write_bytes_atomic, write_json_atomic)
+from mosaic.bundle import (
+    MANIFEST,
+    StageCache,
+    bundle_dir,
+    bundle_lock,
+    cache_key,
+    save_npy_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from mosaic.decode import DONE, DecodeOptions, compact, pixel_dims, run_decode
 from mosaic.embed import EmbeddingSpec, parse_embedding_specs, read_user_vectors
 from mosaic.errors import MosaicError, UsageError

@@ -34,8 +34,14 @@ from mosaic.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
 from mosaic.poster_cells import CellFetcher
 from mosaic.poster_pdf import PDF_COMPRESSIONS, write_pdf
 from mosaic.poster_render import (
-    Colour, Layout, compose_page, iter_montage_strips, plan_layout, render_label,
-    render_text, text_colour_for,
+    Colour,
+    Layout,
+    compose_page,
+    iter_montage_strips,
+    plan_layout,
+    render_label,
+    render_text,
+    text_colour_for,
 )
 from mosaic.query import QueryError, parse_search_args, search_items
 from mosaic.render import open_matrix
@@ -282,7 +288,8 @@ def _build_page(
     texts = _render_texts(page, options, warnings)
     header, footer = _text_block_heights(page, texts)
     layout = plan_layout(page, cell_grid.shape, options.gutter.to_px(page.dpi), header, footer)
-    fetcher = CellFetcher(bundle_dir, manifest, layout.cell_px, options.sources)
+    fetcher = CellFetcher(bundle_dir, manifest, layout.cell_px, options.sources,
+                          options.background)
     raw = tmp / "montage.raw"
     with fetcher, open(raw, "wb") as handle:
         for strip in iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
@@ -345,7 +352,7 @@ def _hotspot_labels(
     """White label boxes centred on each hotspot's representative, where it is placed."""
     page = options.page
     where = {int(i): (r, c) for (r, c), i in np.ndenumerate(cell_grid) if i >= 0}
-    size_pt = min(page.width_mm, page.height_mm) * 0.011 / MM_PER_INCH * 72
+    size_pt = min(page.width_mm, page.height_mm) * 0.016 / MM_PER_INCH * 72
     montage_w, montage_h = layout.montage_size
     overlays = []
     for hotspot in manifest.get("hotspots", []):
@@ -408,5 +415,5 @@ def _write_preview(page_image: pyvips.Image, page: Page, output: Path) -> str:
 def _placed_items(cell_grid: np.ndarray) -> list[dict]:
     rows, cols = np.nonzero(cell_grid >= 0)
     return [{"id": int(cell_grid[r, c]), "row": int(r), "col": int(c)}
-            for r, c in zip(rows, cols)]
+            for r, c in zip(rows, cols, strict=True)]
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class CellFetcher:
     """``fetch(ids) -> uint8 (k, cell_px, cell_px, 3)`` for a bundle; use as a context manager."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict, cell_px: int, sources: bool = True):
+    def __init__(self, bundle_dir: Path, manifest: dict, cell_px: int, sources: bool = True,
+                 background: tuple[int, int, int] | None = None):
         shape = manifest["cells"]["shape"]
         self.path = Path(bundle_dir) / manifest["cells"]["path"]
         self.metadata = Path(bundle_dir) / manifest["files"]["metadata"]
@@ -39,7 +40,8 @@ class CellFetcher:
         self.cell_px = int(cell_px)
         self.use_sources = bool(sources) and self.cell_px > self.stored_px
         self.fit = manifest.get("grid", {}).get("fit", "fit")
-        self.background = _bundle_background(manifest)
+        # Sources decoded afresh are letterboxed on the poster's own background.
+        self.background = background or _bundle_background(manifest)
         self.counts = {"stored": 0, "from_source": 0, "missing_source": 0}
         self.missing: list[str] = []
         self._fd: int | None = None

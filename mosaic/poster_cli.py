@@ -17,8 +17,14 @@ from mosaic.bundle import bundle_dir, read_manifest
 from mosaic.errors import BundleError
 from mosaic.paper import DEFAULT_PAPER, PAPER_SIZES, PosterError, parse_length, resolve_page
 from mosaic.poster import (
-    ARRANGEMENTS, FORMATS, PosterOptions, arrange_items, output_format, parse_colour,
-    render_poster, select_items,
+    ARRANGEMENTS,
+    FORMATS,
+    PosterOptions,
+    arrange_items,
+    output_format,
+    parse_colour,
+    render_poster,
+    select_items,
 )
 from mosaic.poster_pdf import PDF_COMPRESSIONS
 

@@ -151,7 +151,7 @@ def iter_montage_strips(
         cols = np.flatnonzero(cell_grid[row] >= 0)
         if len(cols):
             cells = fetch(cell_grid[row, cols])
-            for cell, col in zip(cells, cols):
+            for cell, col in zip(cells, cols, strict=True):
                 strip[:, col * pitch:col * pitch + cell_px] = cell
         yield strip
         if gutter_px and row < n_rows - 1:

@@ -76,8 +76,9 @@ def neighbors(cid: str, item_id: int):
     k = _int_arg("k", 20, 1, MAX_K)
     index = bundle.neighbor_index(name)
     ids, distances = index.query(item_id, k)
-    rows = _rows(bundle, ids.tolist())
-    result = [dict(rows[i], distance=float(d)) for i, d in zip(ids.tolist(), distances)]
+    ids = ids.tolist()
+    rows = _rows(bundle, ids)
+    result = [dict(rows[i], distance=float(d)) for i, d in zip(ids, distances, strict=True)]
     return jsonify(ok=True, id=item_id, embedding=name, metric=index.metric,
                    method=index.method, k=k, neighbors=result)
 

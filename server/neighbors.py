@@ -50,7 +50,7 @@ class NeighborIndex:
             return self._exact(item_id, k)
         ids, distances = self._annoy.get_nns_by_item(
             item_id, k + 1, search_k=self.search_k, include_distances=True)
-        pairs = [(i, d) for i, d in zip(ids, distances) if i != item_id][:k]
+        pairs = [(i, d) for i, d in zip(ids, distances, strict=True) if i != item_id][:k]
         return (np.array([p[0] for p in pairs], dtype=np.int64),
                 np.array([p[1] for p in pairs], dtype=np.float64))
 

@@ -28,6 +28,7 @@ async function main() {
     element,
     tileSources: collection.dzi,
     prefixUrl: "/static/openseadragon/images/",
+    drawer: "canvas", // 2-D canvas works everywhere, GPU or not; the tiles are plain JPEGs
     showNavigator: true,
     navigatorPosition: "BOTTOM_LEFT",
     maxZoomPixelRatio: 4,
