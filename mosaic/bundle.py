@@ -54,11 +54,67 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def open_cells(directory: str | Path, manifest: dict[str, Any]) -> np.memmap:
-    """The cell thumbnails as a read-only memmap of shape (N, c, c, 3)."""
+def open_cells(directory: str | Path, manifest: dict[str, Any]) -> RowFile:
+    """The cell thumbnails, (N, c, c, 3) uint8, read row by row with pread."""
     cells = manifest["cells"]
-    return np.memmap(Path(directory) / cells["path"], dtype=np.uint8, mode="r",
-                     shape=tuple(cells["shape"]))
+    return RowFile(Path(directory) / cells["path"], tuple(cells["shape"]), np.uint8)
+
+
+class RowFile:
+    """A raw C-order array on disk, read and written a row at a time.
+
+    Unlike a memmap, reading or writing rows keeps nothing resident in this
+    process (os.pread/os.pwrite go through the page cache), so memory stays
+    flat however large the file is.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, writable: bool = False):
+        self.fd = -1
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        size = self.row_bytes * self.shape[0]
+        if writable and (not self.path.exists() or self.path.stat().st_size != size):
+            with open(self.path, "wb") as handle:
+                handle.truncate(size)
+        self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            if not -len(self) <= index < len(self):
+                raise IndexError(index)
+            return self.read_rows([int(index) % len(self)])[0]
+        rows = np.arange(len(self))[index]
+        return self.read_rows(rows)
+
+    def read_rows(self, rows) -> np.ndarray:
+        """Rows in the given order as a new (len(rows), ...) array."""
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        view = out.reshape(len(rows), -1).view(np.uint8)
+        for position, row in enumerate(rows):
+            data = os.pread(self.fd, self.row_bytes, int(row) * self.row_bytes)
+            if len(data) != self.row_bytes:
+                raise BundleError(f"{self.path} is shorter than its declared shape")
+            view[position] = np.frombuffer(data, dtype=np.uint8)
+        return out
+
+    def write_row(self, row: int, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value, dtype=self.dtype).tobytes()
+        os.pwrite(self.fd, data, int(row) * self.row_bytes)
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        self.close()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

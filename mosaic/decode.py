@@ -9,6 +9,7 @@ At the end the survivors are compacted into dense item order.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.bundle import save_npy_atomic, write_json_atomic
+from mosaic.bundle import RowFile, save_npy_atomic, write_json_atomic
 from mosaic.embed import RAW_SIDE, EmbeddingSpec, Vgg16Embedder
 from mosaic.errors import ImageError
 from mosaic.thumbnail import decode_many, raw_vector
@@ -61,9 +62,9 @@ def run_decode(
         (work / "key").write_text(key)
     n = len(paths)
     c = options.cell_size
-    cells = _open_work_array(work / "cells.u8", np.uint8, (n, c, c, 3))
+    cells = RowFile(work / "cells.u8", (n, c, c, 3), np.uint8, writable=True)
     dims = pixel_dims(specs)
-    vectors = {name: _open_work_array(work / f"{name}.f32", np.float32, (n, dim))
+    vectors = {name: RowFile(work / f"{name}.f32", (n, dim), np.float32, writable=True)
                for name, dim in dims.items()}
     status = _load(work / "status.npy", np.zeros(n, dtype=np.int8))
     sizes = _load(work / "sizes.npy", np.zeros((n, 2), dtype=np.int64))
@@ -86,22 +87,24 @@ def run_decode(
                 if isinstance(result, ImageError):
                     status[index], failures[index] = FAILED, str(result)
                     continue
-                cells[index] = result.cell
+                cells.write_row(index, result.cell)
                 sizes[index] = (result.width, result.height)
                 if "raw" in vectors:
-                    vectors["raw"][index] = raw_vector(result.cell)
+                    vectors["raw"].write_row(index, raw_vector(result.cell))
                 if vgg is not None:
                     batch_ids.append(index)
                     batch_inputs.append(result.model_input)
                     if len(batch_ids) == VGG_BATCH:
-                        vectors["vgg16"][batch_ids] = vgg.embed(np.stack(batch_inputs))
+                        _write_rows(vectors["vgg16"], batch_ids, vgg.embed(np.stack(batch_inputs)))
                         batch_ids, batch_inputs = [], []
                 status[index] = DONE
             if batch_ids:
-                vectors["vgg16"][batch_ids] = vgg.embed(np.stack(batch_inputs))
+                _write_rows(vectors["vgg16"], batch_ids, vgg.embed(np.stack(batch_inputs)))
             _checkpoint(work, cells, vectors, status, sizes, failures)
             if progress:
                 progress(len(chunk))
+    for array in (cells, *vectors.values()):
+        array.close()
     return status, sizes, failures
 
 
@@ -109,27 +112,33 @@ def compact(work: Path, kept: np.ndarray, cells_path: Path, vector_paths: dict[s
             n_inputs: int, cell_size: int, dims: dict[str, int]) -> None:
     """Copy the kept inputs' cells and vectors, in order, into the bundle files."""
     c = cell_size
-    source = np.memmap(work / "cells.u8", dtype=np.uint8, mode="r", shape=(n_inputs, c, c, 3))
-    _copy_rows(source, kept, cells_path, raw=True)
+    _copy_rows(RowFile(work / "cells.u8", (n_inputs, c, c, 3), np.uint8), kept, cells_path,
+               raw=True)
     for name, path in vector_paths.items():
-        source = np.memmap(work / f"{name}.f32", dtype=np.float32, mode="r",
-                           shape=(n_inputs, dims[name]))
+        source = RowFile(work / f"{name}.f32", (n_inputs, dims[name]), np.float32)
         _copy_rows(source, kept, path, raw=False)
 
 
-def _copy_rows(source: np.ndarray, rows: np.ndarray, path: Path, raw: bool) -> None:
+def _copy_rows(source: RowFile, rows: np.ndarray, path: Path, raw: bool) -> None:
+    """Write ``source``'s ``rows`` to ``path`` (raw bytes or .npy), via a temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    shape = (len(rows), *source.shape[1:])
-    if raw:
-        target = np.memmap(tmp, dtype=source.dtype, mode="w+", shape=shape)
-    else:
-        target = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype, shape=shape)
-    for start in range(0, len(rows), 4096):
-        target[start:start + 4096] = source[rows[start:start + 4096]]
-    target.flush()
-    del target
+    with open(tmp, "wb") as handle:
+        if not raw:
+            header = {"descr": np.lib.format.dtype_to_descr(source.dtype),
+                      "fortran_order": False, "shape": (len(rows), *source.row_shape)}
+            np.lib.format.write_array_header_1_0(handle, header)
+        for start in range(0, len(rows), 1024):
+            handle.write(source.read_rows(rows[start:start + 1024]).tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
+    source.close()
     tmp.replace(path)
+
+
+def _write_rows(target: RowFile, rows: list[int], values: np.ndarray) -> None:
+    for row, value in zip(rows, values):
+        target.write_row(row, value)
 
 
 def _checkpoint(work, cells, vectors, status, sizes, failures) -> None:
@@ -139,14 +148,6 @@ def _checkpoint(work, cells, vectors, status, sizes, failures) -> None:
     write_json_atomic(work / "failures.json", {str(k): v for k, v in failures.items()})
     save_npy_atomic(work / "sizes.npy", sizes)
     save_npy_atomic(work / "status.npy", status)  # last: it marks the chunk done
-
-
-def _open_work_array(path: Path, dtype, shape) -> np.memmap:
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if not path.exists() or path.stat().st_size != nbytes:
-        with open(path, "wb") as handle:
-            handle.truncate(nbytes)
-    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
 
 
 def _load(path: Path, default: np.ndarray) -> np.ndarray:

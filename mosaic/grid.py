@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from mosaic.errors import UsageError
 
@@ -69,6 +68,8 @@ def _scale_to_grid(xy: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
 
 
 def _assign_lap(xy: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment  # heavy import, only when needed
+
     if len(xy) > LAP_MAX_ITEMS:
         raise UsageError(
             f"--grid lap is exact but cubic: {len(xy)} items is over its limit of "

@@ -24,6 +24,7 @@ from mosaic import SCHEMA_VERSION, __version__, collect, grid, reduce, render
 from mosaic import clusters as clusters_mod
 from mosaic.bundle import (
     MANIFEST,
+    RowFile,
     StageCache,
     bundle_dir,
     bundle_lock,
@@ -268,8 +269,8 @@ class _Run:
     def build_render(self, gridded: dict):
         c = self.config
         positions = np.load(self.path("positions.npy"))
-        cells = np.memmap(self.path("cells.u8"), dtype=np.uint8, mode="r",
-                          shape=(len(positions), c.cell_size, c.cell_size, 3))
+        cells = RowFile(self.path("cells.u8"), (len(positions), c.cell_size, c.cell_size, 3),
+                        np.uint8)
         matrix_path = self.path("cache/matrix.raw")
         with Progress(gridded["n_rows"], "render", self.show_progress) as bar:
             width, height = render.write_matrix(matrix_path, cells, positions,

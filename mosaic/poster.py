@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -221,14 +222,19 @@ def render_poster(
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "bundle": manifest.get("id"), "output": output.name, "format": fmt,
               "selection": selection or {}}
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".poster-", dir=output.parent) as tmp:
         page_image, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
                                                Path(tmp))
+        timings = {"montage": time.perf_counter() - started}
         partial = output.with_name(f".{output.name}.partial")
         _save(page_image, partial, fmt, options, manifest)
         os.replace(partial, output)
+        timings["save"] = time.perf_counter() - started - timings["montage"]
         if preview:
             info["preview"] = _write_preview(page_image, options.page, output)
+            timings["preview"] = time.perf_counter() - started - sum(timings.values())
+    info["timings"] = {k: round(v, 3) for k, v in timings.items()}
     record.update(info)
     record["grid"] = layout.to_dict()
     record["count"] = int((cell_grid >= 0).sum())

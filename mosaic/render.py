@@ -30,7 +30,7 @@ def write_matrix(
 ) -> tuple[int, int]:
     """Write the (n_rows * c) x (n_cols * c) RGB matrix to ``path`` as raw bytes.
 
-    ``cells`` is (N, c, c, 3) uint8 (may be a memmap); ``positions`` (N, 2) is
+    ``cells`` is (N, c, c, 3) uint8 (an array or a RowFile); ``positions`` (N, 2) is
     (row, col). Returns (width, height) in pixels.
     """
     cell = cells.shape[1]
@@ -40,9 +40,10 @@ def write_matrix(
     with open(path, "wb") as handle:
         for row in range(n_rows):
             strip[:] = background
-            for item in order[row_starts[row]:row_starts[row + 1]]:
+            items = order[row_starts[row]:row_starts[row + 1]]
+            for item, image in zip(items, cells[items]):
                 col = positions[item, 1]
-                strip[:, col * cell:(col + 1) * cell] = cells[item]
+                strip[:, col * cell:(col + 1) * cell] = image
             handle.write(strip.data)
             if progress is not None:
                 progress(1)

@@ -6,6 +6,11 @@ image is ever read twice in one pass.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,28 +56,91 @@ def decode_image(
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
-    path = str(path)
+    path = os.fspath(path)
+    _check_file(path)
     try:
-        header = pyvips.Image.new_from_file(path)
-        width, height = header.width, header.height
-        if width * height > max_pixels:
-            raise ImageError(
-                f"image is {width}x{height} = {width * height} pixels, over the "
-                f"--max-pixels limit of {max_pixels} (possible decompression bomb)"
-            )
-        if _orientation(header) in _TRANSPOSED_ORIENTATIONS:
-            width, height = height, width
-        box = max(cell_size, model_size or 0)
-        base = pyvips.Image.thumbnail(
-            path, box, height=box, crop="centre" if fit == "fill" else "none",
-            fail_on="error",
-        )
-        base = _to_srgb(base, background).copy_memory()
+        with _vips_source(path) as source:
+            header = _load(source)
+            width, height = header.width, header.height
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"image is {width}x{height} = {width * height} pixels, over the "
+                    f"--max-pixels limit of {max_pixels} (possible decompression bomb)"
+                )
+            if _orientation(header) in _TRANSPOSED_ORIENTATIONS:
+                width, height = height, width
+            box = max(cell_size, model_size or 0)
+            base = _thumbnail(source, box, crop="centre" if fit == "fill" else "none")
+            base = _to_srgb(base, background).copy_memory()
         cell = _square(base, cell_size, fit, background)
         model_input = _square(base, model_size, fit, background) if model_size else None
     except pyvips.Error as error:
         raise ImageError(_short_reason(error)) from None
     return DecodedImage(cell=cell, model_input=model_input, width=width, height=height)
+
+
+def _check_file(path: str) -> None:
+    """ImageError for a path that must not reach libvips, with the specific reason.
+
+    A FIFO or a device named like an image would block or never end, and a
+    symlink loop, a dangling link or a permission error would otherwise all be
+    reported by libvips as "does not exist".
+    """
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError("symbolic link loop (too many levels of symbolic links)") from None
+        if error.errno == errno.ENOENT and os.path.islink(path):
+            raise ImageError(f"dangling symbolic link to {os.readlink(path)!r}") from None
+        raise ImageError(f"cannot read the file: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device"
+                if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket"
+                if stat.S_ISSOCK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode)
+                else "a special file")
+        raise ImageError(f"not a regular file ({kind})")
+    if info.st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        raise ImageError(f"cannot read the file: {error.strerror}") from None
+
+
+@contextmanager
+def _vips_source(path: str) -> Iterator[str | pyvips.Source]:
+    """The path itself, or a descriptor source for names libvips cannot take.
+
+    libvips takes file names as UTF-8; a name that is not (undecodable bytes,
+    which Python keeps as surrogates) is opened here and read through its
+    descriptor instead. Shrink-on-load works either way.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        descriptor = os.open(os.fsencode(path), os.O_RDONLY)
+        try:
+            yield pyvips.Source.new_from_descriptor(descriptor)
+        finally:
+            os.close(descriptor)
+        return
+    yield path
+
+
+def _load(source: str | pyvips.Source) -> pyvips.Image:
+    """The image header (pixels are decoded lazily, on demand)."""
+    if isinstance(source, str):
+        return pyvips.Image.new_from_file(source)
+    return pyvips.Image.new_from_source(source, "")
+
+
+def _thumbnail(source: str | pyvips.Source, box: int, crop: str) -> pyvips.Image:
+    """Shrink-on-load thumbnail fitting a ``box`` square, upright (EXIF applied)."""
+    if isinstance(source, str):
+        return pyvips.Image.thumbnail(source, box, height=box, crop=crop, fail_on="error")
+    return pyvips.Image.thumbnail_source(source, box, height=box, crop=crop, fail_on="error")
 
 
 def _orientation(image: pyvips.Image) -> int:
@@ -110,7 +178,9 @@ def _square(image: pyvips.Image, size: int, fit: str, background) -> np.ndarray:
 
 
 def _short_reason(error: pyvips.Error) -> str:
-    text = " ".join(str(error.detail or error.message).split())
+    """libvips's messages for one failure, each once, on one line."""
+    lines = [" ".join(line.split()) for line in str(error.detail or error.message).splitlines()]
+    text = "; ".join(dict.fromkeys(line for line in lines if line))
     return text[:300] or "libvips could not decode the file"
 
 

@@ -35,6 +35,7 @@ def create_app(test_config: dict | None = None, out_dir: str | os.PathLike | Non
     if out_dir is not None:
         app.config["MOSAIC_OUT"] = str(out_dir)
     app.json.sort_keys = False
+    app.url_map.merge_slashes = False  # "tiles//etc/passwd" is a 404, not a redirect
     db.init_app(app)
     errors.register(app)
     app.register_blueprint(api.bp)

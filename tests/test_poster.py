@@ -1,4 +1,4 @@
-"""``run.py poster`` end to end on a small poster_bundle built by the real pipeline."""
+"""``run.py poster`` end to end on a small bundle built by the real pipeline."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ import pypdf
 import pytest
 import pyvips
 
-from mosaic.poster_bundle import read_manifest
+from mosaic.bundle import read_manifest
 from mosaic.cli import main
 from mosaic.paper import PosterError, resolve_page
 from mosaic.poster import PosterOptions, render_poster_bytes
@@ -23,7 +23,7 @@ CATEGORIES = ("red", "green", "blue")
 
 @pytest.fixture(scope="session")
 def poster_bundle(tmp_path_factory):
-    """A 50-item poster_bundle: three colour categories, years 2000-2009, three hotspots."""
+    """A 50-item bundle: three colour categories, years 2000-2009, three hotspots."""
     root = tmp_path_factory.mktemp("poster")
     images = root / "images"
     images.mkdir()
@@ -47,7 +47,6 @@ def poster_bundle(tmp_path_factory):
                "--out", str(out), "--id", "colours", "--embedding", "raw", "--clusters", "3",
                "-q"])
     assert rc == 0
-    print(json.loads((out / "colours" / "manifest.json").read_text())["timings"])
     return out / "colours"
 
 
@@ -213,7 +212,8 @@ def test_render_poster_bytes_for_the_server(poster_bundle):
     data = render_poster_bytes(poster_bundle, manifest, [1, 4, 7], options, fmt="png")
     image = pyvips.Image.new_from_buffer(data, "")
     assert (image.width, image.height) == (300, 200)
-    assert render_poster_bytes(poster_bundle, manifest, None, options, fmt="pdf").startswith(b"%PDF")
+    pdf = render_poster_bytes(poster_bundle, manifest, None, options, fmt="pdf")
+    assert pdf.startswith(b"%PDF")
     big = PosterOptions(page=resolve_page(paper="A0", dpi=300))
     with pytest.raises(PosterError, match="python run.py poster"):
         render_poster_bytes(poster_bundle, manifest, [1], big)
