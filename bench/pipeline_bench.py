@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -180,7 +179,8 @@ def report(rows: list[dict], path: Path) -> None:
         "",
         "## Full pipeline (raw embedding, openTSNE, auto grid)",
         "",
-        "| N | wall s | peak RSS MiB | decode | vectors | layout | grid | render | index | metadata |",
+        "| N | wall s | peak RSS MiB | decode | vectors | layout | grid | render | index "
+        "| metadata |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
