@@ -57,8 +57,8 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
     n_items = len(vectors)
     k = min(RECALL_K, n_items)
     rng = np.random.default_rng(random_state)
-    sample = rng.choice(n_items, size=min(RECALL_SAMPLE, n_items), replace=False)
-    truth = [set(exact_neighbors(vectors, vectors[i], k, metric)[0].tolist()) for i in sample]
+    sample = np.sort(rng.choice(n_items, size=min(RECALL_SAMPLE, n_items), replace=False))
+    truth = [set(row.tolist()) for row in _exact_knn_of_rows(vectors, sample, k, metric)]
     recall = 0.0
     for search_k in SEARCH_K_CANDIDATES:
         hits = sum(len(truth_set & set(index.get_nns_by_item(int(i), k, search_k=search_k)))
@@ -67,3 +67,30 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
         if recall >= RECALL_TARGET:
             return search_k, recall
     return SEARCH_K_CANDIDATES[-1], recall
+
+
+def _exact_knn_of_rows(vectors: np.ndarray, rows: np.ndarray, k: int, metric: str,
+                       chunk: int = 65_536) -> np.ndarray:
+    """Brute-force k nearest ids of ``vectors[rows]``, scanning ``vectors`` in chunks.
+
+    Memory is (len(rows) x chunk), whatever N is; ``vectors`` may be a memmap.
+    """
+    queries = np.asarray(vectors[rows], dtype=np.float32)
+    if metric == "angular":
+        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    best_ids = np.empty((len(rows), 0), dtype=np.int64)
+    best_distances = np.empty((len(rows), 0), dtype=np.float32)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start:start + chunk], dtype=np.float32)
+        if metric == "angular":
+            block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        distances = ((block ** 2).sum(axis=1)[None, :] - 2 * queries @ block.T
+                     + (queries ** 2).sum(axis=1)[:, None])
+        ids = np.broadcast_to(np.arange(start, start + len(block)), distances.shape)
+        best_ids = np.concatenate([best_ids, ids], axis=1)
+        best_distances = np.concatenate([best_distances, distances], axis=1)
+        keep = np.argpartition(best_distances, min(k, best_distances.shape[1]) - 1,
+                               axis=1)[:, :k]
+        best_ids = np.take_along_axis(best_ids, keep, axis=1)
+        best_distances = np.take_along_axis(best_distances, keep, axis=1)
+    return best_ids

@@ -313,24 +313,26 @@ class _Run:
             kinds = collect.infer_column_kinds(self.metadata)
             match = collect.match_metadata(self.inputs, self.metadata)
             rows = self.metadata.rows
-        records = []
-        for item, input_index in enumerate(kept.tolist()):
-            source = self.inputs.paths[input_index]
-            row_index = match.row_of_input[input_index] if match else None
-            values = dict(rows[row_index]) if row_index is not None else {}
-            fields = {**values, "filename": Path(source).name, "stem": Path(source).stem,
-                      "id": str(item)}
-            title = collect.format_template(c.title_template, fields) or Path(source).name
-            records.append(ItemRecord(
-                id=item, source=os.path.abspath(source), row=int(positions[item, 0]),
-                col=int(positions[item, 1]), x=float(xy[item, 0]), y=float(xy[item, 1]),
-                title=title, url=collect.format_template(c.url_template, fields),
-                width=int(sizes[item, 0]), height=int(sizes[item, 1]),
-                metadata=values or None))
+
+        def records():
+            for item, input_index in enumerate(kept.tolist()):
+                source = self.inputs.paths[input_index]
+                row_index = match.row_of_input[input_index] if match else None
+                values = dict(rows[row_index]) if row_index is not None else {}
+                fields = {**values, "filename": Path(source).name, "stem": Path(source).stem,
+                          "id": str(item)}
+                title = collect.format_template(c.title_template, fields) or Path(source).name
+                yield ItemRecord(
+                    id=item, source=os.path.abspath(source), row=int(positions[item, 0]),
+                    col=int(positions[item, 1]), x=float(xy[item, 0]), y=float(xy[item, 1]),
+                    title=title, url=collect.format_template(c.url_template, fields),
+                    width=int(sizes[item, 0]), height=int(sizes[item, 1]),
+                    metadata=values or None)
+
         target = self.path("metadata.sqlite")
         tmp = target.with_name(".metadata.sqlite.tmp")
         tmp.unlink(missing_ok=True)
-        write_metadata_db(tmp, records, kinds)
+        write_metadata_db(tmp, records(), kinds)
         tmp.replace(target)
         unmatched = {"images_without_row": match.images_without_row if match else [],
                      "rows_without_image": match.rows_without_image if match else []}

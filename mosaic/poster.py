@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyvips
+from threadpoolctl import threadpool_limits
 
 from mosaic import __version__
 from mosaic.grid import assign_grid, cell_ids, grid_shape
@@ -297,7 +298,9 @@ def _build_page(
     fetcher = CellFetcher(bundle_dir, manifest, layout.cell_px, options.sources,
                           options.background)
     raw = tmp / "montage.raw"
-    with fetcher, open(raw, "wb") as handle:
+    # One BLAS thread: the cell resampling is many mid-sized GEMMs, which
+    # multi-threaded BLAS slows down badly on a busy machine.
+    with fetcher, open(raw, "wb") as handle, threadpool_limits(1, user_api="blas"):
         for strip in iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
                                          layout.gutter_px, options.background):
             handle.write(strip.data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,25 +59,82 @@ def decode_image(
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
     path = os.fspath(path)
     _check_file(path)
+    options = dict(cell_size=cell_size, fit=fit, background=background, model_size=model_size,
+                   max_pixels=max_pixels)
     try:
-        with _vips_source(path) as source:
-            header = _load(source)
-            width, height = header.width, header.height
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image is {width}x{height} = {width * height} pixels, over the "
-                    f"--max-pixels limit of {max_pixels} (possible decompression bomb)"
-                )
-            if _orientation(header) in _TRANSPOSED_ORIENTATIONS:
-                width, height = height, width
-            box = max(cell_size, model_size or 0)
-            base = _thumbnail(source, box, crop="centre" if fit == "fill" else "none")
-            base = _to_srgb(base, background).copy_memory()
-        cell = _square(base, cell_size, fit, background)
-        model_input = _square(base, model_size, fit, background) if model_size else None
-    except pyvips.Error as error:
-        raise ImageError(_short_reason(error)) from None
+        with _ERROR_BUFFER.shared():
+            return _decode(path, **options)
+    except pyvips.Error:
+        pass
+    # libvips keeps one error buffer per process, so a failure seen while other
+    # threads decode may carry their messages or lose its own. Decode it again
+    # alone to record its own reason.
+    with _ERROR_BUFFER.exclusive():
+        pyvips.vips_lib.vips_error_clear()
+        try:
+            return _decode(path, **options)
+        except pyvips.Error as error:
+            raise ImageError(_short_reason(error)) from None
+
+
+def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int],
+            model_size: int | None, max_pixels: int) -> DecodedImage:
+    with _vips_source(path) as source:
+        header = _load(source)
+        width, height = header.width, header.height
+        if width * height > max_pixels:
+            raise ImageError(
+                f"image is {width}x{height} = {width * height} pixels, over the "
+                f"--max-pixels limit of {max_pixels} (possible decompression bomb)"
+            )
+        if _orientation(header) in _TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+        box = max(cell_size, model_size or 0)
+        base = _thumbnail(source, box, crop="centre" if fit == "fill" else "none")
+        base = _to_srgb(base, background).copy_memory()
+    cell = _square(base, cell_size, fit, background)
+    model_input = _square(base, model_size, fit, background) if model_size else None
     return DecodedImage(cell=cell, model_input=model_input, width=width, height=height)
+
+
+class _SharedLock:
+    """A readers-writer lock: many decodes at once, or one alone (writers first)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            while self._writer:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            while self._writer:
+                self._condition.wait()
+            self._writer = True
+            while self._readers:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writer = False
+                self._condition.notify_all()
+
+
+_ERROR_BUFFER = _SharedLock()
 
 
 def _check_file(path: str) -> None:

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from mosaic import reduce
+from mosaic.errors import UsageError
+
+
+def blobs(n_per_blob: int = 60, dim: int = 50, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, size=(4, dim))
+    vectors = np.concatenate([c + rng.normal(size=(n_per_blob, dim)) for c in centres])
+    return vectors.astype(np.float32), np.repeat(np.arange(4), n_per_blob)
+
+
+def knn_accuracy(xy: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    distances = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest = np.argsort(distances, axis=1)[:, :k]
+    return float((labels[nearest] == labels[:, None]).mean())
+
+
+@pytest.mark.parametrize("reducer,backend", [("tsne", "opentsne"), ("tsne", "multicore"),
+                                             ("tsne", "sklearn"), ("umap", "opentsne")])
+def test_clusters_stay_apart_in_the_layout(reducer, backend):
+    vectors, labels = blobs()
+    xy = reduce.layout_2d(vectors, reducer, backend, perplexity=20, random_state=1)
+    assert xy.shape == (len(vectors), 2) and xy.dtype == np.float32
+    assert xy.min() >= 0 and xy.max() <= 1
+    assert knn_accuracy(xy, labels) > 0.95
+
+
+@pytest.mark.parametrize("backend", ["opentsne", "sklearn"])
+def test_fixed_seed_repeats(backend):
+    vectors, _ = blobs(30)
+    first = reduce.layout_2d(vectors, "tsne", backend, perplexity=10, random_state=4)
+    again = reduce.layout_2d(vectors, "tsne", backend, perplexity=10, random_state=4)
+    assert np.array_equal(first, again)
+
+
+def test_pca_reduces_and_incremental_pca_agrees(monkeypatch):
+    vectors, labels = blobs(100, dim=64)
+    full = reduce.reduce_pca(vectors, 8)
+    monkeypatch.setattr(reduce, "INCREMENTAL_PCA_VALUES", 0)
+    monkeypatch.setattr(reduce, "PCA_BATCH_ROWS", 64)
+    incremental = reduce.reduce_pca(vectors, 8)
+    assert full.shape == incremental.shape == (400, 8)
+    assert knn_accuracy(incremental[:, :2], labels) > 0.9
+    # Same subspace up to sign: the leading component correlates perfectly.
+    assert abs(np.corrcoef(full[:, 0], incremental[:, 0])[0, 1]) > 0.99
+
+
+def test_pca_leaves_small_vectors_alone():
+    vectors = np.ones((10, 4), dtype=np.float64)
+    assert reduce.reduce_pca(vectors, 256).shape == (10, 4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+def test_tiny_collections_get_a_layout(n):
+    xy = reduce.layout_2d(np.random.default_rng(0).normal(size=(n, 6)))
+    assert xy.shape == (n, 2) and np.isfinite(xy).all()
+
+
+def test_unknown_reducer_or_backend_is_refused():
+    with pytest.raises(UsageError, match="--reducer"):
+        reduce.layout_2d(np.zeros((20, 3)), reducer="pca")
+    with pytest.raises(UsageError, match="--tsne-backend"):
+        reduce.layout_2d(np.zeros((20, 3)), tsne_backend="cuda")
