@@ -402,7 +402,7 @@ def _save(image: pyvips.Image, path: Path, fmt: str, options: PosterOptions,
                     f"JPEG sides are at most {JPEG_MAX_SIDE} px; this page is "
                     f"{image.width} x {image.height} px (write a .tif instead)"
                 )
-            image.jpegsave(str(path), Q=options.quality, optimize_coding=True,
+            image.jpegsave(str(path), Q=options.quality,
                            subsample_mode="off")
     except pyvips.Error as error:
         raise PosterError(f"cannot write {path.name}: {error.message.strip()}") from None

@@ -62,10 +62,8 @@ class CellFetcher:
         out = np.empty((len(ids), self.stored_px, self.stored_px, 3), dtype=np.uint8)
         flat = out.reshape(len(ids), size)
         for k, item in enumerate(ids):
-            data = os.pread(self._fd, size, int(item) * size)
-            if len(data) != size:
+            if os.preadv(self._fd, [flat[k]], int(item) * size) != size:
                 raise OSError(f"{self.path} is truncated at item {item}")
-            flat[k] = np.frombuffer(data, dtype=np.uint8)
         return out
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:

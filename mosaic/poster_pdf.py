@@ -93,7 +93,8 @@ def _save_stream(image: pyvips.Image, sink, compression: str, quality: int) -> N
     target = pyvips.TargetCustom()
     if compression == "jpeg":
         target.on_write(lambda data: sink(bytes(data)) or len(data))
-        image.jpegsave_target(target, Q=quality, optimize_coding=True, subsample_mode="off")
+        # No optimize_coding: its two-pass Huffman keeps every coefficient in memory.
+        image.jpegsave_target(target, Q=quality, subsample_mode="off")
         return
     deflate = zlib.compressobj(6)
     target.on_write(lambda data: sink(deflate.compress(bytes(data))) or len(data))

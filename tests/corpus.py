@@ -120,7 +120,8 @@ def stored_for_orientation(upright: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(transforms[orientation](upright))
 
 
-def _vips(array: np.ndarray, interpretation: str | None = None) -> pyvips.Image:
+def vips_image(array: np.ndarray, interpretation: str | None = None) -> pyvips.Image:
+    """A libvips image of a uint8 (h, w) or (h, w, bands) array."""
     array = np.ascontiguousarray(array)
     if interpretation is None:
         bands = 1 if array.ndim == 2 else array.shape[2]
@@ -192,20 +193,20 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
     good = quadrant_picture()
 
     # -- valid controls ------------------------------------------------------
-    _save(_vips(good), w.add("ok/plain.png", "plain PNG (control)", "render", size=(64, 48),
+    _save(vips_image(good), w.add("ok/plain.png", "plain PNG (control)", "render", size=(64, 48),
                              colours=QUADRANT_POINTS))
-    _save(_vips(good), w.add("ok/plain.jpg", "plain JPEG (control)", "render", size=(64, 48),
+    _save(vips_image(good), w.add("ok/plain.jpg", "plain JPEG (control)", "render", size=(64, 48),
                              colours=QUADRANT_POINTS), Q=95)
 
     # -- broken files --------------------------------------------------------
     noise = np.random.default_rng(1).integers(0, 255, (192, 256, 3), dtype=np.uint8)
-    jpeg = _vips(noise).jpegsave_buffer(Q=90)
+    jpeg = vips_image(noise).jpegsave_buffer(Q=90)
     w.add("broken/truncated.jpg", "truncated JPEG", "skip",
           reason=r"premature end of jpeg").write_bytes(jpeg[:len(jpeg) * 6 // 10])
     w.add("broken/no-end-marker.jpg", "JPEG without its end marker (last 2 bytes)", "skip",
           reason=r"premature end of jpeg",
           note="libvips fail_on=error treats a missing EOI as truncation").write_bytes(jpeg[:-2])
-    png = _vips(noise).pngsave_buffer(compression=0)
+    png = vips_image(noise).pngsave_buffer(compression=0)
     w.add("broken/truncated.png", "truncated PNG", "skip",
           reason=r"libpng read error|premature|truncat|end of (file|data)").write_bytes(
               png[:len(png) * 6 // 10])
@@ -233,7 +234,7 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
     # A directory symlink loop: os.walk does not follow it, so it adds no input.
     os.symlink(".", folder / "broken/dir-loop")
     locked = folder / "broken/unreadable.png"
-    _save(_vips(good), locked)
+    _save(vips_image(good), locked)
     locked.chmod(0)
     if _is_readable(locked):  # root (CI containers) reads a mode-000 file anyway
         w.cases.append(CorpusCase("broken/unreadable.png", "unreadable file (chmod 000)",
@@ -244,19 +245,26 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
                                   "skip", reason=r"^cannot read the file: permission denied$"))
 
     # -- odd encodings -------------------------------------------------------
-    cmyk = _vips(good).colourspace("cmyk")
+    # Saturated sRGB blue and green lie outside the CMYK gamut, so the expected
+    # colours are what the stored CMYK values mean in sRGB (through libvips's
+    # built-in CMYK profile): reading the file as RGB(A) or with inverted
+    # (Adobe) CMYK would miss them by far more than the tolerance.
+    cmyk = vips_image(good).colourspace("cmyk")
+    in_srgb = cmyk.colourspace("srgb").numpy()
+    cmyk_points = tuple((y, x, tuple(int(v) for v in in_srgb[int(y * 48), int(x * 64)]))
+                        for y, x, _ in QUADRANT_POINTS)
     _save(cmyk, w.add("encodings/cmyk.jpg", "CMYK JPEG", "render", size=(64, 48),
-                      colours=QUADRANT_POINTS), Q=95)
-    sixteen = (_vips(good).cast("ushort") * 257).cast("ushort").copy(interpretation="rgb16")
+                      colours=cmyk_points), Q=95)
+    sixteen = (vips_image(good).cast("ushort") * 257).cast("ushort").copy(interpretation="rgb16")
     _save(sixteen, w.add("encodings/rgb16.png", "16-bit PNG", "render", size=(64, 48),
                          colours=QUADRANT_POINTS))
     bits = np.zeros((48, 64), dtype=np.uint8)
     bits[:, 32:] = 255  # left black, right white
-    _save(_vips(bits), w.add("encodings/one-bit.png", "1-bit PNG", "render", size=(64, 48),
+    _save(vips_image(bits), w.add("encodings/one-bit.png", "1-bit PNG", "render", size=(64, 48),
                              colours=((0.5, 0.25, BLACK), (0.5, 0.75, WHITE))), bitdepth=1)
     rgba = np.dstack([good, np.full((48, 64), 255, np.uint8)])
     rgba[24:, :, 3] = 0  # bottom half transparent (over green and white)
-    _save(_vips(rgba), w.add("encodings/palette-alpha.png", "palette PNG with transparency",
+    _save(vips_image(rgba), w.add("encodings/palette-alpha.png", "palette PNG with transparency",
                              "render", size=(64, 48),
                              colours=((0.25, 0.25, RED), (0.25, 0.75, BLUE),
                                       (0.75, 0.25, WHITE), (0.75, 0.75, WHITE))),
@@ -265,19 +273,19 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
     grey[:, :, 0] = 40  # dark grey everywhere ...
     grey[:, :, 1] = 255
     grey[:, 32:, 1] = 0  # ... but the right half is transparent
-    _save(_vips(grey), w.add("encodings/grey-alpha.png", "grey + alpha PNG", "render",
+    _save(vips_image(grey), w.add("encodings/grey-alpha.png", "grey + alpha PNG", "render",
                              size=(64, 48),
                              colours=((0.5, 0.25, (40, 40, 40)), (0.5, 0.75, WHITE))))
     hidden = np.dstack([solid(64, 48, GREEN), np.full((48, 64), 255, np.uint8)])
     hidden[:, 32:, :3] = (255, 0, 255)  # magenta that must never show ...
     hidden[:, 32:, 3] = 0  # ... because it is fully transparent
-    _save(_vips(hidden), w.add("encodings/rgba-transparent.png",
+    _save(vips_image(hidden), w.add("encodings/rgba-transparent.png",
                                "RGBA with fully transparent pixels", "render", size=(64, 48),
                                colours=((0.5, 0.25, GREEN), (0.5, 0.75, WHITE))))
 
     # -- orientation ---------------------------------------------------------
     for orientation in range(2, 9):
-        stored = _vips(stored_for_orientation(good, orientation)).copy()
+        stored = vips_image(stored_for_orientation(good, orientation)).copy()
         stored.set_type(pyvips.GValue.gint_type, "orientation", orientation)
         target = w.add(f"orientation/exif-{orientation}.jpg", f"EXIF orientation {orientation}",
                        "render", size=(64, 48), colours=QUADRANT_POINTS)
@@ -285,7 +293,7 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
 
     # -- animation (the first frame is the picture) --------------------------
     frames = np.concatenate([good, solid(64, 48, BLUE), solid(64, 48, GREEN)], axis=0)
-    animated = _vips(frames).copy()
+    animated = vips_image(frames).copy()
     animated.set_type(pyvips.GValue.gint_type, "page-height", 48)
     animated.set_type(pyvips.GValue.array_int_type, "delay", [100, 100, 100])
     _save(animated, w.add("animation/animated.gif", "animated GIF", "render", size=(64, 48),
@@ -294,11 +302,11 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
                           colours=QUADRANT_POINTS), lossless=True)
 
     # -- extreme sizes -------------------------------------------------------
-    _save(_vips(solid(1, 1, RED)), w.add("sizes/one-pixel.png", "1 x 1 image", "render",
+    _save(vips_image(solid(1, 1, RED)), w.add("sizes/one-pixel.png", "1 x 1 image", "render",
                                          size=(1, 1), colours=((0.5, 0.5, RED),)))
     strip = solid(20_000, 10, RED)
     strip[:, 10_000:] = BLUE
-    _save(_vips(strip), w.add("sizes/strip-20000x10.png", "20000 x 10 strip", "render",
+    _save(vips_image(strip), w.add("sizes/strip-20000x10.png", "20000 x 10 strip", "render",
                               size=(20_000, 10)))
     if huge:
         write_huge_jpeg(w.add("sizes/huge-30000.jpg", "30000 x 30000 JPEG", "render",
@@ -322,7 +330,7 @@ def write_bad_corpus(folder: Path, huge: bool = True) -> list[CorpusCase]:
     }
     for relative, kind in names.items():
         save = {"Q": 95} if relative.lower().endswith(".jpg") else {}
-        _save(_vips(good), w.add(relative, kind, "render", size=(64, 48),
+        _save(vips_image(good), w.add(relative, kind, "render", size=(64, 48),
                                  colours=QUADRANT_POINTS), **save)
     w.add("names/README.txt", "non-image file in the folder", "ignore").write_text("notes\n")
     return sorted(w.cases, key=lambda case: case.path)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from corpus import (
     BLUE,
     QUADRANT_POINTS,
@@ -31,9 +30,11 @@ from corpus import (
     CorpusCase,
     quadrant_picture,
     solid,
+    vips_image,
     write_bad_corpus,
     write_metadata_csv,
 )
+
 from mosaic.bundle import open_cells, read_manifest
 from mosaic.cli import main
 from mosaic.errors import ImageError
@@ -266,8 +267,7 @@ def small_bundle_copy(corpus_run, tmp_path) -> Path:
 def test_latin1_csv_is_detected(corpus_run, small_bundle_copy, tmp_path):
     case = next(c for c in corpus_run.cases if c.path == "ok/plain.png")
     latin1 = tmp_path / "latin1.csv"
-    latin1.write_bytes("filename;x\n".replace(";", ",").encode()
-                       + f"{case.path},Café crème à Zürich\n".encode("latin-1"))
+    latin1.write_bytes(f"filename,x\n{case.path},Café crème à Zürich\n".encode("latin-1"))
     code = run_pipeline(corpus_run.folder, small_bundle_copy, "corpus", "--metadata",
                         str(latin1))
     assert code == 0
@@ -309,10 +309,8 @@ def test_max_pixels_is_configurable(tmp_path):
     for index in range(12):
         picture = quadrant_picture()
         picture[0, 0] = (index, index, index)
-        from corpus import _vips
-
-        _vips(picture).pngsave(str(folder / f"small-{index:02d}.png"))
-    _vips(solid(200, 200, RED)).pngsave(str(folder / "big.png"))
+        vips_image(picture).pngsave(str(folder / f"small-{index:02d}.png"))
+    vips_image(solid(200, 200, RED)).pngsave(str(folder / "big.png"))
     code = run_pipeline(folder, tmp_path / "out", "limits", "--max-pixels", "10000")
     assert code == 0
     manifest = read_manifest(tmp_path / "out" / "limits")
@@ -365,10 +363,8 @@ def test_concurrent_failures_keep_their_own_reasons(corpus_run):
 
 def test_non_utf8_file_name_decodes(tmp_path):
     """A name with undecodable bytes (kept by Python as surrogates) still decodes."""
-    from corpus import _vips
-
     target = os.fsencode(tmp_path) + b"/bad-\xff-name.png"
-    _vips(quadrant_picture()).pngsave(str(tmp_path / "tmp.png"))
+    vips_image(quadrant_picture()).pngsave(str(tmp_path / "tmp.png"))
     os.rename(tmp_path / "tmp.png", target)
     image = decode_image(os.fsdecode(target), cell_size=CELL)
     assert (image.width, image.height) == (64, 48)
@@ -380,15 +376,13 @@ def test_non_utf8_file_name_decodes(tmp_path):
     "UnicodeEncodeError in bundle.write_json_atomic / metadata.sqlite; see "
     "docs/reliability.md"))
 def test_pipeline_survives_non_utf8_file_name(tmp_path):
-    from corpus import _vips
-
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(11):
         picture = quadrant_picture()
         picture[0, 0] = (index, index, index)
-        _vips(picture).pngsave(str(folder / f"ok-{index:02d}.png"))
-    _vips(quadrant_picture()).pngsave(str(folder / "tmp.png"))
+        vips_image(picture).pngsave(str(folder / f"ok-{index:02d}.png"))
+    vips_image(quadrant_picture()).pngsave(str(folder / "tmp.png"))
     os.rename(folder / "tmp.png", os.fsencode(folder) + b"/bad-\xff-name.png")
     assert run_pipeline(folder, tmp_path / "out", "names") == 0
     manifest = read_manifest(tmp_path / "out" / "names")
