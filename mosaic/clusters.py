@@ -24,7 +24,7 @@ def find_clusters(xy: np.ndarray, n_clusters: int | None = None,
         from sklearn.cluster import HDBSCAN
 
         min_size = max(5, n_items // 50)
-        labels = HDBSCAN(min_cluster_size=min_size).fit_predict(xy)
+        labels = HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(xy)
         if labels.max() >= 1:
             return _keep_largest(labels, DEFAULT_MAX_CLUSTERS)
     from sklearn.cluster import KMeans
