@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyvips
 
 from mosaic.bundle import RowFile, save_npy_atomic, write_json_atomic
 from mosaic.embed import RAW_SIDE, EmbeddingSpec, Vgg16Embedder
@@ -56,56 +57,89 @@ def run_decode(
     Returns (status int8 per input, sizes int64 (n, 2), failure reasons by input).
     Cells and vectors stay in ``work`` until ``compact`` copies them out.
     """
-    if _read_text(work / "key") != key:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        (work / "key").write_text(key)
-    n = len(paths)
-    c = options.cell_size
-    cells = RowFile(work / "cells.u8", (n, c, c, 3), np.uint8, writable=True)
-    dims = pixel_dims(specs)
-    vectors = {name: RowFile(work / f"{name}.f32", (n, dim), np.float32, writable=True)
-               for name, dim in dims.items()}
-    status = _load(work / "status.npy", np.zeros(n, dtype=np.int8))
-    sizes = _load(work / "sizes.npy", np.zeros((n, 2), dtype=np.int64))
-    stored_failures = json.loads(_read_text(work / "failures.json") or "{}")
-    failures = {int(k): v for k, v in stored_failures.items()}
+    state = _WorkFiles(work, key, len(paths), options.cell_size, pixel_dims(specs))
     vgg = Vgg16Embedder(options.weights) if any(s.kind == "vgg16" for s in specs) else None
-    if vgg is not None and (status == TODO).any():
+    todo = np.flatnonzero(state.status == TODO)
+    if vgg is not None and len(todo):
         vgg.load()
     if progress:
-        progress(int((status != TODO).sum()))
-    todo = np.flatnonzero(status == TODO)
-    decode_options = dict(cell_size=c, fit=options.fit, background=options.background,
-                          max_pixels=options.max_pixels,
+        progress(len(paths) - len(todo))
+    decode_options = dict(cell_size=options.cell_size, fit=options.fit,
+                          background=options.background, max_pixels=options.max_pixels,
                           model_size=vgg.input_size if vgg else None)
-    with ThreadPoolExecutor(max_workers=options.jobs) as executor:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK].tolist()
-            batch_ids, batch_inputs = [], []
-            for index, result in decode_many(paths, chunk, executor, **decode_options):
-                if isinstance(result, ImageError):
-                    status[index], failures[index] = FAILED, str(result)
-                    continue
-                cells.write_row(index, result.cell)
-                sizes[index] = (result.width, result.height)
-                if "raw" in vectors:
-                    vectors["raw"].write_row(index, raw_vector(result.cell))
-                if vgg is not None:
-                    batch_ids.append(index)
-                    batch_inputs.append(result.model_input)
-                    if len(batch_ids) == VGG_BATCH:
-                        _write_rows(vectors["vgg16"], batch_ids, vgg.embed(np.stack(batch_inputs)))
-                        batch_ids, batch_inputs = [], []
-                status[index] = DONE
-            if batch_ids:
-                _write_rows(vectors["vgg16"], batch_ids, vgg.embed(np.stack(batch_inputs)))
-            _checkpoint(work, cells, vectors, status, sizes, failures)
-            if progress:
-                progress(len(chunk))
-    for array in (cells, *vectors.values()):
-        array.close()
-    return status, sizes, failures
+    # Parallelism comes from decoding several images at once; libvips's own
+    # per-operation threads only add start-up cost on small images.
+    vips_threads = pyvips.concurrency_get()
+    pyvips.concurrency_set(1)
+    try:
+        with ThreadPoolExecutor(max_workers=options.jobs) as executor:
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start:start + CHUNK].tolist()
+                batch = []
+                for index, result in decode_many(paths, chunk, executor, **decode_options):
+                    if state.record(index, result) and vgg is not None:
+                        batch.append((index, result.model_input))
+                    if vgg is not None and (len(batch) == VGG_BATCH or index == chunk[-1]):
+                        state.record_vgg(batch, vgg)
+                        batch = []
+                state.checkpoint()
+                if progress:
+                    progress(len(chunk))
+    finally:
+        pyvips.concurrency_set(vips_threads)
+        state.close()
+    return state.status, state.sizes, state.failures
+
+
+class _WorkFiles:
+    """The decode pass's resumable state in ``work``: row files plus progress arrays."""
+
+    def __init__(self, work: Path, key: str, n: int, cell_size: int, dims: dict[str, int]):
+        if _read_text(work / "key") != key:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            (work / "key").write_text(key)
+        self.work = work
+        c = cell_size
+        self.cells = RowFile(work / "cells.u8", (n, c, c, 3), np.uint8, writable=True)
+        self.vectors = {name: RowFile(work / f"{name}.f32", (n, dim), np.float32, writable=True)
+                        for name, dim in dims.items()}
+        self.status = _load(work / "status.npy", np.zeros(n, dtype=np.int8))
+        self.sizes = _load(work / "sizes.npy", np.zeros((n, 2), dtype=np.int64))
+        stored = json.loads(_read_text(work / "failures.json") or "{}")
+        self.failures = {int(k): v for k, v in stored.items()}
+
+    def record(self, index: int, result) -> bool:
+        """Store one decode result; True if it succeeded."""
+        if isinstance(result, ImageError):
+            self.status[index], self.failures[index] = FAILED, str(result)
+            return False
+        self.cells.write_row(index, result.cell)
+        self.sizes[index] = (result.width, result.height)
+        if "raw" in self.vectors:
+            self.vectors["raw"].write_row(index, raw_vector(result.cell))
+        self.status[index] = DONE
+        return True
+
+    def record_vgg(self, batch: list[tuple[int, np.ndarray]], vgg: Vgg16Embedder) -> None:
+        if batch:
+            embedded = vgg.embed(np.stack([model_input for _, model_input in batch]))
+            for (index, _), vector in zip(batch, embedded):
+                self.vectors["vgg16"].write_row(index, vector)
+
+    def checkpoint(self) -> None:
+        """Flush the data, then mark it done: a crash before this redoes the chunk."""
+        self.cells.flush()
+        for array in self.vectors.values():
+            array.flush()
+        write_json_atomic(self.work / "failures.json",
+                          {str(k): v for k, v in self.failures.items()})
+        save_npy_atomic(self.work / "sizes.npy", self.sizes)
+        save_npy_atomic(self.work / "status.npy", self.status)  # last: marks the chunk done
+
+    def close(self) -> None:
+        for array in (self.cells, *self.vectors.values()):
+            array.close()
 
 
 def compact(work: Path, kept: np.ndarray, cells_path: Path, vector_paths: dict[str, Path],
@@ -134,20 +168,6 @@ def _copy_rows(source: RowFile, rows: np.ndarray, path: Path, raw: bool) -> None
         os.fsync(handle.fileno())
     source.close()
     tmp.replace(path)
-
-
-def _write_rows(target: RowFile, rows: list[int], values: np.ndarray) -> None:
-    for row, value in zip(rows, values):
-        target.write_row(row, value)
-
-
-def _checkpoint(work, cells, vectors, status, sizes, failures) -> None:
-    cells.flush()
-    for array in vectors.values():
-        array.flush()
-    write_json_atomic(work / "failures.json", {str(k): v for k, v in failures.items()})
-    save_npy_atomic(work / "sizes.npy", sizes)
-    save_npy_atomic(work / "status.npy", status)  # last: it marks the chunk done
 
 
 def _load(path: Path, default: np.ndarray) -> np.ndarray:
