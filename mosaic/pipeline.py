@@ -271,19 +271,17 @@ class _Run:
         positions = np.load(self.path("positions.npy"))
         cells = RowFile(self.path("cells.u8"), (len(positions), c.cell_size, c.cell_size, 3),
                         np.uint8)
-        matrix_path = self.path("cache/matrix.raw")
+        matrix_path = self.path("cache/matrix.tif")
         with Progress(gridded["n_rows"], "render", self.show_progress) as bar:
-            width, height = render.write_matrix(matrix_path, cells, positions,
-                                                gridded["n_rows"], gridded["n_cols"],
-                                                c.background, bar.update)
-        matrix = render.open_matrix(matrix_path, width, height)
-        tiles = render.cut_tiles(matrix, self.path("tiles"), c.tile_size, c.overlap,
-                                 c.tile_format, c.quality)
-        overview = render.overview_image(matrix)
+            render.write_matrix(matrix_path, cells, positions, gridded["n_rows"],
+                                gridded["n_cols"], c.background, bar.update)
+        cells.close()
+        tiles = render.cut_tiles(render.open_matrix(matrix_path), self.path("tiles"),
+                                 c.tile_size, c.overlap, c.tile_format, c.quality)
+        overview = render.render_overview(matrix_path)
         write_bytes_atomic(self.path("overview.jpg"), overview.jpegsave_buffer(Q=85))
         overview_info = {"path": "overview.jpg", "width": overview.width,
                          "height": overview.height}
-        del matrix
         matrix_path.unlink(missing_ok=True)
         return ["tiles/map.dzi", "overview.jpg"], {"tiles": tiles, "overview": overview_info}
 

@@ -1,14 +1,17 @@
 """Render stage: the giant grid matrix and its Deep Zoom pyramid.
 
-The matrix is written once, one row of cells at a time, into a raw uint8 file
-that libvips memory-maps (``rawload``) and ``dzsave`` streams into tiles. So
-memory holds one strip of cells plus libvips's tile buffers, whatever N is, and
-no per-image pipeline is re-evaluated per tile.
+The matrix is written once, one row of cells at a time, into an uncompressed
+strip BigTIFF, which libvips then reads sequentially (plain reads, no memory
+map) while ``dzsave`` streams it into tiles. So memory holds one strip of
+cells plus libvips's tile buffers, whatever N is, and no per-image pipeline is
+re-evaluated per tile. (A raw file opened with ``rawload`` is memory-mapped
+instead, and its pages count towards the process's RSS as dzsave reads them.)
 """
 
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +31,18 @@ def write_matrix(
     background: tuple[int, int, int] = (255, 255, 255),
     progress=None,
 ) -> tuple[int, int]:
-    """Write the (n_rows * c) x (n_cols * c) RGB matrix to ``path`` as raw bytes.
+    """Write the (n_rows * c) x (n_cols * c) RGB matrix to ``path`` as a strip BigTIFF.
 
-    ``cells`` is (N, c, c, 3) uint8 (an array or a RowFile); ``positions`` (N, 2) is
-    (row, col). Returns (width, height) in pixels.
+    ``cells`` is (N, c, c, 3) uint8 (an array or a RowFile); ``positions`` (N, 2)
+    is (row, col). One strip per grid row. Returns (width, height) in pixels.
     """
     cell = cells.shape[1]
+    width, height = n_cols * cell, n_rows * cell
     order = np.lexsort((positions[:, 1], positions[:, 0]))
     row_starts = np.searchsorted(positions[order, 0], np.arange(n_rows + 1))
-    strip = np.empty((cell, n_cols * cell, 3), dtype=np.uint8)
+    strip = np.empty((cell, width, 3), dtype=np.uint8)
     with open(path, "wb") as handle:
+        handle.write(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))  # IFD offset patched below
         for row in range(n_rows):
             strip[:] = background
             items = order[row_starts[row]:row_starts[row + 1]]
@@ -47,13 +52,47 @@ def write_matrix(
             handle.write(strip.data)
             if progress is not None:
                 progress(1)
-    return n_cols * cell, n_rows * cell
+        _write_tiff_directory(handle, width, height, cell, n_rows)
+    return width, height
 
 
-def open_matrix(path: Path, width: int, height: int) -> pyvips.Image:
-    """Memory-map a raw matrix file as an sRGB libvips image."""
-    image = pyvips.Image.rawload(str(path), width, height, 3)
-    return image.copy(interpretation="srgb")
+def _write_tiff_directory(handle, width: int, height: int, rows_per_strip: int,
+                          n_strips: int) -> None:
+    """Append the BigTIFF directory for the strips already written after the header."""
+    strip_bytes = rows_per_strip * width * 3
+    offsets_at = handle.tell()
+    handle.write(struct.pack(f"<{n_strips}Q", *(16 + i * strip_bytes for i in range(n_strips))))
+    counts_at = handle.tell()
+    handle.write(struct.pack(f"<{n_strips}Q", *([strip_bytes] * n_strips)))
+    short, long8 = 3, 16
+
+    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
+        return struct.pack("<HHQ", tag, kind, count) + value.ljust(8, b"\0")
+
+    def number(value: int) -> bytes:
+        return struct.pack("<Q", value)
+
+    entries = [
+        entry(256, long8, 1, number(width)),
+        entry(257, long8, 1, number(height)),
+        entry(258, short, 3, struct.pack("<HHH", 8, 8, 8)),
+        entry(259, short, 1, struct.pack("<H", 1)),  # no compression
+        entry(262, short, 1, struct.pack("<H", 2)),  # RGB
+        entry(273, long8, n_strips, number(offsets_at) if n_strips > 1 else number(16)),
+        entry(277, short, 1, struct.pack("<H", 3)),
+        entry(278, long8, 1, number(rows_per_strip)),
+        entry(279, long8, n_strips, number(counts_at) if n_strips > 1 else number(strip_bytes)),
+        entry(284, short, 1, struct.pack("<H", 1)),  # chunky RGBRGB
+    ]
+    directory_at = handle.tell()
+    handle.write(struct.pack("<Q", len(entries)) + b"".join(entries) + number(0))
+    handle.seek(8)
+    handle.write(number(directory_at))
+
+
+def open_matrix(path: Path) -> pyvips.Image:
+    """Open a matrix written by ``write_matrix`` for one sequential pass."""
+    return pyvips.Image.new_from_file(str(path), access="sequential")
 
 
 def cut_tiles(
@@ -87,7 +126,9 @@ def cut_tiles(
             "height": matrix.height, "levels": levels}
 
 
-def overview_image(matrix: pyvips.Image, size: int = OVERVIEW_SIZE) -> pyvips.Image:
-    """The whole matrix shrunk so its longest side is at most ``size``."""
-    scale = min(1.0, size / max(matrix.width, matrix.height))
-    return matrix.resize(scale) if scale < 1.0 else matrix
+def render_overview(matrix_path: Path, size: int = OVERVIEW_SIZE) -> pyvips.Image:
+    """The matrix shrunk so its longest side is at most ``size`` (one streaming read)."""
+    matrix = pyvips.Image.new_from_file(str(matrix_path), access="sequential")
+    if max(matrix.width, matrix.height) <= size:
+        return matrix.copy_memory()
+    return pyvips.Image.thumbnail(str(matrix_path), size, height=size)

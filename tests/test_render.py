@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import pyvips
 
-from mosaic.render import cut_tiles, open_matrix, overview_image, write_matrix
+from mosaic.render import cut_tiles, open_matrix, render_overview, write_matrix
 
 
 def render(tmp_path: Path, n_items: int, n_rows: int, n_cols: int, cell: int = 16,
@@ -15,10 +15,8 @@ def render(tmp_path: Path, n_items: int, n_rows: int, n_cols: int, cell: int = 1
     rng = np.random.default_rng(0)
     cells = rng.integers(0, 255, size=(n_items, cell, cell, 3), dtype=np.uint8)
     positions = np.array([divmod(i, n_cols) for i in range(n_items)])
-    width, height = write_matrix(tmp_path / "m.raw", cells, positions, n_rows, n_cols,
-                                 background=(7, 8, 9))
-    info = cut_tiles(open_matrix(tmp_path / "m.raw", width, height), tmp_path / "tiles",
-                     **tile_options)
+    write_matrix(tmp_path / "m.tif", cells, positions, n_rows, n_cols, background=(7, 8, 9))
+    info = cut_tiles(open_matrix(tmp_path / "m.tif"), tmp_path / "tiles", **tile_options)
     return info, cells
 
 
@@ -68,8 +66,17 @@ def test_deepest_level_has_every_cell_at_full_resolution(tmp_path):
     assert (top[2 * 16:, 2 * 16:] == (7, 8, 9)).all()  # empty cells are the background
 
 
+def test_matrix_file_is_a_valid_tiff_holding_every_cell(tmp_path):
+    _, cells = render(tmp_path, n_items=7, n_rows=2, n_cols=4, cell=8, tile_format="png")
+    matrix = pyvips.Image.new_from_file(str(tmp_path / "m.tif")).numpy()
+    assert matrix.shape == (16, 32, 3)
+    for item in range(7):
+        row, col = divmod(item, 4)
+        assert np.array_equal(matrix[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8], cells[item])
+
+
 def test_overview_is_bounded(tmp_path):
     render(tmp_path, n_items=4, n_rows=2, n_cols=2, cell=16)
-    matrix = open_matrix(tmp_path / "m.raw", 32, 32)
-    assert max(overview_image(matrix, size=20).width, overview_image(matrix, 20).height) <= 20
-    assert overview_image(matrix, size=100).width == 32  # never upscaled
+    small = render_overview(tmp_path / "m.tif", size=20)
+    assert max(small.width, small.height) <= 20
+    assert render_overview(tmp_path / "m.tif", size=100).width == 32  # never upscaled
