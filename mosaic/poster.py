@@ -22,6 +22,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +47,6 @@ from mosaic.poster_render import (
     text_colour_for,
 )
 from mosaic.query import QueryError, parse_search_args, search_items
-from mosaic.render import open_matrix
 
 __all__ = [
     "ARRANGEMENTS", "FORMATS", "PosterError", "PosterOptions", "arrange_items",
@@ -150,8 +150,8 @@ def select_items(
     if search_args:
         try:
             query = parse_search_args(search_args, manifest.get("columns", []))
-            with sqlite3.connect(f"file:{bundle_dir / manifest['files']['metadata']}?mode=ro",
-                                 uri=True) as conn:
+            database = f"file:{bundle_dir / manifest['files']['metadata']}?mode=ro"
+            with closing(sqlite3.connect(database, uri=True)) as conn:
                 _total, found = search_items(conn, query)
         except QueryError as error:
             raise PosterError(f"bad filter: {error}") from None
@@ -225,16 +225,20 @@ def render_poster(
               "selection": selection or {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".poster-", dir=output.parent) as tmp:
-        page_image, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
-                                               Path(tmp))
-        timings = {"montage": time.perf_counter() - started}
-        partial = output.with_name(f".{output.name}.partial")
-        _save(page_image, partial, fmt, options, manifest)
-        os.replace(partial, output)
-        timings["save"] = time.perf_counter() - started - timings["montage"]
-        if preview:
-            info["preview"] = _write_preview(page_image, options.page, output)
-            timings["preview"] = time.perf_counter() - started - sum(timings.values())
+        try:
+            page_image, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
+                                                   Path(tmp))
+            timings = {"montage": time.perf_counter() - started}
+            partial = output.with_name(f".{output.name}.partial")
+            _save(page_image, partial, fmt, options, manifest)
+            os.replace(partial, output)
+            timings["save"] = time.perf_counter() - started - timings["montage"]
+            if preview:
+                info["preview"] = _write_preview(page_image, options.page, output)
+                timings["preview"] = time.perf_counter() - started - sum(timings.values())
+        finally:
+            page_image = None
+            _release_vips_cache()
     info["timings"] = {k: round(v, 3) for k, v in timings.items()}
     record.update(info)
     record["grid"] = layout.to_dict()
@@ -281,10 +285,21 @@ def render_poster_bytes(
     cell_grid = arrange_items(bundle_dir, manifest, ids, arrange, seed)
     with tempfile.TemporaryDirectory(prefix="mosaic-poster-") as tmp:
         path = Path(tmp) / f"poster{suffix}"
-        page_image, _layout, _info = _build_page(bundle_dir, manifest, cell_grid, options,
-                                                 Path(tmp))
-        _save(page_image, path, FORMATS[suffix], options, manifest)
+        try:
+            page_image, _layout, _info = _build_page(bundle_dir, manifest, cell_grid, options,
+                                                     Path(tmp))
+            _save(page_image, path, FORMATS[suffix], options, manifest)
+        finally:
+            page_image = None
+            _release_vips_cache()
         return path.read_bytes()
+
+
+def _release_vips_cache() -> None:
+    """Drop libvips's operation cache, which would keep the deleted montage file open."""
+    size = pyvips.cache_get_max()
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max(size)
 
 
 def _build_page(
@@ -301,6 +316,7 @@ def _build_page(
     # One BLAS thread: the cell resampling is many mid-sized GEMMs, which
     # multi-threaded BLAS slows down badly on a busy machine.
     with fetcher, open(raw, "wb") as handle, threadpool_limits(1, user_api="blas"):
+        fetcher.prepare(cell_grid[cell_grid >= 0], tmp)
         for strip in iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
                                          layout.gutter_px, options.background):
             handle.write(strip.data)
@@ -308,7 +324,8 @@ def _build_page(
     overlays = _place_texts(page, layout, texts, header)
     if options.hotspots:
         overlays += _hotspot_labels(manifest, cell_grid, layout, options, warnings)
-    montage = open_matrix(raw, *layout.montage_size)
+    montage = pyvips.Image.rawload(str(raw), *layout.montage_size, 3)  # memory-mapped
+    montage = montage.copy(interpretation="srgb")
     image = compose_page(page.size_px, options.background, montage,
                          (layout.montage_x, layout.montage_y), overlays)
     image = image.copy(xres=page.px_per_mm, yres=page.px_per_mm)

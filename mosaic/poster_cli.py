@@ -44,17 +44,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--id", help="collection id (the bundle folder's name under --out)")
     src.add_argument("--out", default="output", help="folder that holds the bundles")
     src.add_argument("--bundle", help="a bundle folder, instead of --out/--id")
-    src.add_argument("-o", "--output", required=True, help="poster file: .pdf .tif .png .jpg")
+    src.add_argument("-o", "--output", help="poster file (required): .pdf .tif .png .jpg")
     src.add_argument("--preview", action=argparse.BooleanOptionalAction, default=False,
                      help="also write an A4-sized <stem>.preview.png")
     size = parser.add_argument_group("size (lengths take mm, cm or in; a bare number is mm)")
-    size.add_argument("--paper", help=f"{', '.join(PAPER_SIZES)} (default {DEFAULT_PAPER} "
-                      "unless --width/--height or --pixels say otherwise)")
+    size.add_argument("--paper", help=f"{', '.join(PAPER_SIZES)}; with no size flag at all, "
+                      f"{DEFAULT_PAPER}")
     size.add_argument("--landscape", action=argparse.BooleanOptionalAction, default=False,
                       help="turn the paper on its side")
     size.add_argument("--width", help="page width, e.g. 600mm, 60cm or 24in")
     size.add_argument("--height", help="page height")
-    size.add_argument("--dpi", help="print resolution in dots per inch (default 300)")
+    size.add_argument("--dpi", help="print resolution in dots per inch; 300 unless --pixels")
     size.add_argument("--pixels", help="exact page size in pixels, WIDTHxHEIGHT (instead of --dpi)")
     size.add_argument("--margin", default="10mm", help="blank border inside the page edge")
     size.add_argument("--bleed", default="0mm",
@@ -78,7 +78,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     look.add_argument("--subtitle", help="smaller line under the title")
     look.add_argument("--caption", help="credits or caption line under the montage")
     look.add_argument("--background", default="white", help="#rrggbb, R,G,B or a colour name")
-    look.add_argument("--text-colour", help="text colour (default: black or white to contrast)")
+    look.add_argument("--text-colour",
+                      help="text colour; unset = black or white, whichever contrasts")
     look.add_argument("--font", default="sans", help="fontconfig family, e.g. 'serif'")
     look.add_argument("--gutter", default="0mm", help="space between cells (mm, cm, in or px)")
     look.add_argument("--hotspots", action=argparse.BooleanOptionalAction, default=False,
@@ -93,6 +94,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Render the poster described by ``args``; PosterError for any bad value."""
+    if not args.output:
+        raise PosterError(f"give -o/--output FILE ending in {', '.join(FORMATS)}")
     output = Path(args.output)
     output_format(output)
     try:

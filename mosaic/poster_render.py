@@ -25,7 +25,7 @@ from mosaic.paper import Page, PosterError
 
 log = logging.getLogger(__name__)
 Colour = tuple[int, int, int]
-_BATCH = 256
+_BATCH = 128
 
 
 def resample_matrix(src: int, dst: int) -> np.ndarray:
@@ -51,24 +51,47 @@ def resample_matrix(src: int, dst: int) -> np.ndarray:
 def resize_cells(cells: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 (B, c, c, 3) square cells to (B, size, size, 3), each on its own.
 
-    Two large matrix products per batch (rows, then columns), so BLAS runs a
-    few big GEMMs rather than thousands of tiny ones.
+    Large shrinks first average k x k blocks (as libvips's shrink does), then
+    Lanczos-3 resamples by two large matrix products per batch (rows, then
+    columns), so BLAS runs a few big GEMMs rather than thousands of tiny ones.
     """
     cells = np.asarray(cells)
     count, side = cells.shape[0], cells.shape[1]
     if side == size:
         return cells.copy()
-    weights = resample_matrix(side, size)
+    box = _box_factor(side, size)
+    small = side // box
+    weights = resample_matrix(small, size)
     out = np.empty((count, size, size, 3), dtype=np.uint8)
     for start in range(0, count, _BATCH):
-        batch = cells[start:start + _BATCH]
+        batch = _box_shrink(cells[start:start + _BATCH], box)
         n = len(batch)
-        by_row = batch.transpose(1, 0, 2, 3).reshape(side, -1).astype(np.float32)
-        rows = (weights @ by_row).reshape(size, n, side, 3)                # (s, n, c, 3)
-        cols = rows.transpose(0, 1, 3, 2).reshape(-1, side) @ weights.T    # (s*n*3, s)
+        by_row = batch.transpose(1, 0, 2, 3).reshape(small, -1)
+        rows = (weights @ by_row).reshape(size, n, small, 3)               # (s, n, c, 3)
+        cols = rows.transpose(0, 1, 3, 2).reshape(-1, small) @ weights.T   # (s*n*3, s)
         both = cols.reshape(size, n, 3, size).transpose(1, 0, 3, 2)        # (n, s, s, 3)
         out[start:start + n] = np.clip(np.rint(both), 0, 255)
     return out
+
+
+def _box_shrink(cells: np.ndarray, box: int) -> np.ndarray:
+    """float32 means of ``box`` x ``box`` blocks of uint8 (n, c, c, 3) cells."""
+    if box == 1:
+        return cells.astype(np.float32)
+    total = np.zeros((len(cells), cells.shape[1] // box, cells.shape[2] // box, 3),
+                     dtype=np.uint16 if box <= 16 else np.uint32)
+    for dy in range(box):
+        for dx in range(box):
+            total += cells[:, dy::box, dx::box]
+    return total.astype(np.float32) / (box * box)
+
+
+def _box_factor(side: int, size: int) -> int:
+    """The largest divisor k of ``side`` that still leaves a shrink of >= 2 to resample."""
+    factor = side // (2 * size)
+    while factor > 1 and side % factor:
+        factor -= 1
+    return max(factor, 1)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ Parameters:
   ``year`` column. Items without a value never match a bound.
 
 Empty values mean "not set", as an HTML form sends them. Results are ordered
-by FTS5 rank (best first, ties by id) when ``q`` is given, else by id.
+by item id (see ``search_items``).
 """
 
 from __future__ import annotations
@@ -106,19 +106,28 @@ def search_items(
 ) -> tuple[int, list[int]]:
     """Return ``(total, ids)``: how many items match and one page of their ids.
 
-    ``limit=None`` returns every match from ``offset`` on. Ordered by FTS5
-    rank then id when ``query.q`` is set, else by id.
+    ``limit=None`` returns every match from ``offset`` on. Always ordered by
+    id: ranking by FTS5 relevance costs a sort of every match (seconds for a
+    common word at 100k items), and id order is stable while paging.
     """
     if limit is not None and limit < 0 or offset < 0:
         raise QueryError("limit and offset must be >= 0")
-    source, where, params, order = _build_sql(query)
-    total_sql = f"SELECT COUNT(*) FROM {source}{where}"
-    page_sql = f"SELECT i.id FROM {source}{where} ORDER BY {order} LIMIT ? OFFSET ?"
+    source, where, params, column = _build_sql(query)
+    count_sql = f"SELECT COUNT(*) FROM {source}{where}"
     try:
-        total = conn.execute(total_sql, params).fetchone()[0]
         if limit == 0:
-            return total, []
-        rows = conn.execute(page_sql, [*params, -1 if limit is None else limit, offset])
+            return conn.execute(count_sql, params).fetchone()[0], []
+        page = [*params, -1 if limit is None else limit, offset]
+        if query.q and (query.facets or query.ranges):
+            # Keyword and filters: count in the same pass, so the full-text
+            # match (the costly part) runs once.
+            rows = conn.execute(f"SELECT {column}, COUNT(*) OVER () FROM {source}{where} "
+                                f"ORDER BY {column} LIMIT ? OFFSET ?", page).fetchall()
+            if rows or offset == 0:
+                return (rows[0][1] if rows else 0), [row[0] for row in rows]
+        total = conn.execute(count_sql, params).fetchone()[0]
+        rows = conn.execute(f"SELECT {column} FROM {source}{where} ORDER BY {column} "
+                            "LIMIT ? OFFSET ?", page).fetchall()
         return total, [row[0] for row in rows]
     except sqlite3.OperationalError as error:
         if query.q and not str(error).startswith("no such table"):
@@ -139,17 +148,11 @@ def fts_expression(q: str, raw: bool = False) -> str:
 
 
 def _build_sql(query: SearchQuery) -> tuple[str, str, list, str]:
-    source = "items AS i"
+    """``(source, where, params, id column)``. The metadata table (with its
+    indexes) drives filtered searches and FTS5 is a set to test ids against:
+    the other way round SQLite runs one full-text match per candidate row."""
     clauses: list[str] = []
     params: list = []
-    order = "i.id"
-    if query.q:
-        source += " JOIN items_fts ON items_fts.rowid = i.id"
-        clauses.append("items_fts MATCH ?")
-        params.append(fts_expression(query.q, query.raw))
-        order = "items_fts.rank, i.id"
-    if query.facets or query.ranges:
-        source += " JOIN metadata AS m ON m.id = i.id"
     for name, value in query.facets.items():
         clauses.append(f"m.{_quote(name)} = ?")
         params.append(value)
@@ -160,8 +163,19 @@ def _build_sql(query: SearchQuery) -> tuple[str, str, list, str]:
         if high is not None:
             clauses.append(f"m.{_quote(name)} <= ?")
             params.append(high)
+    if clauses:
+        source, column = "metadata AS m", "m.id"
+        if query.q:
+            clauses.append("m.id IN (SELECT rowid FROM items_fts WHERE items_fts MATCH ?)")
+            params.append(fts_expression(query.q, query.raw))
+    elif query.q:
+        source, column = "items_fts", "items_fts.rowid"
+        clauses.append("items_fts MATCH ?")
+        params.append(fts_expression(query.q, query.raw))
+    else:
+        source, column = "items", "items.id"
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    return source, where, params, order
+    return source, where, params, column
 
 
 def _quote(name: str) -> str:

@@ -1,7 +1,10 @@
 """Thumbnail stage: decode each image once with libvips into a square cell.
 
 The same decode also yields the model input for pixel-based embeddings, so no
-image is ever read twice in one pass.
+image is ever read twice in one pass. Files that must not reach libvips (links
+that loop or dangle, FIFOs, devices, empty or unreadable files) are refused
+first with their own reason; a file that fails is decoded once more, alone, so
+that its reason is not mixed with other threads' libvips messages.
 """
 
 from __future__ import annotations

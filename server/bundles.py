@@ -98,7 +98,8 @@ class Bundle:
                 spec = self.embedding(name)
                 if spec is None:
                     raise KeyError(name)
-                index = NeighborIndex(self.path, spec, exact=self.n_items <= self.exact_max)
+                exact = self.n_items * int(spec["dim"]) <= self.exact_max
+                index = NeighborIndex(self.path, spec, exact=exact)
                 self._indexes[name] = index
             return index
 
@@ -106,7 +107,7 @@ class Bundle:
 class BundleRegistry:
     """The bundles under one output folder, each opened once per process."""
 
-    def __init__(self, out_dir: str | Path, exact_max: int = 20_000) -> None:
+    def __init__(self, out_dir: str | Path, exact_max: int = 5_000_000) -> None:
         self.out_dir = Path(out_dir)
         self.exact_max = exact_max
         self._lock = threading.Lock()

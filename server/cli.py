@@ -21,7 +21,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="port to listen on (default: %(default)s)")
     parser.add_argument("--production", action="store_true",
                         help="run under gunicorn with several worker processes instead of "
-                             "Flask's development server (default: off)")
+                             "Flask's development server")
     parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                         help="gunicorn worker processes with --production "
                              "(default: 2 x CPUs + 1, at most 8: %(default)s)")
@@ -67,8 +67,12 @@ def run_gunicorn(out: Path, host: str, port: int, workers: int, threads: int) ->
             self.cfg.set("accesslog", None)
 
         def load(self):
+            from threadpoolctl import threadpool_limits
+
             from server import create_app
 
+            # Many requests run at once: one BLAS thread each for exact neighbour search.
+            threadpool_limits(limits=1, user_api="blas")
             return create_app(out_dir=out)
 
     print(f"Serving {out.resolve()} at http://{host}:{port}/ with gunicorn "

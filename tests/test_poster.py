@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -11,10 +12,11 @@ import pypdf
 import pytest
 import pyvips
 
-from mosaic.bundle import read_manifest
+from mosaic.bundle import open_cells, read_manifest
 from mosaic.cli import main
 from mosaic.paper import PosterError, resolve_page
 from mosaic.poster import PosterOptions, render_poster_bytes
+from mosaic.poster_cells import CellFetcher
 from mosaic.poster_render import render_text
 
 N_ITEMS = 50
@@ -200,6 +202,12 @@ def test_unsupported_extension(poster_bundle, tmp_path, capsys):
     assert len(lines) == 1 and ".gif" in lines[0] and ".pdf" in lines[0]
 
 
+def test_missing_output(poster_bundle, capsys):
+    assert main(["poster", "--bundle", str(poster_bundle)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "-o/--output" in lines[0]
+
+
 def test_unknown_bundle(tmp_path, capsys):
     assert main(["poster", "--out", str(tmp_path), "--id", "nope", "-o",
                  str(tmp_path / "p.png")]) == 2
@@ -219,3 +227,31 @@ def test_render_poster_bytes_for_the_server(poster_bundle):
         render_poster_bytes(poster_bundle, manifest, [1], big)
     with pytest.raises(PosterError, match="empty"):
         render_poster_bytes(poster_bundle, manifest, [], options)
+
+
+def test_stored_cells_are_read_in_runs_in_any_order(poster_bundle, tmp_path):
+    manifest = read_manifest(poster_bundle)
+    ids = np.array([3, 4, 5, 9, 1, 2, 49])
+    with CellFetcher(poster_bundle, manifest, cell_px=16) as fetcher:
+        np.testing.assert_array_equal(fetcher.read_stored(ids),
+                                      open_cells(poster_bundle, manifest)[ids])
+        direct = fetcher.fetch(ids)
+        fetcher.prepare(np.arange(N_ITEMS), tmp_path)
+        np.testing.assert_array_equal(fetcher.fetch(ids), direct)
+
+
+def test_rendering_leaves_no_temporary_file_open(poster_bundle):
+    """libvips's operation cache must not pin the deleted montage file."""
+    manifest = read_manifest(poster_bundle)
+    options = PosterOptions(page=resolve_page(pixels="200x200", margin="1mm"))
+    render_poster_bytes(poster_bundle, manifest, [2, 3], options)
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc")
+    targets = []
+    for fd in fds.iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue
+    assert not [t for t in targets if "mosaic-poster-" in t]

@@ -116,7 +116,8 @@ def _install_kill_point(point: str, bundle: Path, log: Path | None) -> None:
     elif point == "render":
         after(render, "cut_tiles", corrupt_tiles)
     elif point == "overview":
-        before(render, "overview_image")
+        before(render, "render_overview" if hasattr(render, "render_overview")
+               else "overview_image")
     elif point == "index":
         after(pipeline, "build_annoy", partial_ann)
     elif point == "metadata":
@@ -239,8 +240,8 @@ def assert_unfinished(out: Path, cid: str = "c") -> None:
 def leftovers(bundle: Path) -> list[str]:
     """Temp and work files that a finished run must have cleaned up."""
     found = [p for p in bundle.rglob("*") if ".tmp" in p.name]
-    found += [p for p in (bundle / "cache" / "decode-work", bundle / "cache" / "matrix.raw")
-              if p.exists()]
+    found += [p for p in (bundle / "cache").glob("matrix.*")]  # the render stage's matrix
+    found += [p for p in [bundle / "cache" / "decode-work"] if p.exists()]
     return sorted(str(p.relative_to(bundle)) for p in found)
 
 

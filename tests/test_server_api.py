@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import sqlite3
 
 import numpy as np
@@ -165,7 +167,7 @@ def brute_force(vectors: np.ndarray, item_id: int, k: int, metric: str):
     return order, distances[order]
 
 
-@pytest.mark.parametrize("exact_max", [20_000, 0], ids=["exact", "annoy"])
+@pytest.mark.parametrize("exact_max", [5_000_000, 0], ids=["exact", "annoy"])
 def test_neighbors_equal_brute_force(server_bundle, exact_max):
     app = create_app({"TESTING": True, "MOSAIC_EXACT_MAX": exact_max},
                      out_dir=server_bundle.parent)
@@ -249,3 +251,18 @@ def test_export_csv_has_the_selection_with_all_metadata(client):
     assert list(rows[0]) == ["id", "row", "col", "title", "url", "filename", *csv_columns]
     everything = client.get(f"{BASE}/export.csv").get_data(as_text=True)
     assert len(list(csv.DictReader(io.StringIO(everything)))) == 60
+
+
+def test_a_rebuilt_bundle_is_reopened(server_bundle, tmp_path):
+    shutil.copytree(server_bundle, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
+    client = create_app({"TESTING": True}, out_dir=tmp_path).test_client()
+    first = client.get("/api/collections/copy").get_json()
+    manifest_path = tmp_path / "copy" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["title"] = "Rebuilt"
+    manifest_path.write_text(json.dumps(manifest))
+    stat = manifest_path.stat()
+    os.utime(manifest_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = client.get("/api/collections/copy").get_json()
+    assert second["title"] == "Rebuilt" and second["version"] != first["version"]
+    assert client.get(first["dzi"]).cache_control.max_age == 3600  # old version: short cache

@@ -84,6 +84,11 @@ def test_search_items_pages_and_counts(server_bundle):
     assert total == 60 and every == list(range(60))
     assert search_items(conn, SearchQuery(), limit=0) == (60, [])
     assert search_items(conn, SearchQuery(), limit=7, offset=56) == (60, [56, 57, 58, 59])
+    both = SearchQuery(q="tile", facets={"parity": "even"})
+    total, ids = search_items(conn, both)
+    assert search_items(conn, both, limit=0) == (total, [])
+    assert search_items(conn, both, limit=4, offset=2) == (total, ids[2:6])
+    assert search_items(conn, both, limit=4, offset=1000) == (total, [])
     with pytest.raises(QueryError):
         search_items(conn, SearchQuery(q="AND OR (", raw=True))
     with pytest.raises(QueryError):
@@ -127,9 +132,12 @@ def test_raw_mode_takes_fts5_syntax(client, rows_by_id):
     assert [rows_by_id[i]["name"] for i in phrase] == ["green tile 3"]
 
 
-def test_keyword_results_are_ranked(client, rows_by_id):
+def test_keyword_results_are_in_id_order(client, rows_by_id):
     ids = ids_of(client, "q=tile")
     assert len(ids) == 59  # every title but the XSS one
+    assert ids == sorted(ids)
+    assert ids_of(client, "q=tile&parity=odd") == [i for i in ids
+                                                   if rows_by_id[i]["parity"] == "odd"]
     script = ids_of(client, "q=script")
     assert [rows_by_id[i]["name"] for i in script] == [XSS_NAME]
 
