@@ -135,7 +135,10 @@ def write_json_atomic(path: Path, value: Any) -> None:
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -189,10 +192,16 @@ class StageCache:
             return None
         if record.get("key") != key:
             return None
-        if not all((self.directory / name).exists() for name in record["outputs"]):
-            return None
+        sizes = record.get("sizes", {})
+        for name in record["outputs"]:
+            path = self.directory / name
+            if not path.exists() or (name in sizes and path.stat().st_size != sizes[name]):
+                return None
         return record
 
     def write(self, stage: str, key: str, outputs: list[str], **info: Any) -> None:
+        """Record a finished stage: its key, its outputs and their sizes."""
+        sizes = {name: (self.directory / name).stat().st_size for name in outputs
+                 if (self.directory / name).is_file()}
         write_json_atomic(self._record_path(stage),
-                          {"key": key, "outputs": outputs, **info})
+                          {"key": key, "outputs": outputs, "sizes": sizes, **info})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -140,6 +141,9 @@ def _add_optional_command(command, name: str, help_text: str, module_name: str) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Idle OpenMP threads (openTSNE, scikit-learn) otherwise spin-wait and, on a
+    # few cores, starve the threads doing the work: 10-30 s instead of 1 s.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = get_parser()
     args = parser.parse_args(argv)
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)

@@ -88,6 +88,19 @@ def _collect_list(list_file: Path) -> Inputs:
     return Inputs(paths=sorted(set(paths)), root=_common_root(paths))
 
 
+def display_path(path: str) -> str:
+    """``path`` as valid Unicode text: undecodable bytes in a name become \\xNN escapes.
+
+    Python keeps such bytes as lone surrogates, which neither JSON nor SQLite
+    can store; this is for the manifest and the metadata store, not for opening.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _common_root(paths: list[str]) -> str | None:
     try:
         return os.path.commonpath([os.path.dirname(p) or "." for p in paths])

@@ -95,19 +95,39 @@ class _WorkFiles:
     """The decode pass's resumable state in ``work``: row files plus progress arrays."""
 
     def __init__(self, work: Path, key: str, n: int, cell_size: int, dims: dict[str, int]):
-        if _read_text(work / "key") != key:
+        c = cell_size
+        shapes = {"cells.u8": ((n, c, c, 3), np.uint8),
+                  **{f"{name}.f32": ((n, dim), np.float32) for name, dim in dims.items()}}
+        self.work = work
+        if not self._resumable(key, shapes, n):
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             (work / "key").write_text(key)
-        self.work = work
-        c = cell_size
-        self.cells = RowFile(work / "cells.u8", (n, c, c, 3), np.uint8, writable=True)
-        self.vectors = {name: RowFile(work / f"{name}.f32", (n, dim), np.float32, writable=True)
-                        for name, dim in dims.items()}
+        self.cells = RowFile(work / "cells.u8", *shapes["cells.u8"], writable=True)
+        self.vectors = {name: RowFile(work / f"{name}.f32", *shapes[f"{name}.f32"],
+                                      writable=True) for name in dims}
         self.status = _load(work / "status.npy", np.zeros(n, dtype=np.int8))
         self.sizes = _load(work / "sizes.npy", np.zeros((n, 2), dtype=np.int64))
         stored = json.loads(_read_text(work / "failures.json") or "{}")
         self.failures = {int(k): v for k, v in stored.items()}
+
+    def _resumable(self, key: str, shapes: dict, n: int) -> bool:
+        """True if ``work`` holds this key's progress intact; anything torn starts over."""
+        if _read_text(self.work / "key") != key:
+            return False
+        for name, (shape, dtype) in shapes.items():
+            expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            path = self.work / name
+            if path.exists() and path.stat().st_size != expected:
+                return False
+            if not path.exists() and (self.work / "status.npy").exists():
+                return False
+        try:
+            json.loads(_read_text(self.work / "failures.json") or "{}")
+            np.load(self.work / "status.npy") if (self.work / "status.npy").exists() else None
+        except (ValueError, OSError, EOFError):
+            return False
+        return True
 
     def record(self, index: int, result) -> bool:
         """Store one decode result; True if it succeeded."""

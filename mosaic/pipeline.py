@@ -215,8 +215,8 @@ class _Run:
             status, sizes, failures = run_decode(self.inputs.paths, self.specs, options,
                                                  work, key, bar.update)
         kept = np.flatnonzero(status == DONE)
-        skipped = [{"source": self.inputs.paths[i], "reason": failures[i]}
-                   for i in sorted(failures)]
+        skipped = [{"source": collect.display_path(self.inputs.paths[i]),
+                    "reason": failures[i]} for i in sorted(failures)]
         if len(kept) == 0:
             reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
             raise MosaicError(f"no usable images: all {n} inputs failed ({reasons})")
@@ -317,12 +317,13 @@ class _Run:
                 source = self.inputs.paths[input_index]
                 row_index = match.row_of_input[input_index] if match else None
                 values = dict(rows[row_index]) if row_index is not None else {}
-                fields = {**values, "filename": Path(source).name, "stem": Path(source).stem,
-                          "id": str(item)}
-                title = collect.format_template(c.title_template, fields) or Path(source).name
+                name = collect.display_path(Path(source).name)
+                fields = {**values, "filename": name, "stem": Path(name).stem, "id": str(item)}
+                title = collect.format_template(c.title_template, fields) or name
                 yield ItemRecord(
-                    id=item, source=os.path.abspath(source), row=int(positions[item, 0]),
-                    col=int(positions[item, 1]), x=float(xy[item, 0]), y=float(xy[item, 1]),
+                    id=item, source=collect.display_path(os.path.abspath(source)),
+                    row=int(positions[item, 0]), col=int(positions[item, 1]),
+                    x=float(xy[item, 0]), y=float(xy[item, 1]),
                     title=title, url=collect.format_template(c.url_template, fields),
                     width=int(sizes[item, 0]), height=int(sizes[item, 1]),
                     metadata=values or None)
@@ -332,8 +333,11 @@ class _Run:
         tmp.unlink(missing_ok=True)
         write_metadata_db(tmp, records(), kinds)
         tmp.replace(target)
-        unmatched = {"images_without_row": match.images_without_row if match else [],
-                     "rows_without_image": match.rows_without_image if match else []}
+        kept_paths = {self.inputs.paths[i] for i in kept.tolist()}
+        unmatched = {
+            "images_without_row": [collect.display_path(p) for p in
+                                   (match.images_without_row if match else []) if p in kept_paths],
+            "rows_without_image": match.rows_without_image if match else []}
         columns = [{"name": n, "kind": k} for n, k in kinds.items()]
         return ["metadata.sqlite"], {"columns": columns, "unmatched": unmatched,
                                      "metadata_rows": len(rows)}
@@ -394,7 +398,7 @@ class _Run:
             "facets": [col["name"] for col in stored["columns"] if col["kind"] == "facet"],
             "hotspots": hotspots["hotspots"],
             "skipped": decoded["skipped"],
-            "ignored_files": self.inputs.ignored,
+            "ignored_files": [collect.display_path(p) for p in self.inputs.ignored],
             "unmatched": unmatched,
             "timings": self.timings,
         }

@@ -118,6 +118,8 @@ def cut_tiles(
         suffix += f"[Q={quality},strip]" if tile_format == "jpeg" else f"[Q={quality}]"
     matrix.dzsave(str(tmp / "map"), tile_size=tile_size, overlap=overlap,
                   suffix=suffix, layout="dz", depth="onepixel")
+    # libvips's metadata sidecar holds a timestamp and nothing a viewer needs.
+    (tmp / "map_files" / "vips-properties.xml").unlink(missing_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     levels = (max(matrix.width, matrix.height) - 1).bit_length() + 1

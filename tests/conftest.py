@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 import pyvips
 
 from mosaic.cli import main
+
+# As mosaic.cli.main does: idle OpenMP threads must not spin (set before sklearn loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Three well-separated colour families; each cluster's images vary in shade and texture.
 CLUSTER_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]

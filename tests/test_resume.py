@@ -343,10 +343,6 @@ def test_truncated_decode_status_is_not_trusted(collection, clean, tmp_path):
     assert len(log.read_text().splitlines()) == N_IMAGES + N_BROKEN  # all redone
     assert_same_bundle(out / "c", clean)
 
-@pytest.mark.xfail(strict=True, reason=(
-    "decode.py bug (lead): _open_work_array re-creates a work array of the wrong size "
-    "as zeros but keeps status.npy, so checkpointed items resume as blank cells; "
-    "see docs/reliability.md"))
 def test_truncated_decode_work_file_is_not_trusted(collection, clean, tmp_path):
     images, csv_path = collection
     out = tmp_path / "out"
