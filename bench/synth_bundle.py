@@ -28,7 +28,7 @@ from mosaic import SCHEMA_VERSION, __version__  # noqa: E402
 from mosaic.grid import cell_ids, grid_shape  # noqa: E402
 from mosaic.metadata_store import ItemRecord, write_metadata_db  # noqa: E402
 from mosaic.neighbors import build_annoy, choose_search_k  # noqa: E402
-from mosaic.render import cut_tiles, open_matrix, overview_image, write_matrix  # noqa: E402
+from mosaic.render import cut_tiles, open_matrix, render_overview, write_matrix  # noqa: E402
 
 WORDS = ("red green blue amber violet harbour mountain river forest desert city market "
          "portrait still life garden winter summer night morning bridge tower").split()
@@ -79,14 +79,13 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
     write_metadata_db(folder / "metadata.sqlite", records, kinds)
     timings["metadata"] = time.perf_counter() - started - sum(timings.values())
 
-    raw = folder / "cache" / "matrix.raw"
-    raw.parent.mkdir(exist_ok=True)
-    width, height = write_matrix(raw, cells, positions, n_rows, n_cols)
-    matrix = open_matrix(raw, width, height)
-    tiles = cut_tiles(matrix, folder / "tiles")
-    overview = overview_image(matrix)
+    matrix_path = folder / "cache" / "matrix.tif"
+    matrix_path.parent.mkdir(exist_ok=True)
+    write_matrix(matrix_path, cells, positions, n_rows, n_cols)
+    tiles = cut_tiles(open_matrix(matrix_path), folder / "tiles")
+    overview = render_overview(matrix_path)
     overview.jpegsave(str(folder / "overview.jpg"), Q=85)
-    raw.unlink()
+    matrix_path.unlink()
     timings["render"] = time.perf_counter() - started - sum(timings.values())
 
     index = build_annoy(vectors, "angular", n_trees=20, random_state=seed)

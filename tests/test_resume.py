@@ -116,8 +116,7 @@ def _install_kill_point(point: str, bundle: Path, log: Path | None) -> None:
     elif point == "render":
         after(render, "cut_tiles", corrupt_tiles)
     elif point == "overview":
-        before(render, "render_overview" if hasattr(render, "render_overview")
-               else "overview_image")
+        before(render, "render_overview")
     elif point == "index":
         after(pipeline, "build_annoy", partial_ann)
     elif point == "metadata":
