@@ -6,10 +6,10 @@ The flow, each step a function::
     cell_grid = arrange_items(bundle, manifest, ids, arrange, seed)     # (rows, cols) of ids
     record = render_poster(bundle, manifest, cell_grid, options, "poster.pdf")
 
-The montage is written one row of cells at a time into a raw file that
-libvips memory-maps; the page (background, montage, text) is a lazy libvips
-image that the saver streams, so memory holds one strip of cells plus
-libvips's buffers, whatever the page size. Beside the poster goes
+The montage is written one row of cells at a time into an uncompressed strip
+TIFF that libvips reads back sequentially; the page (background, montage,
+text) is a lazy libvips image that the saver streams, so memory holds one row
+of cells plus libvips's buffers, whatever the page size. Beside the poster goes
 ``<stem>.items.json``: which item sits in which cell, and the page geometry.
 """
 
@@ -21,7 +21,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +46,7 @@ from mosaic.poster_render import (
     render_text,
     text_colour_for,
 )
+from mosaic.poster_tiff import write_strip_tiff
 from mosaic.query import QueryError, parse_search_args, search_items
 
 __all__ = [
@@ -226,18 +227,18 @@ def render_poster(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".poster-", dir=output.parent) as tmp:
         try:
-            page_image, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
-                                                   Path(tmp))
+            open_page, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
+                                                  Path(tmp))
             timings = {"montage": time.perf_counter() - started}
             partial = output.with_name(f".{output.name}.partial")
-            _save(page_image, partial, fmt, options, manifest)
+            _save(open_page(), partial, fmt, options, manifest)
             os.replace(partial, output)
             timings["save"] = time.perf_counter() - started - timings["montage"]
             if preview:
-                info["preview"] = _write_preview(page_image, options.page, output)
+                info["preview"] = _write_preview(open_page(), output)
                 timings["preview"] = time.perf_counter() - started - sum(timings.values())
         finally:
-            page_image = None
+            open_page = None
             _release_vips_cache()
     info["timings"] = {k: round(v, 3) for k, v in timings.items()}
     record.update(info)
@@ -286,11 +287,11 @@ def render_poster_bytes(
     with tempfile.TemporaryDirectory(prefix="mosaic-poster-") as tmp:
         path = Path(tmp) / f"poster{suffix}"
         try:
-            page_image, _layout, _info = _build_page(bundle_dir, manifest, cell_grid, options,
-                                                     Path(tmp))
-            _save(page_image, path, FORMATS[suffix], options, manifest)
+            open_page, _layout, _info = _build_page(bundle_dir, manifest, cell_grid, options,
+                                                    Path(tmp))
+            _save(open_page(), path, FORMATS[suffix], options, manifest)
         finally:
-            page_image = None
+            open_page = None
             _release_vips_cache()
         return path.read_bytes()
 
@@ -304,33 +305,42 @@ def _release_vips_cache() -> None:
 
 def _build_page(
     bundle_dir: Path, manifest: dict, cell_grid: np.ndarray, options: PosterOptions, tmp: Path
-) -> tuple[pyvips.Image, Layout, dict]:
-    """Lay out and stream the montage to ``tmp``; return the lazy page image."""
+) -> tuple[Callable[[], pyvips.Image], Layout, dict]:
+    """Lay out the page and write the montage to ``tmp``.
+
+    Returns a function that opens a fresh lazy page image (one sequential
+    pass each: call it again for a second output), the layout and the record.
+    """
     page, warnings = options.page, []
     texts = _render_texts(page, options, warnings)
     header, footer = _text_block_heights(page, texts)
     layout = plan_layout(page, cell_grid.shape, options.gutter.to_px(page.dpi), header, footer)
     fetcher = CellFetcher(bundle_dir, manifest, layout.cell_px, options.sources,
                           options.background)
-    raw = tmp / "montage.raw"
+    montage_path = tmp / "montage.tif"
     # One BLAS thread: the cell resampling is many mid-sized GEMMs, which
     # multi-threaded BLAS slows down badly on a busy machine.
-    with fetcher, open(raw, "wb") as handle, threadpool_limits(1, user_api="blas"):
+    with fetcher, threadpool_limits(1, user_api="blas"):
         fetcher.prepare(cell_grid[cell_grid >= 0], tmp)
-        for strip in iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
-                                         layout.gutter_px, options.background):
-            handle.write(strip.data)
+        strips = iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
+                                     layout.gutter_px, options.background)
+        write_strip_tiff(montage_path, strips, *layout.montage_size)
     warnings += fetcher.warnings()
     overlays = _place_texts(page, layout, texts, header)
     if options.hotspots:
         overlays += _hotspot_labels(manifest, cell_grid, layout, options, warnings)
-    montage = pyvips.Image.rawload(str(raw), *layout.montage_size, 3)  # memory-mapped
-    montage = montage.copy(interpretation="srgb")
-    image = compose_page(page.size_px, options.background, montage,
-                         (layout.montage_x, layout.montage_y), overlays)
-    image = image.copy(xres=page.px_per_mm, yres=page.px_per_mm)
+
+    def open_page() -> pyvips.Image:
+        # Plain sequential reads (no memory map); revalidate: never reuse a
+        # cached loader that an earlier pass has already read to the end.
+        montage = pyvips.Image.new_from_file(str(montage_path), access="sequential",
+                                             revalidate=True)
+        image = compose_page(page.size_px, options.background, montage,
+                             (layout.montage_x, layout.montage_y), overlays)
+        return image.copy(xres=page.px_per_mm, yres=page.px_per_mm)
+
     info = {"page": page.to_dict(), "cells": fetcher.summary(), "warnings": warnings}
-    return image, layout, info
+    return open_page, layout, info
 
 
 def _render_texts(page: Page, options: PosterOptions, warnings: list[str]) -> dict:
@@ -425,7 +435,7 @@ def _save(image: pyvips.Image, path: Path, fmt: str, options: PosterOptions,
         raise PosterError(f"cannot write {path.name}: {error.message.strip()}") from None
 
 
-def _write_preview(page_image: pyvips.Image, page: Page, output: Path) -> str:
+def _write_preview(page_image: pyvips.Image, output: Path) -> str:
     """An A4-sized PNG of the page (150 dpi, same orientation), never upscaled."""
     a4_w, a4_h = (round(s / MM_PER_INCH * PREVIEW_DPI) for s in A4_MM)
     if page_image.width > page_image.height:

@@ -37,6 +37,9 @@ NUMERIC_KINDS = frozenset({"number", "year"})
 _WORD = re.compile(r"\S+")
 
 
+# An error names at most this many unknown parameters, then counts the rest.
+MAX_NAMED_UNKNOWN = 10
+
 class QueryError(ValueError):
     """A search parameter that cannot be used; the message names it."""
 
@@ -90,8 +93,12 @@ def parse_search_args(
             continue
         unknown.append(name)
     if unknown:
+        names = sorted(unknown)
+        shown = ", ".join(names[:MAX_NAMED_UNKNOWN])
+        if len(names) > MAX_NAMED_UNKNOWN:
+            shown += f" and {len(names) - MAX_NAMED_UNKNOWN} more"
         raise QueryError(
-            f"unknown search parameter(s): {', '.join(sorted(unknown))}; valid are "
+            f"unknown search parameter(s): {shown}; valid are "
             f"q, {_describe(facet_names, numeric_names)}"
         )
     q = (args.get("q") or "").strip() or None

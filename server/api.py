@@ -23,6 +23,9 @@ MAX_RANDOM = 1000
 ITEM_FIELDS = ("id", "row", "col", "title", "url", "filename", "width", "height")
 
 
+# SQLite integers are 64-bit; far beyond any collection, and well inside that.
+MAX_OFFSET = 2**53
+
 @bp.get("/collections")
 def collections():
     return jsonify(ok=True, collections=[_summary(b) for b in get_registry().list()])
@@ -88,7 +91,7 @@ def search(cid: str):
     bundle = get_bundle(cid)
     query = parse_search_args(request.args, bundle.columns, extra=("ids",))
     limit = _int_arg("limit", 100, 0, MAX_LIMIT)
-    offset = _int_arg("offset", 0, 0, None)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     want_ids = request.args.get("ids", "")
     if want_ids not in ("", "all"):
         abort(400, description=f"ids must be 'all' or absent, not {want_ids!r}")

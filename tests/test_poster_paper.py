@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import pyvips
 
 from mosaic.paper import PosterError, paper_size, parse_length, parse_pixels, resolve_page
 from mosaic.poster import output_format, parse_colour
@@ -12,6 +13,7 @@ from mosaic.poster_render import (
     resize_cells,
     text_colour_for,
 )
+from mosaic.poster_tiff import write_strip_tiff
 
 
 def test_a_series_sizes_and_landscape():
@@ -148,3 +150,18 @@ def test_montage_strips_place_cells_and_gutters():
     assert montage[0, 0, 0] == 10 and montage[0, 6, 0] == 255   # empty cell
     assert montage[4, 0, 0] == 255                               # gutter row
     assert montage[6, 0, 0] == 20 and montage[6, 6, 0] == 30
+
+
+@pytest.mark.parametrize("heights", [[3], [5, 2, 5, 2, 5], [70, 1, 70]])
+def test_strip_tiff_reads_back_as_written(tmp_path, heights):
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, 256, size=(h, 7, 3), dtype=np.uint8) for h in heights]
+    path = tmp_path / "m.tif"
+    write_strip_tiff(path, iter(blocks), 7, sum(heights))
+    image = pyvips.Image.new_from_file(str(path), access="sequential")
+    np.testing.assert_array_equal(image.numpy(), np.concatenate(blocks))
+
+
+def test_strip_tiff_checks_the_height(tmp_path):
+    with pytest.raises(ValueError, match="rows"):
+        write_strip_tiff(tmp_path / "m.tif", [np.zeros((2, 4, 3), np.uint8)], 4, 3)
