@@ -7,10 +7,9 @@ layout (clustered blobs), its grid (``mosaic.grid.assign_grid``) and
 exist, so cases that need bigger cells than the stored ones exercise the
 fallback (stored cells upscaled). Each case runs ``run.py poster`` in a child
 process; its wall time, and its peak memory sampled from ``/proc/<pid>/status``
-every 20 ms: ``VmHWM`` (the kernel's peak RSS) and the peak of ``RssAnon``
-(RSS without the clean, reclaimable file pages libvips maps from the montage
-file). ``wait4``'s ``ru_maxrss`` is not used: Linux carries the parent's peak
-across fork and exec.
+every 20 ms: ``VmHWM`` (the kernel's peak RSS) and the peak of ``RssAnon``.
+``wait4``'s ``ru_maxrss`` is not used: Linux carries the parent's peak across
+fork and exec.
 
     python bench/poster_bench.py --n 100000 --report docs/benchmarks-poster.md
 """
@@ -198,10 +197,10 @@ def _write_report(path: Path, args: argparse.Namespace, rows: list[str]) -> None
 The bundle is synthetic ({args.n:,} items, {args.cell_size}-px stored cells, clustered
 layout, grid from `assign_grid`), with only the files a poster reads; see the
 script's docstring. Each poster runs in its own process. *Peak RSS* is the
-kernel's high-water mark (`VmHWM`), which counts the clean pages of the montage
-file that libvips memory-maps; *peak anon* is the sampled anonymous RSS, the
-memory the process really needs. *load* is the machine's 1-minute load
-average when the run started (this machine is shared; {args.repeat} run(s) per
+kernel's high-water mark (`VmHWM`, file-backed pages such as shared libraries
+included); *peak anon* is the peak of the sampled anonymous RSS. *load* is
+the machine's 1-minute load average when the run started (this machine is
+shared; {args.repeat} run(s) per
 case, the fastest shown).
 
 """
@@ -216,8 +215,9 @@ case, the fastest shown).
 - `sample-pdf` prints 144 cells of about 800 px. The synthetic bundle has no
   source images, so this measures the fallback (stored cells upscaled, one
   warning); with real sources each image is decoded again at that size.
-- Disk: a temporary folder beside the output holds the montage as raw RGB
-  (at most the page: about 420 MB for A0 at 300 dpi) and the resized cells.
+- Disk: a temporary folder beside the output holds the montage as an
+  uncompressed TIFF (at most the page: about 420 MB for A0 at 300 dpi) and
+  the resized cells.
 """
     path.write_text(intro + HEADER + "\n".join(rows) + "\n" + notes)
 

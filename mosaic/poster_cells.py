@@ -12,7 +12,7 @@ a poster of a 100k-item bundle never has the 5 GB ``cells.u8`` resident.
 :meth:`CellFetcher.prepare` reads them in id order (runs of neighbours in one
 call: a sequential scan, several times faster than a grid row's scattered
 reads), resizes them, and writes them to a small work file that the montage
-rows then pick from.
+rows then pick from (with ``preadv`` too).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from mosaic.poster_render import resize_cells
 from mosaic.thumbnail import decode_image
 
 log = logging.getLogger(__name__)
-_PREPARE_BATCH = 1024
+_PREPARE_BATCH = 256
 
 
 class CellFetcher:
@@ -52,17 +52,18 @@ class CellFetcher:
         self._fd: int | None = None
         self._sources: dict[int, str] | None = None
         self._order: np.ndarray | None = None
-        self._resized: np.ndarray | None = None
+        self._resized: Path | None = None
+        self._resized_fd: int | None = None
 
     def __enter__(self) -> CellFetcher:
         self._fd = os.open(self.path, os.O_RDONLY)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._resized = None
+        for fd in (self._fd, self._resized_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._resized_fd = None
 
     def prepare(self, ids: np.ndarray, work_dir: Path) -> None:
         """Resize the stored cells of ``ids`` in one id-ordered pass into ``work_dir``.
@@ -79,31 +80,20 @@ class CellFetcher:
                 stored = self.read_stored(order[start:start + _PREPARE_BATCH])
                 handle.write(resize_cells(stored, self.cell_px).data)
         self._order = order
-        self._resized = np.memmap(path, dtype=np.uint8, mode="r",
-                                  shape=(len(order), self.cell_px, self.cell_px, 3))
+        self._resized = path
+        self._resized_fd = os.open(path, os.O_RDONLY)
 
     def read_stored(self, ids: np.ndarray) -> np.ndarray:
         """The stored cells of ``ids`` as uint8 (k, c, c, 3)."""
-        size = self.stored_px * self.stored_px * 3
-        out = np.empty((len(ids), self.stored_px, self.stored_px, 3), dtype=np.uint8)
-        flat = out.reshape(len(ids), size)
-        ids = np.asarray(ids, dtype=np.int64)
-        # Consecutive ids are one read: split where the next id is not this one + 1.
-        breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-        for run in np.split(np.arange(len(ids)), breaks):
-            if len(run) == 0:
-                continue
-            buffer = flat[run[0]:run[-1] + 1].reshape(-1)
-            if os.preadv(self._fd, [buffer], int(ids[run[0]]) * size) != buffer.size:
-                raise OSError(f"{self.path} is truncated at item {ids[run[-1]]}")
-        return out
+        return _read_cells(self._fd, ids, self.stored_px, self.path)
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         """Cells of ``ids`` at ``cell_px``."""
         if not self.use_sources:
             self.counts["stored"] += len(ids)
-            if self._resized is not None:
-                return np.asarray(self._resized[np.searchsorted(self._order, ids)])
+            if self._resized_fd is not None:
+                ranks = np.searchsorted(self._order, ids)
+                return _read_cells(self._resized_fd, ranks, self.cell_px, self._resized)
             return resize_cells(self.read_stored(ids), self.cell_px)
         sources = self._source_paths()
         out = np.empty((len(ids), self.cell_px, self.cell_px, 3), dtype=np.uint8)
@@ -140,6 +130,26 @@ class CellFetcher:
         )
         log.warning(message)
         return [message]
+
+
+def _read_cells(fd: int, ids: np.ndarray, side: int, path: Path) -> np.ndarray:
+    """Cells ``ids`` of a raw (N, side, side, 3) uint8 file, read with ``preadv``.
+
+    Not a memory map, whose touched pages would all count towards RSS; runs of
+    consecutive ids are one read each.
+    """
+    size = side * side * 3
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.empty((len(ids), side, side, 3), dtype=np.uint8)
+    flat = out.reshape(len(ids), size)
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    for run in np.split(np.arange(len(ids)), breaks):
+        if len(run) == 0:
+            continue
+        buffer = flat[run[0]:run[-1] + 1].reshape(-1)
+        if os.preadv(fd, [buffer], int(ids[run[0]]) * size) != buffer.size:
+            raise OSError(f"{path} is truncated at item {ids[run[-1]]}")
+    return out
 
 
 def _bundle_background(manifest: dict) -> tuple[int, int, int]:
