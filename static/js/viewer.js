@@ -10,6 +10,7 @@ import { setupHover } from "./hover.js";
 import { setupNeighbours } from "./neighbours.js";
 import { MapOverlay } from "./overlay.js";
 import { setupPanel } from "./panel.js";
+import { setupPoster } from "./poster.js";
 import { setupSample } from "./sample.js";
 import { setupSearch } from "./search.js";
 
@@ -90,6 +91,7 @@ async function main() {
   setupHotspots(app);
   setupHover(app);
   await setupSearch(app);
+  setupPoster(app);
   setupSample(app);
   await setupHash(app);
   element.dataset.ready = "true";

@@ -180,6 +180,11 @@ def test_facet_filter_dims_non_matching_cells(page, layout):
     assert page.locator("#results .strip-item").count() == 20
     assert parse_qs(urlsplit(page.url).fragment)["category"] == ["red"]
     page.screenshot(path=ARTIFACTS / "viewer-filtered.png")
+    poster_url = urlsplit(page.locator("#poster-link").get_attribute("href"))
+    assert poster_url.path.endswith("/poster.png")
+    assert parse_qs(poster_url.query)["category"] == ["red"]  # the poster follows the filter
+    poster = page.request.get(page.locator("#poster-link").evaluate("a => a.href"))
+    assert poster.status == 200 and poster.headers["content-type"] == "image/png"
 
     page.locator("#search-clear").click()
     page.wait_for_selector("#match-count[data-total='60']")

@@ -1,0 +1,43 @@
+"""Poster downloads: the viewer's current filter as a small print-ready poster.
+
+Rendered synchronously and only up to ``SERVER_MAX_PIXELS``; bigger posters are
+refused with a message pointing to ``python run.py poster``. Cells come from the
+bundle only (never the source images), like everything the server reads.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, request
+
+from mosaic.paper import PosterError, resolve_page
+from mosaic.poster import PosterOptions, render_poster_bytes
+from mosaic.query import parse_search_args, search_items
+from server.db import get_bundle, get_db
+
+bp = Blueprint("posters", __name__, url_prefix="/api")
+
+FORMATS = {"png": "image/png", "pdf": "application/pdf", "jpeg": "image/jpeg"}
+POSTER_ARGS = ("paper", "landscape", "dpi", "title")
+MAX_TITLE = 200
+
+
+@bp.get("/collections/<cid>/poster.<fmt>")
+def poster(cid: str, fmt: str):
+    if fmt not in FORMATS:
+        abort(404, description=f"posters are .png, .pdf or .jpeg, not .{fmt}")
+    bundle = get_bundle(cid)
+    query = parse_search_args(request.args, bundle.columns, extra=POSTER_ARGS)
+    ids = None if query.is_empty else search_items(get_db(bundle), query)[1]
+    title = request.args.get("title", "")[:MAX_TITLE] or None
+    try:
+        dpi = float(request.args.get("dpi", "150"))
+        page = resolve_page(paper=request.args.get("paper", "A4"),
+                            landscape=request.args.get("landscape", "") in ("1", "true"),
+                            dpi=dpi)
+        options = PosterOptions(page=page, title=title, sources=False)
+        data = render_poster_bytes(bundle.path, bundle.manifest, ids, options, fmt=fmt)
+    except (PosterError, ValueError) as error:
+        abort(400, description=str(error))
+    filename = f"{bundle.cid}-poster.{fmt}"
+    return Response(data, mimetype=FORMATS[fmt],
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
