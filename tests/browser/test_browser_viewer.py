@@ -154,6 +154,7 @@ def test_clicking_a_cell_opens_its_item_and_neighbours(page, layout, live_server
     expected = json.load(urllib.request.urlopen(
         f"{live_server}/api/collections/test/items/{item_id}/neighbors?k=20"))
     assert shown == [n["id"] for n in expected["neighbors"]]
+    page.wait_for_function(f"location.hash.includes('item={item_id}')")  # written debounced
     assert parse_qs(urlsplit(page.url).fragment)["item"] == [str(item_id)]
     page.screenshot(path=ARTIFACTS / "viewer-selected.png")
 
