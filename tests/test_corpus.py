@@ -44,7 +44,10 @@ CELL = 32
 TOLERANCE = 40  # per channel: JPEG at Q95, chroma subsampling and the shrink to 32 px
 PIPELINE_ARGS = ["--embedding", "raw", "--cell-size", str(CELL), "--jobs", "2", "-q",
                  "--perplexity", "5", "--tile-size", "64"]
-HUGE_RSS_LIMIT_MB = 400  # decoding 30000 x 30000 at full size would need 2.7 GB
+# Decoding 30000 x 30000 at full size needs 2.7 GB; shrink-on-load typically peaks
+# at ~75 MB here, but one full-suite run on a loaded machine saw 531 MB, so the
+# bound only separates "bounded" from "full decode".
+HUGE_RSS_LIMIT_MB = 1024
 
 
 @dataclass
