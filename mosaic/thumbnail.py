@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ FITS = ("fit", "fill")
 DEFAULT_MAX_PIXELS = 40_000 * 40_000
 # Images up to this many pixels are decoded whole rather than through thumbnail(),
 # whose shrink-on-load setup costs more than it saves on small images.
-DIRECT_DECODE_PIXELS = 1024 * 1024
+DIRECT_DECODE_PIXELS = 512 * 512
 # EXIF orientations 5..8 swap width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
@@ -98,16 +99,15 @@ def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int
         box = max(cell_size, model_size or 0)
         if header.width * header.height <= DIRECT_DECODE_PIXELS:
             # Small image: decode it whole; cheaper than thumbnail's shrink-on-load setup.
-            base = _to_srgb(header.autorot(), background).copy_memory()
-            if fit == "fill":
-                side = min(base.width, base.height)
-                base = base.crop((base.width - side) // 2, (base.height - side) // 2, side, side)
+            upright = header.autorot() if _orientation(header) != 1 else header
+            base = _to_srgb(upright, background).numpy()
         else:
             # Large image: shrink-on-load keeps memory bounded (e.g. 30000 x 30000 JPEGs).
             base = _thumbnail(source, box, crop="centre" if fit == "fill" else "none")
-            base = _to_srgb(base, background).copy_memory()
-    cell = _square(base, cell_size, fit, background)
-    model_input = _square(base, model_size, fit, background) if model_size else None
+            base = _to_srgb(base, background).numpy()
+    base = base.reshape(base.shape[0], base.shape[1], 3)
+    cell = square_array(base, cell_size, fit, background)
+    model_input = square_array(base, model_size, fit, background) if model_size else None
     return DecodedImage(cell=cell, model_input=model_input, width=width, height=height)
 
 
@@ -233,20 +233,76 @@ def _to_srgb(image: pyvips.Image, background: tuple[int, int, int]) -> pyvips.Im
         image = image.extract_band(0, n=3)
     elif image.bands == 1:
         image = image.bandjoin([image, image])
-    return image.cast("uchar")
+    return image if image.format == "uchar" else image.cast("uchar")
 
 
-def _square(image: pyvips.Image, size: int, fit: str, background) -> np.ndarray:
-    """Resize an in-memory image to a ``size`` square, letterboxed or cropped."""
+def square_array(image: np.ndarray, size: int, fit: str,
+                 background: tuple[int, int, int]) -> np.ndarray:
+    """An (h, w, 3) uint8 image as a ``size`` square: letterboxed on ``background``
+    (``fit``) or centre-cropped (``fill``), resampled with an area filter."""
+    height, width = image.shape[:2]
     if fit == "fill":
-        square = image.thumbnail_image(size, height=size, crop="centre")
-        if square.width != size or square.height != size:
-            square = square.resize(size / square.width, vscale=size / square.height)
-    else:
-        square = image.thumbnail_image(size, height=size)
-        square = square.gravity("centre", size, size, extend="background",
-                                background=list(background))
-    return square.numpy().reshape(size, size, 3)
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return resample(image[top:top + side, left:left + side], size, size)
+    scale = size / max(height, width)
+    new_height = min(size, max(1, round(height * scale)))
+    new_width = min(size, max(1, round(width * scale)))
+    square = np.empty((size, size, 3), dtype=np.uint8)
+    square[:] = background
+    top, left = (size - new_height) // 2, (size - new_width) // 2
+    square[top:top + new_height, left:left + new_width] = resample(image, new_height, new_width)
+    return square
+
+
+def resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (h, w, 3) uint8 to (height, width, 3): area average down, linear up.
+
+    Separable, with each output pixel a weighted sum of the few input pixels
+    it covers (gathered, not a dense matrix product); much cheaper than a
+    libvips pipeline for the small images a cell needs.
+    """
+    if image.shape[:2] == (height, width):
+        return np.ascontiguousarray(image)
+    row_index, row_weight = _resample_taps(image.shape[0], height)
+    col_index, col_weight = _resample_taps(image.shape[1], width)
+    pixels = image.astype(np.float32)
+    tall = pixels[row_index[:, 0]] * row_weight[:, 0, None, None]
+    for tap in range(1, row_index.shape[1]):
+        tall += pixels[row_index[:, tap]] * row_weight[:, tap, None, None]
+    out = tall[:, col_index[:, 0]] * col_weight[None, :, 0, None]
+    for tap in range(1, col_index.shape[1]):
+        out += tall[:, col_index[:, tap]] * col_weight[None, :, tap, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=256)
+def _resample_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each output pixel, the input indices it reads and their weights (n_out, K)."""
+    dense = _resample_weights(n_in, n_out)
+    taps = int((dense > 0).sum(axis=1).max())
+    index = np.argsort(dense <= 0, axis=1, kind="stable")[:, :taps]
+    return index, np.take_along_axis(dense, index, axis=1)
+
+
+@lru_cache(maxsize=256)
+def _resample_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights whose rows sum to 1."""
+    if n_out <= n_in:  # each output pixel averages the input span it covers
+        edges = np.arange(n_out + 1) * (n_in / n_out)
+        start, stop = np.arange(n_in), np.arange(1, n_in + 1)
+        overlap = (np.minimum(edges[1:, None], stop[None, :])
+                   - np.maximum(edges[:-1, None], start[None, :]))
+        weights = np.clip(overlap, 0, None)
+    else:  # linear interpolation between the two nearest input pixels
+        centres = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.floor(centres).astype(int)
+        high = np.minimum(low + 1, n_in - 1)
+        fraction = centres - low
+        weights = np.zeros((n_out, n_in))
+        np.add.at(weights, (np.arange(n_out), low), 1 - fraction)
+        np.add.at(weights, (np.arange(n_out), high), fraction)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _short_reason(error: pyvips.Error) -> str:

@@ -80,3 +80,19 @@ def test_overview_is_bounded(tmp_path):
     small = render_overview(tmp_path / "m.tif", size=20)
     assert max(small.width, small.height) <= 20
     assert render_overview(tmp_path / "m.tif", size=100).width == 32  # never upscaled
+
+
+def test_resample_is_an_area_average_down_and_keeps_flat_colours():
+    from mosaic.thumbnail import resample, square_array
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(40, 60, 3), dtype=np.uint8)
+    half = resample(image, 20, 30)
+    assert np.abs(half - image.reshape(20, 2, 30, 2, 3).mean(axis=(1, 3))).max() <= 0.5
+    flat = np.full((37, 53, 3), (10, 200, 90), dtype=np.uint8)
+    for size in [(5, 7), (37, 53), (80, 120)]:
+        assert (resample(flat, *size) == (10, 200, 90)).all()
+    boxed = square_array(flat, 32, "fit", (255, 255, 255))
+    assert boxed.shape == (32, 32, 3)
+    assert (boxed[0, 0] == 255).all() and (boxed[16, 16] == (10, 200, 90)).all()
+    assert (square_array(flat, 32, "fill", (255, 255, 255)) == (10, 200, 90)).all()
