@@ -182,8 +182,8 @@ def _copy_rows(source: RowFile, rows: np.ndarray, path: Path, raw: bool) -> None
             header = {"descr": np.lib.format.dtype_to_descr(source.dtype),
                       "fortran_order": False, "shape": (len(rows), *source.row_shape)}
             np.lib.format.write_array_header_1_0(handle, header)
-        for start in range(0, len(rows), 1024):
-            handle.write(source.read_rows(rows[start:start + 1024]).tobytes())
+        for start in range(0, len(rows), 256):
+            handle.write(source.read_rows(rows[start:start + 256]).data)
         handle.flush()
         os.fsync(handle.fileno())
     source.close()

@@ -129,8 +129,11 @@ def cut_tiles(
 
 
 def render_overview(matrix_path: Path, size: int = OVERVIEW_SIZE) -> pyvips.Image:
-    """The matrix shrunk so its longest side is at most ``size`` (one streaming read)."""
+    """The matrix shrunk so its longest side is at most ``size``.
+
+    An integer box shrink over one sequential read: the least memory of the
+    libvips resamplers, and plenty for a preview of cells.
+    """
     matrix = pyvips.Image.new_from_file(str(matrix_path), access="sequential")
-    if max(matrix.width, matrix.height) <= size:
-        return matrix.copy_memory()
-    return pyvips.Image.thumbnail(str(matrix_path), size, height=size)
+    factor = -(-max(matrix.width, matrix.height) // size)  # ceiling division
+    return matrix.shrink(factor, factor) if factor > 1 else matrix
