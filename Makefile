@@ -10,7 +10,7 @@ PORT ?= 5000
 MTSNE_CFG := $(CURDIR)/build/multicoretsne-setup.cfg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install venv npm system demo serve test lint bench clean
+.PHONY: install venv npm system demo serve test lint bench docs clean
 
 install: venv npm system
 
@@ -53,6 +53,9 @@ lint: venv
 
 test: install lint
 	$(PY) -m pytest -q
+
+docs: venv
+	COLUMNS=100 $(PY) -c "from mosaic.cli import help_markdown; print(help_markdown(), end='')" > docs/cli.md
 
 bench: install
 	$(PY) bench/pipeline_bench.py

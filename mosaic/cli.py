@@ -128,6 +128,19 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def help_markdown() -> str:
+    """Every command's ``--help`` as Markdown: the text of docs/cli.md."""
+    parser = get_parser()
+    os.environ.setdefault("COLUMNS", "100")
+    sections = ["# Command-line reference", "",
+                "Generated from `--help` by `make docs`; a test keeps it current.", "",
+                "```text", parser.format_help().rstrip(), "```"]
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        sections += ["", f"## {name}", "", "```text", sub.format_help().rstrip(), "```"]
+    return "\n".join(sections) + "\n"
+
+
 def _add_optional_command(command, name: str, help_text: str, module_name: str) -> None:
     import importlib
 
