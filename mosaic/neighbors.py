@@ -70,10 +70,11 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
 
 
 def _exact_knn_of_rows(vectors: np.ndarray, rows: np.ndarray, k: int, metric: str,
-                       chunk: int = 65_536) -> np.ndarray:
+                       chunk: int = 4_096) -> np.ndarray:
     """Brute-force k nearest ids of ``vectors[rows]``, scanning ``vectors`` in chunks.
 
-    Memory is (len(rows) x chunk), whatever N is; ``vectors`` may be a memmap.
+    Each chunk's own top k is merged into the running top k, so memory is
+    (len(rows) x chunk) whatever N is; ``vectors`` may be a memmap.
     """
     queries = np.asarray(vectors[rows], dtype=np.float32)
     if metric == "angular":
@@ -86,9 +87,10 @@ def _exact_knn_of_rows(vectors: np.ndarray, rows: np.ndarray, k: int, metric: st
             block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
         distances = ((block ** 2).sum(axis=1)[None, :] - 2 * queries @ block.T
                      + (queries ** 2).sum(axis=1)[:, None])
-        ids = np.broadcast_to(np.arange(start, start + len(block)), distances.shape)
-        best_ids = np.concatenate([best_ids, ids], axis=1)
-        best_distances = np.concatenate([best_distances, distances], axis=1)
+        nearest = np.argpartition(distances, min(k, len(block)) - 1, axis=1)[:, :k]
+        best_ids = np.concatenate([best_ids, nearest + start], axis=1)
+        best_distances = np.concatenate(
+            [best_distances, np.take_along_axis(distances, nearest, axis=1)], axis=1)
         keep = np.argpartition(best_distances, min(k, best_distances.shape[1]) - 1,
                                axis=1)[:, :k]
         best_ids = np.take_along_axis(best_ids, keep, axis=1)
