@@ -83,7 +83,7 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
     matrix_path.parent.mkdir(exist_ok=True)
     write_matrix(matrix_path, cells, positions, n_rows, n_cols)
     tiles = cut_tiles(open_matrix(matrix_path), folder / "tiles")
-    overview = render_overview(matrix_path)
+    overview = render_overview(folder / "tiles", tiles)
     overview.jpegsave(str(folder / "overview.jpg"), Q=85)
     matrix_path.unlink()
     timings["render"] = time.perf_counter() - started - sum(timings.values())

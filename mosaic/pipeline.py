@@ -278,7 +278,7 @@ class _Run:
         cells.close()
         tiles = render.cut_tiles(render.open_matrix(matrix_path), self.path("tiles"),
                                  c.tile_size, c.overlap, c.tile_format, c.quality)
-        overview = render.render_overview(matrix_path)
+        overview = render.render_overview(self.path("tiles"), tiles)
         write_bytes_atomic(self.path("overview.jpg"), overview.jpegsave_buffer(Q=85))
         overview_info = {"path": "overview.jpg", "width": overview.width,
                          "height": overview.height}

@@ -128,12 +128,32 @@ def cut_tiles(
             "height": matrix.height, "levels": levels}
 
 
-def render_overview(matrix_path: Path, size: int = OVERVIEW_SIZE) -> pyvips.Image:
-    """The matrix shrunk so its longest side is at most ``size``.
+def render_overview(tiles_dir: Path, tiles: dict, size: int = OVERVIEW_SIZE) -> pyvips.Image:
+    """The whole map with its longest side at most ``size``, joined from the pyramid.
 
-    An integer box shrink over one sequential read: the least memory of the
-    libvips resamplers, and plenty for a preview of cells.
+    The deepest level that fits is already cut, so this reads at most a few
+    dozen tiles instead of the whole matrix again.
     """
-    matrix = pyvips.Image.new_from_file(str(matrix_path), access="sequential")
-    factor = -(-max(matrix.width, matrix.height) // size)  # ceiling division
-    return matrix.shrink(factor, factor) if factor > 1 else matrix
+    width, height, tile, overlap = (tiles["width"], tiles["height"], tiles["tile_size"],
+                                    tiles["overlap"])
+    top = tiles["levels"] - 1
+    level = top
+    while level > 0 and max(-(-width // 2 ** (top - level)), -(-height // 2 ** (top - level))) \
+            > size:
+        level -= 1
+    level_width = -(-width // 2 ** (top - level))
+    level_height = -(-height // 2 ** (top - level))
+    across, down = -(-level_width // tile), -(-level_height // tile)
+    suffix = _SUFFIX[tiles["format"]]
+    pieces = []
+    for y in range(down):
+        for x in range(across):
+            piece = pyvips.Image.new_from_file(
+                str(tiles_dir / "map_files" / str(level) / f"{x}_{y}{suffix}"))
+            left, upper = (overlap if x else 0), (overlap if y else 0)
+            pieces.append(piece.crop(left, upper, min(tile, level_width - x * tile),
+                                     min(tile, level_height - y * tile)))
+    # arrayjoin lays pieces on a grid of equal cells; only the last column and row
+    # are narrower, so cropping the joined image to the level's size is exact.
+    joined = pyvips.Image.arrayjoin(pieces, across=across)
+    return joined.crop(0, 0, level_width, level_height).copy_memory()

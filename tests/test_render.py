@@ -75,11 +75,17 @@ def test_matrix_file_is_a_valid_tiff_holding_every_cell(tmp_path):
         assert np.array_equal(matrix[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8], cells[item])
 
 
-def test_overview_is_bounded(tmp_path):
-    render(tmp_path, n_items=4, n_rows=2, n_cols=2, cell=16)
-    small = render_overview(tmp_path / "m.tif", size=20)
-    assert max(small.width, small.height) <= 20
-    assert render_overview(tmp_path / "m.tif", size=100).width == 32  # never upscaled
+@pytest.mark.parametrize("overlap,tile_format", [(0, "png"), (2, "png"), (1, "jpeg")])
+def test_overview_is_the_map_shrunk_from_the_pyramid(tmp_path, overlap, tile_format):
+    info, cells = render(tmp_path, n_items=30, n_rows=5, n_cols=6, cell=16, tile_size=32,
+                         overlap=overlap, tile_format=tile_format)
+    full = render_overview(tmp_path / "tiles", info, size=1000)
+    assert (full.width, full.height) == (96, 80)  # never upscaled: the deepest level
+    if tile_format == "png":  # lossless tiles: the overview is exactly the matrix
+        matrix = pyvips.Image.new_from_file(str(tmp_path / "m.tif")).numpy()
+        assert np.array_equal(full.numpy(), matrix)
+    small = render_overview(tmp_path / "tiles", info, size=30)
+    assert max(small.width, small.height) <= 30 and (small.width, small.height) == (24, 20)
 
 
 def test_resample_is_an_area_average_down_and_keeps_flat_colours():
