@@ -46,8 +46,8 @@ from mosaic.poster_render import (
     render_text,
     text_colour_for,
 )
-from mosaic.poster_tiff import write_strip_tiff
 from mosaic.query import QueryError, parse_search_args, search_items
+from mosaic.strip_tiff import write_strip_tiff
 
 __all__ = [
     "ARRANGEMENTS", "FORMATS", "PosterError", "PosterOptions", "arrange_items",

@@ -11,11 +11,12 @@ instead, and its pages count towards the process's RSS as dzsave reads them.)
 from __future__ import annotations
 
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pyvips
+
+from mosaic.strip_tiff import write_strip_tiff
 
 TILE_FORMATS = ("jpeg", "webp", "png")
 _SUFFIX = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
@@ -34,60 +35,27 @@ def write_matrix(
     """Write the (n_rows * c) x (n_cols * c) RGB matrix to ``path`` as a strip BigTIFF.
 
     ``cells`` is (N, c, c, 3) uint8 (an array or a RowFile); ``positions`` (N, 2)
-    is (row, col). One strip per grid row. Returns (width, height) in pixels.
+    is (row, col). One grid row is in memory at a time. Returns (width, height).
     """
     cell = cells.shape[1]
     width, height = n_cols * cell, n_rows * cell
     order = np.lexsort((positions[:, 1], positions[:, 0]))
     row_starts = np.searchsorted(positions[order, 0], np.arange(n_rows + 1))
-    strip = np.empty((cell, width, 3), dtype=np.uint8)
-    with open(path, "wb") as handle:
-        handle.write(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))  # IFD offset patched below
+
+    def strips():
+        strip = np.empty((cell, width, 3), dtype=np.uint8)
         for row in range(n_rows):
             strip[:] = background
             items = order[row_starts[row]:row_starts[row + 1]]
             for item, image in zip(items, cells[items]):
                 col = positions[item, 1]
                 strip[:, col * cell:(col + 1) * cell] = image
-            handle.write(strip.data)
+            yield strip  # written before the next row overwrites it
             if progress is not None:
                 progress(1)
-        _write_tiff_directory(handle, width, height, cell, n_rows)
+
+    write_strip_tiff(path, strips(), width, height)
     return width, height
-
-
-def _write_tiff_directory(handle, width: int, height: int, rows_per_strip: int,
-                          n_strips: int) -> None:
-    """Append the BigTIFF directory for the strips already written after the header."""
-    strip_bytes = rows_per_strip * width * 3
-    offsets_at = handle.tell()
-    handle.write(struct.pack(f"<{n_strips}Q", *(16 + i * strip_bytes for i in range(n_strips))))
-    counts_at = handle.tell()
-    handle.write(struct.pack(f"<{n_strips}Q", *([strip_bytes] * n_strips)))
-    short, long8 = 3, 16
-
-    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
-        return struct.pack("<HHQ", tag, kind, count) + value.ljust(8, b"\0")
-
-    def number(value: int) -> bytes:
-        return struct.pack("<Q", value)
-
-    entries = [
-        entry(256, long8, 1, number(width)),
-        entry(257, long8, 1, number(height)),
-        entry(258, short, 3, struct.pack("<HHH", 8, 8, 8)),
-        entry(259, short, 1, struct.pack("<H", 1)),  # no compression
-        entry(262, short, 1, struct.pack("<H", 2)),  # RGB
-        entry(273, long8, n_strips, number(offsets_at) if n_strips > 1 else number(16)),
-        entry(277, short, 1, struct.pack("<H", 3)),
-        entry(278, long8, 1, number(rows_per_strip)),
-        entry(279, long8, n_strips, number(counts_at) if n_strips > 1 else number(strip_bytes)),
-        entry(284, short, 1, struct.pack("<H", 1)),  # chunky RGBRGB
-    ]
-    directory_at = handle.tell()
-    handle.write(struct.pack("<Q", len(entries)) + b"".join(entries) + number(0))
-    handle.seek(8)
-    handle.write(number(directory_at))
 
 
 def open_matrix(path: Path) -> pyvips.Image:

@@ -13,7 +13,7 @@ from mosaic.poster_render import (
     resize_cells,
     text_colour_for,
 )
-from mosaic.poster_tiff import write_strip_tiff
+from mosaic.strip_tiff import write_strip_tiff
 
 
 def test_a_series_sizes_and_landscape():

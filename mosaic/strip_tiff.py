@@ -1,11 +1,10 @@
 """Write an uncompressed strip BigTIFF from a stream of RGB row blocks.
 
-The montage is produced one row of cells at a time; writing those rows into a
-strip TIFF lets libvips read it back with plain sequential reads
-(``access="sequential"``). A raw file opened with ``rawload`` would be
-memory-mapped instead, and every page libvips touched would count towards the
-process's RSS. The same idea as ``mosaic.render.write_matrix``, for blocks of
-any height.
+The grid matrix (``mosaic.render``) and the poster montage are produced one
+row of cells at a time; writing those rows into a strip TIFF lets libvips read
+it back with plain sequential reads (``access="sequential"``). A raw file
+opened with ``rawload`` would be memory-mapped instead, and every page libvips
+touched would count towards the process's RSS.
 """
 
 from __future__ import annotations
