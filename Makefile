@@ -55,7 +55,7 @@ test: install lint
 	$(PY) -m pytest -q
 
 docs: venv
-	COLUMNS=100 $(PY) -c "from mosaic.cli import help_markdown; print(help_markdown(), end='')" > docs/cli.md
+	COLUMNS=100 $(PY) -c "from mosaic.cli.main import help_markdown; print(help_markdown(), end='')" > docs/cli.md
 
 bench: install
 	$(PY) bench/pipeline_bench.py

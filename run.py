@@ -3,7 +3,7 @@
 
 import sys
 
-from mosaic.cli import main
+from mosaic.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

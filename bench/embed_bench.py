@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic.embed import Vgg16Embedder  # noqa: E402
+from mosaic.pipeline.embed import Vgg16Embedder  # noqa: E402
 
 
 def main() -> int:

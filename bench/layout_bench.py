@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic import reduce  # noqa: E402
-from mosaic.grid import assign_grid, grid_shape  # noqa: E402
+from mosaic.pipeline import reduce  # noqa: E402
+from mosaic.pipeline.grid import assign_grid, grid_shape  # noqa: E402
 
 
 def clustered(n: int, dim: int = 256, n_clusters: int = 20, seed: int = 0):

@@ -119,7 +119,7 @@ def dzsave_only(bundle: Path, out: Path) -> None:
     import pyvips
 
     from mosaic.bundle import open_cells, read_manifest
-    from mosaic.render import cut_tiles, open_matrix, write_matrix
+    from mosaic.pipeline.render import cut_tiles, open_matrix, write_matrix
 
     manifest = read_manifest(bundle)
     grid = manifest["grid"]

@@ -2,8 +2,8 @@
 
 Builds (once, cached in ``--work``) a synthetic bundle with only the files a
 poster reads: ``cells.u8`` at the pipeline's default 128-px cells, the 2-D
-layout (clustered blobs), its grid (``mosaic.grid.assign_grid``) and
-``metadata.sqlite`` (``mosaic.metadata_store``). The images themselves do not
+layout (clustered blobs), its grid (``mosaic.pipeline.grid.assign_grid``) and
+``metadata.sqlite`` (``mosaic.pipeline.metadata``). The images themselves do not
 exist, so cases that need bigger cells than the stored ones exercise the
 fallback (stored cells upscaled). Each case runs ``run.py poster`` in a child
 process; its wall time, and its peak memory sampled from ``/proc/<pid>/status``
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mosaic import SCHEMA_VERSION, __version__  # noqa: E402
-from mosaic.grid import assign_grid  # noqa: E402
-from mosaic.metadata_store import ItemRecord, write_metadata_db  # noqa: E402
+from mosaic.pipeline.grid import assign_grid  # noqa: E402
+from mosaic.pipeline.metadata import ItemRecord, write_metadata_db  # noqa: E402
 
 CASES = {
     "map-pdf": ("whole map", ["--title", "Synthetic map", "--subtitle", "{n} items"], ".pdf"),

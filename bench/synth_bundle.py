@@ -5,7 +5,7 @@ build here. Items come in ``--clusters`` clusters: an embedding drawn around
 each cluster's centre, a cell of the cluster's colour with per-item noise,
 and metadata (a text column, a ``category`` facet, a ``year``). Clusters fill
 the grid in row-major blocks. The bundle is written with the pipeline's own
-writers (mosaic.metadata_store, mosaic.render, mosaic.neighbors).
+writers (mosaic.pipeline.metadata, mosaic.pipeline.render, mosaic.pipeline.index).
 
     python bench/synth_bundle.py --n 100000 --out /tmp/bench-out --id synth100k
 """
@@ -25,10 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mosaic import SCHEMA_VERSION, __version__  # noqa: E402
-from mosaic.grid import cell_ids, grid_shape  # noqa: E402
-from mosaic.metadata_store import ItemRecord, write_metadata_db  # noqa: E402
-from mosaic.neighbors import build_annoy, choose_search_k  # noqa: E402
-from mosaic.render import cut_tiles, open_matrix, render_overview, write_matrix  # noqa: E402
+from mosaic.pipeline.grid import cell_ids, grid_shape  # noqa: E402
+from mosaic.pipeline.index import build_annoy, choose_search_k  # noqa: E402
+from mosaic.pipeline.metadata import ItemRecord, write_metadata_db  # noqa: E402
+from mosaic.pipeline.render import cut_tiles, open_matrix, render_overview, write_matrix  # noqa: E402
 
 WORDS = ("red green blue amber violet harbour mountain river forest desert city market "
          "portrait still life garden winter summer night morning bridge tower").split()

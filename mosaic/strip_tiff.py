@@ -1,6 +1,6 @@
 """Write an uncompressed strip BigTIFF from a stream of RGB row blocks.
 
-The grid matrix (``mosaic.render``) and the poster montage are produced one
+The grid matrix (``mosaic.pipeline.render``) and the poster montage are produced one
 row of cells at a time; writing those rows into a strip TIFF lets libvips read
 it back with plain sequential reads (``access="sequential"``). A raw file
 opened with ``rawload`` would be memory-mapped instead, and every page libvips

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, request
 
-from mosaic.paper import PosterError, resolve_page
-from mosaic.poster import PosterOptions, render_poster_bytes
+from mosaic.poster.compose import PosterOptions, render_poster_bytes
+from mosaic.poster.paper import PosterError, resolve_page
 from mosaic.query import parse_search_args, search_items
 from server.db import get_bundle, get_db
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import pyvips
 
-from mosaic.cli import main
+from mosaic.cli.main import main
 
-# As mosaic.cli.main does: idle OpenMP threads must not spin (set before sklearn loads).
+# As mosaic.cli.main.main does: idle OpenMP threads must not spin (set before sklearn loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Three well-separated colour families; each cluster's images vary in shade and texture.

@@ -16,7 +16,7 @@ import pytest
 from server_data import write_collection
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from mosaic.cli import main as mosaic_main
+from mosaic.cli.main import main as mosaic_main
 from server import create_app
 
 

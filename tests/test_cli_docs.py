@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mosaic.cli import help_markdown
+from mosaic.cli.main import help_markdown
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

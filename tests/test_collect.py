@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.collect import (
+from mosaic.errors import MetadataError, UsageError
+from mosaic.pipeline.collect import (
     check_template,
     collect_inputs,
     format_template,
@@ -10,7 +11,6 @@ from mosaic.collect import (
     match_metadata,
     read_metadata,
 )
-from mosaic.errors import MetadataError, UsageError
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

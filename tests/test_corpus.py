@@ -36,9 +36,9 @@ from corpus import (
 )
 
 from mosaic.bundle import open_cells, read_manifest
-from mosaic.cli import main
+from mosaic.cli.main import main
 from mosaic.errors import ImageError
-from mosaic.thumbnail import decode_image
+from mosaic.pipeline.thumbnail import decode_image
 
 CELL = 32
 TOLERANCE = 40  # per channel: JPEG at Q95, chroma subsampling and the shrink to 32 px
@@ -329,7 +329,7 @@ def test_huge_image_thumbnails_with_bounded_memory(corpus_run):
     case = next(c for c in corpus_run.cases if c.kind == "30000 x 30000 JPEG")
     script = (
         "import json, resource, sys\n"
-        "from mosaic.thumbnail import decode_image\n"
+        "from mosaic.pipeline.thumbnail import decode_image\n"
         "image = decode_image(sys.argv[1], cell_size=128)\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "print(json.dumps({'peak_mb': peak, 'size': [image.width, image.height]}))\n"

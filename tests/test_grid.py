@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mosaic.errors import UsageError
-from mosaic.grid import LAP_MAX_ITEMS, assign_grid, cell_ids, grid_shape
+from mosaic.pipeline.grid import LAP_MAX_ITEMS, assign_grid, cell_ids, grid_shape
 
 
 def blobs(n_per_blob: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mosaic.neighbors import (
+from mosaic.pipeline.index import (
     RECALL_TARGET,
     _exact_knn_of_rows,
     build_annoy,

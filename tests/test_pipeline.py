@@ -11,10 +11,10 @@ from annoy import AnnoyIndex
 from conftest import CATEGORIES, build_bundle, make_collection, write_image
 
 from mosaic.bundle import open_cells, read_manifest
-from mosaic.cli import main
-from mosaic.commands import config_from_args
-from mosaic.grid import cell_ids
-from mosaic.pipeline import run_pipeline
+from mosaic.cli.commands import config_from_args
+from mosaic.cli.main import main
+from mosaic.pipeline.grid import cell_ids
+from mosaic.pipeline.orchestrator import run_pipeline
 
 ALL_STAGES = {"decode", "vectors", "layout", "grid", "render", "index-raw", "metadata",
               "hotspots"}
@@ -92,7 +92,7 @@ def test_same_arguments_rerun_from_cache(bundle):
     args = ["pipeline", "--images", images, "--out", str(out), "--id", "test", "--jobs", "2",
             "--cell-size", "32", "--tile-size", "64", "--metadata", metadata,
             "--title", "{name} ({year})"]
-    from mosaic.cli import get_parser
+    from mosaic.cli.main import get_parser
 
     result = run_pipeline(config_from_args(get_parser().parse_args(args)))
     assert set(result.cached_stages) == ALL_STAGES
@@ -104,7 +104,7 @@ def test_late_parameter_reruns_only_later_stages(bundle, tmp_path):
     shutil.copytree(bundle, copy)
     manifest = read_manifest(copy)
     p = manifest["parameters"]
-    from mosaic.cli import get_parser
+    from mosaic.cli.main import get_parser
 
     args = get_parser().parse_args([
         "pipeline", "--images", p["images"], "--out", str(tmp_path), "--id", "test",

@@ -13,11 +13,11 @@ import pytest
 import pyvips
 
 from mosaic.bundle import open_cells, read_manifest
-from mosaic.cli import main
-from mosaic.paper import PosterError, resolve_page
-from mosaic.poster import PosterOptions, render_poster_bytes
-from mosaic.poster_cells import CellFetcher
-from mosaic.poster_render import render_text
+from mosaic.cli.main import main
+from mosaic.poster.cells import CellFetcher
+from mosaic.poster.compose import PosterOptions, render_poster_bytes
+from mosaic.poster.paper import PosterError, resolve_page
+from mosaic.poster.render import render_text
 
 N_ITEMS = 50
 CATEGORIES = ("red", "green", "blue")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import pyvips
 
-from mosaic.paper import PosterError, paper_size, parse_length, parse_pixels, resolve_page
-from mosaic.poster import output_format, parse_colour
-from mosaic.poster_render import (
+from mosaic.poster.compose import output_format, parse_colour
+from mosaic.poster.paper import PosterError, paper_size, parse_length, parse_pixels, resolve_page
+from mosaic.poster.render import (
     iter_montage_strips,
     plan_layout,
     resample_matrix,

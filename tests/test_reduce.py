@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mosaic import reduce
 from mosaic.errors import UsageError
+from mosaic.pipeline import reduce
 
 
 def blobs(n_per_blob: int = 60, dim: int = 50, seed: int = 0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import pyvips
 
-from mosaic.render import cut_tiles, open_matrix, render_overview, write_matrix
+from mosaic.pipeline.render import cut_tiles, open_matrix, render_overview, write_matrix
 
 
 def render(tmp_path: Path, n_items: int, n_rows: int, n_cols: int, cell: int = 16,
@@ -89,7 +89,7 @@ def test_overview_is_the_map_shrunk_from_the_pyramid(tmp_path, overlap, tile_for
 
 
 def test_resample_is_an_area_average_down_and_keeps_flat_colours():
-    from mosaic.thumbnail import resample, square_array
+    from mosaic.pipeline.thumbnail import resample, square_array
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, size=(40, 60, 3), dtype=np.uint8)

@@ -54,7 +54,9 @@ def _die() -> None:
 
 def _install_kill_point(point: str, bundle: Path, log: Path | None) -> None:
     """Patch the pipeline so this process SIGKILLs itself inside stage ``point``."""
-    from mosaic import clusters, decode, grid, pipeline, reduce, render, thumbnail
+    from mosaic.pipeline import decode, grid, reduce, render, thumbnail
+    from mosaic.pipeline import hotspots as clusters
+    from mosaic.pipeline import orchestrator as pipeline
 
     decode.CHUNK = CHUNK
     lock = threading.Lock()
@@ -142,7 +144,7 @@ def _install_kill_point(point: str, bundle: Path, log: Path | None) -> None:
 
 def _injected_main(argv: list[str]) -> int:
     """``KILL_POINT pipeline ARGS...``: run the CLI with that kill point installed."""
-    from mosaic.cli import main
+    from mosaic.cli.main import main
 
     point, args = argv[0], argv[1:]
     out = Path(args[args.index("--out") + 1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from server import cli
+from mosaic.cli import serve as cli
 
 pytest_plugins = ["server_fixtures"]
 

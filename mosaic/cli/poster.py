@@ -1,4 +1,4 @@
-"""``python run.py poster``: the command-line face of :mod:`mosaic.poster`.
+"""``python run.py poster``: the command-line face of :mod:`mosaic.poster.compose`.
 
 ``configure_parser`` adds the flags; ``run(args) -> int`` renders. Every value
 is checked here rather than by argparse, so each bad argument gives one
@@ -15,8 +15,7 @@ import pyvips
 
 from mosaic.bundle import bundle_dir, read_manifest
 from mosaic.errors import BundleError
-from mosaic.paper import DEFAULT_PAPER, PAPER_SIZES, PosterError, parse_length, resolve_page
-from mosaic.poster import (
+from mosaic.poster.compose import (
     ARRANGEMENTS,
     FORMATS,
     PosterOptions,
@@ -26,7 +25,8 @@ from mosaic.poster import (
     render_poster,
     select_items,
 )
-from mosaic.poster_pdf import PDF_COMPRESSIONS
+from mosaic.poster.paper import DEFAULT_PAPER, PAPER_SIZES, PosterError, parse_length, resolve_page
+from mosaic.poster.pdf import PDF_COMPRESSIONS
 
 log = logging.getLogger(__name__)
 

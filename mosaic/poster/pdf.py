@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import pyvips
 
-from mosaic.paper import MM_PER_INCH, PT_PER_INCH, PosterError
+from mosaic.poster.paper import MM_PER_INCH, PT_PER_INCH, PosterError
 
 PDF_COMPRESSIONS = ("jpeg", "deflate")
 # PDF viewers limit a page side to 14,400 units (200 in) without UserUnit.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyvips
 
-from mosaic.paper import Page, PosterError
+from mosaic.poster.paper import Page, PosterError
 
 log = logging.getLogger(__name__)
 Colour = tuple[int, int, int]

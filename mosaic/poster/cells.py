@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from mosaic.errors import ImageError
-from mosaic.poster_render import resize_cells
-from mosaic.thumbnail import decode_image
+from mosaic.pipeline.thumbnail import decode_image
+from mosaic.poster.render import resize_cells
 
 log = logging.getLogger(__name__)
 _PREPARE_BATCH = 256

@@ -32,11 +32,11 @@ import pyvips
 from threadpoolctl import threadpool_limits
 
 from mosaic import __version__
-from mosaic.grid import assign_grid, cell_ids, grid_shape
-from mosaic.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
-from mosaic.poster_cells import CellFetcher
-from mosaic.poster_pdf import PDF_COMPRESSIONS, write_pdf
-from mosaic.poster_render import (
+from mosaic.pipeline.grid import assign_grid, cell_ids, grid_shape
+from mosaic.poster.cells import CellFetcher
+from mosaic.poster.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
+from mosaic.poster.pdf import PDF_COMPRESSIONS, write_pdf
+from mosaic.poster.render import (
     Colour,
     Layout,
     compose_page,

@@ -19,9 +19,9 @@ import numpy as np
 import pyvips
 
 from mosaic.bundle import RowFile, save_npy_atomic, write_json_atomic
-from mosaic.embed import RAW_SIDE, EmbeddingSpec, Vgg16Embedder
 from mosaic.errors import ImageError
-from mosaic.thumbnail import decode_many, raw_vector
+from mosaic.pipeline.embed import RAW_SIDE, EmbeddingSpec, Vgg16Embedder
+from mosaic.pipeline.thumbnail import decode_many, raw_vector
 
 CHUNK = 256
 VGG_BATCH = 32

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mosaic.bundle import bundle_dir, read_manifest
-from mosaic.metadata_store import quote
-from mosaic.pipeline import PipelineConfig, run_pipeline
+from mosaic.pipeline.metadata import quote
+from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -106,7 +106,7 @@ def info(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace, quiet: bool) -> int:
-    from mosaic.demo import write_digits
+    from mosaic.cli.demo import write_digits
 
     images, metadata = write_digits(Path(args.data))
     config = PipelineConfig(images=str(images), metadata=str(metadata), out=args.out,

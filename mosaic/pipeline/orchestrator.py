@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from mosaic import SCHEMA_VERSION, __version__, collect, grid, reduce, render
-from mosaic import clusters as clusters_mod
+from mosaic import SCHEMA_VERSION, __version__
 from mosaic.bundle import (
     MANIFEST,
     RowFile,
@@ -33,11 +32,13 @@ from mosaic.bundle import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from mosaic.decode import DONE, DecodeOptions, compact, pixel_dims, run_decode
-from mosaic.embed import EmbeddingSpec, parse_embedding_specs, read_user_vectors
 from mosaic.errors import MosaicError, UsageError
-from mosaic.metadata_store import ItemRecord, write_metadata_db
-from mosaic.neighbors import build_annoy, choose_search_k
+from mosaic.pipeline import collect, grid, reduce, render
+from mosaic.pipeline import hotspots as clusters_mod
+from mosaic.pipeline.decode import DONE, DecodeOptions, compact, pixel_dims, run_decode
+from mosaic.pipeline.embed import EmbeddingSpec, parse_embedding_specs, read_user_vectors
+from mosaic.pipeline.index import build_annoy, choose_search_k
+from mosaic.pipeline.metadata import ItemRecord, write_metadata_db
 from mosaic.progress import Progress
 
 logger = logging.getLogger(__name__)

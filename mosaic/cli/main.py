@@ -41,7 +41,7 @@ def _colour(value: str) -> tuple[int, int, int]:
 
 
 def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
-    from mosaic.pipeline import PipelineConfig
+    from mosaic.pipeline.orchestrator import PipelineConfig
 
     d = PipelineConfig(images="")
     io = p.add_argument_group("input and output")
@@ -122,9 +122,9 @@ def get_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="output", help="folder that holds the bundles")
     demo.add_argument("--data", default="demo_data", help="where the demo images are written")
     _add_optional_command(command, "serve", "serve bundles over HTTP with the viewer",
-                          "server.cli")
+                          "mosaic.cli.serve")
     _add_optional_command(command, "poster", "export a print-ready poster from a bundle",
-                          "mosaic.poster_cli")
+                          "mosaic.cli.poster")
     return parser
 
 
@@ -185,10 +185,10 @@ def _run(args: argparse.Namespace, quiet: bool) -> int:
     if args.command == "demo":
         return commands.demo(args, quiet)
     if args.command == "serve":
-        from server.cli import run
+        from mosaic.cli.serve import run
         return run(args)
     if args.command == "poster":
-        from mosaic.poster_cli import run
+        from mosaic.cli.poster import run
         return run(args)
     raise AssertionError(args.command)
 
