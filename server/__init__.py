@@ -35,6 +35,10 @@ def create_app(test_config: dict | None = None, out_dir: str | os.PathLike | Non
         app.config.update(test_config)
     if out_dir is not None:
         app.config["MOSAIC_OUT"] = str(out_dir)
+    # send_from_directory resolves a relative folder against the app's root, not the
+    # working directory: every folder the app serves from is made absolute here, once.
+    for key in ("MOSAIC_OUT", "MOSAIC_STATIC"):
+        app.config[key] = str(Path(app.config[key]).resolve())
     app.json.sort_keys = False
     app.url_map.merge_slashes = False  # "tiles//etc/passwd" is a 404, not a redirect
     db.init_app(app)

@@ -108,7 +108,7 @@ class BundleRegistry:
     """The bundles under one output folder, each opened once per process."""
 
     def __init__(self, out_dir: str | Path, exact_max: int = 5_000_000) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).resolve()  # send_from_directory needs absolute folders
         self.exact_max = exact_max
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, Bundle]] = {}

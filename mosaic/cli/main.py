@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, quiet: bool) -> int:
-    from mosaic import commands
+    from mosaic.cli import commands
 
     if args.command == "pipeline":
         return commands.pipeline(args, quiet)
