@@ -1,31 +1,39 @@
-"""The output bundle: paths, atomic writes, the manifest, the lock and stage caches.
+"""The bundle, read side: where bundles live, the one manifest reader, the cell file.
 
-See docs/bundle.md for the format. Readers use ``read_manifest`` and the paths
-it names; only the pipeline writes.
+See docs/bundle.md for the format. The server, the poster and the CLI's
+``info``/``export`` read bundles only through this module (and ``mosaic.query``
+for metadata.sqlite); the pipeline writes them through ``mosaic.pipeline.store``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
+import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mosaic import SCHEMA_VERSION
-from mosaic.errors import BundleError, LockError
+from mosaic.errors import BundleError, BundleNotFound, UsageError
 
 MANIFEST = "manifest.json"
-CACHE_DIR = "cache"
+# The folder that holds the bundles, for every command and the server (relative to the cwd).
+DEFAULT_OUT = "output"
+# A collection id: also a folder name and a URL segment.
+COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def bundle_dir(out: str | Path, cid: str) -> Path:
-    """The folder of collection ``cid`` under the output folder ``out``."""
+    """The folder of collection ``cid`` under the output folder ``out``.
+
+    BundleNotFound for an id that cannot be a collection (``..``, ``a/b``, ...).
+    """
+    if not COLLECTION_ID.match(cid):
+        raise BundleNotFound(f"no collection {cid!r} (ids are letters, digits, '.', '_', '-')")
     return Path(out) / cid
 
 
@@ -38,20 +46,33 @@ def list_bundles(out: str | Path) -> list[Path]:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Read and check a bundle's manifest; BundleError if missing or unknown."""
+    """Read and check a bundle's manifest.
+
+    BundleNotFound if there is none (the bundle is missing or unfinished),
+    BundleError if it cannot be read or has a schema this program does not read.
+    """
+    return open_manifest(directory)[0]
+
+
+def open_manifest(directory: str | Path) -> tuple[dict[str, Any], str]:
+    """``read_manifest`` plus a digest of the manifest's bytes (it changes on a rebuild)."""
     path = Path(directory) / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"no finished bundle at {directory} (no {MANIFEST})") from None
-    except (OSError, ValueError) as error:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise BundleNotFound(f"no finished bundle at {directory} (no {MANIFEST})") from None
+    except OSError as error:
         raise BundleError(f"cannot read {path}: {error}") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    try:
+        manifest = json.loads(data)
+    except ValueError as error:
+        raise BundleError(f"cannot read {path}: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise BundleError(
-            f"{path} has schema_version {manifest.get('schema_version')!r}; "
-            f"this program reads {SCHEMA_VERSION}"
+            f"{path} has schema_version {found!r}; this program reads {SCHEMA_VERSION}"
         )
-    return manifest
+    return manifest, hashlib.sha1(data).hexdigest()[:12]
 
 
 def open_cells(directory: str | Path, manifest: dict[str, Any]) -> RowFile:
@@ -91,14 +112,22 @@ class RowFile:
         return self.read_rows(rows)
 
     def read_rows(self, rows) -> np.ndarray:
-        """Rows in the given order as a new (len(rows), ...) array."""
+        """Rows in the given order as a new (len(rows), ...) array.
+
+        Runs of consecutive rows are one ``preadv`` each (a sequential scan
+        when ``rows`` is sorted); nothing is memory-mapped, so nothing stays
+        resident.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
-        view = out.reshape(len(rows), -1).view(np.uint8)
-        for position, row in enumerate(rows):
-            data = os.pread(self.fd, self.row_bytes, int(row) * self.row_bytes)
-            if len(data) != self.row_bytes:
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            if len(run) == 0:
+                continue
+            buffer = flat[run[0]:run[-1] + 1].reshape(-1)
+            if os.preadv(self.fd, [buffer], int(rows[run[0]]) * self.row_bytes) != buffer.size:
                 raise BundleError(f"{self.path} is shorter than its declared shape")
-            view[position] = np.frombuffer(data, dtype=np.uint8)
         return out
 
     def write_row(self, row: int, value: np.ndarray) -> None:
@@ -117,91 +146,19 @@ class RowFile:
         self.close()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file, fsync and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+# The grid's geometry, shared by the grid stage and the poster.
+
+def grid_shape(n_items: int) -> tuple[int, int]:
+    """The near-square (n_rows, n_cols) with the fewest empty cells (< n_cols)."""
+    if n_items < 1:
+        raise UsageError("a grid needs at least one item")
+    n_cols = math.ceil(math.sqrt(n_items))
+    n_rows = math.ceil(n_items / n_cols)
+    return n_rows, n_cols
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_bytes_atomic(path, json.dumps(value, indent=2, ensure_ascii=False).encode())
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-@contextmanager
-def bundle_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the bundle; LockError if another run holds it.
-
-    flock is released by the kernel when the process dies, even on SIGKILL.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise LockError(
-            f"another pipeline is writing {directory}; wait for it or use another --id"
-        ) from None
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-def cache_key(*parts: Any) -> str:
-    """A stable hash of JSON-serialisable parts."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-class StageCache:
-    """Per-stage cache records in ``<bundle>/cache/<stage>.json``.
-
-    A stage is fresh when its record has the same key and every output it
-    listed still exists. The record is written only after the outputs, so a
-    crash mid-stage leaves the stage stale and it re-runs.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-
-    def _record_path(self, stage: str) -> Path:
-        return self.directory / CACHE_DIR / f"{stage}.json"
-
-    def read(self, stage: str, key: str) -> dict[str, Any] | None:
-        """The stage's stored record if it is fresh for ``key``, else None."""
-        try:
-            record = json.loads(self._record_path(stage).read_text())
-        except (OSError, ValueError):
-            return None
-        if record.get("key") != key:
-            return None
-        sizes = record.get("sizes", {})
-        for name in record["outputs"]:
-            path = self.directory / name
-            if not path.exists() or (name in sizes and path.stat().st_size != sizes[name]):
-                return None
-        return record
-
-    def write(self, stage: str, key: str, outputs: list[str], **info: Any) -> None:
-        """Record a finished stage: its key, its outputs and their sizes."""
-        sizes = {name: (self.directory / name).stat().st_size for name in outputs
-                 if (self.directory / name).is_file()}
-        write_json_atomic(self._record_path(stage),
-                          {"key": key, "outputs": outputs, "sizes": sizes, **info})
+def cell_ids(positions: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """The inverse map: int32 (n_rows, n_cols) of item ids, -1 where empty."""
+    grid = np.full((n_rows, n_cols), -1, dtype=np.int32)
+    grid[positions[:, 0], positions[:, 1]] = np.arange(len(positions), dtype=np.int32)
+    return grid

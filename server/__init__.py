@@ -12,6 +12,8 @@ from pathlib import Path
 
 from flask import Flask
 
+from mosaic.bundle import DEFAULT_OUT
+
 # Exact search reads items x dim float32 values per query: 5M is ~3 ms on one core.
 EXACT_MAX = 5_000_000
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -26,7 +28,7 @@ def create_app(test_config: dict | None = None, out_dir: str | os.PathLike | Non
 
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(
-        MOSAIC_OUT=os.environ.get("MOSAIC_OUT", "output"),
+        MOSAIC_OUT=os.environ.get("MOSAIC_OUT", DEFAULT_OUT),
         MOSAIC_EXACT_MAX=EXACT_MAX,
         MOSAIC_STATIC=str(STATIC_DIR),
         MOSAIC_TILE_MAX_AGE=3600,

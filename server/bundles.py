@@ -7,30 +7,19 @@ bundle is reopened when its ``manifest.json`` changes (a rebuild).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-
+from mosaic.bundle import COLLECTION_ID, MANIFEST, RowFile, open_cells, open_manifest
+from mosaic.errors import BundleError, BundleNotFound
 from server.neighbors import NeighborIndex
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-_CID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class BundleNotFound(LookupError):
-    """No complete bundle with that id."""
-
 
 @dataclass
 class Bundle:
@@ -71,11 +60,9 @@ class Bundle:
         return self.path / self.manifest["files"][key]
 
     @cached_property
-    def cells(self) -> np.memmap:
-        """uint8 ``(N, cell_size, cell_size, 3)``, memory-mapped."""
-        spec = self.manifest["cells"]
-        return np.memmap(self.path / spec["path"], dtype=np.dtype(spec["dtype"]),
-                         mode="r", shape=tuple(spec["shape"]))
+    def cells(self) -> RowFile:
+        """uint8 ``(N, cell_size, cell_size, 3)``, read a cell at a time (nothing resident)."""
+        return open_cells(self.path, self.manifest)
 
     def connect(self) -> sqlite3.Connection:
         """A new read-only connection to ``metadata.sqlite`` (one per request)."""
@@ -119,19 +106,19 @@ class BundleRegistry:
             return []
         bundles = []
         for child in sorted(self.out_dir.iterdir()):
-            if (child / "manifest.json").is_file():
+            if (child / MANIFEST).is_file():
                 try:
                     bundles.append(self.get(child.name))
-                except BundleNotFound as error:
+                except BundleError as error:
                     log.warning("skipping %s: %s", child, error)
         return bundles
 
     def get(self, cid: str) -> Bundle:
-        """The bundle ``cid``; raises BundleNotFound for unknown or unreadable ids."""
-        if not _CID.match(cid):
+        """The bundle ``cid``: BundleNotFound for an unknown id, BundleError if unreadable."""
+        if not COLLECTION_ID.match(cid):
             raise BundleNotFound(f"no collection {cid!r}")
         path = self.out_dir / cid
-        manifest_path = path / "manifest.json"
+        manifest_path = path / MANIFEST
         try:
             stamp = manifest_path.stat().st_mtime_ns
         except OSError:
@@ -140,24 +127,12 @@ class BundleRegistry:
             cached = self._cache.get(cid)
             if cached and cached[0] == stamp:
                 return cached[1]
-        bundle = _open(cid, path, manifest_path, self.exact_max)
+        manifest, version = open_manifest(path)
+        log.info("opened bundle %s (%s items) in process %d", cid,
+                 manifest.get("counts", {}).get("items"), os.getpid())
+        bundle = Bundle(cid=cid, path=path, manifest=manifest, version=version,
+                        exact_max=self.exact_max)
         with self._lock:
             self._cache[cid] = (stamp, bundle)
         return bundle
 
-
-def _open(cid: str, path: Path, manifest_path: Path, exact_max: int) -> Bundle:
-    try:
-        data = manifest_path.read_bytes()
-        manifest = json.loads(data)
-    except (OSError, ValueError) as error:
-        raise BundleNotFound(f"collection {cid!r} has an unreadable manifest: {error}") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleNotFound(
-            f"collection {cid!r} has schema_version {manifest.get('schema_version')!r}, "
-            f"this server reads {SCHEMA_VERSION}"
-        )
-    version = hashlib.sha1(data).hexdigest()[:12]
-    log.info("opened bundle %s (%s items) in process %d", cid,
-             manifest.get("counts", {}).get("items"), os.getpid())
-    return Bundle(cid=cid, path=path, manifest=manifest, version=version, exact_max=exact_max)

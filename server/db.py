@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from flask import Flask, abort, current_app, g
+from flask import Flask, current_app, g
 
-from server.bundles import Bundle, BundleNotFound, BundleRegistry
+from server.bundles import Bundle, BundleRegistry
 
 
 def get_registry() -> BundleRegistry:
@@ -14,11 +14,8 @@ def get_registry() -> BundleRegistry:
 
 
 def get_bundle(cid: str) -> Bundle:
-    """The bundle ``cid``, or a 404."""
-    try:
-        return get_registry().get(cid)
-    except BundleNotFound as error:
-        abort(404, description=str(error))
+    """The bundle ``cid``; a missing or unreadable one is a BundleError (a 404)."""
+    return get_registry().get(cid)
 
 
 def get_db(bundle: Bundle) -> sqlite3.Connection:

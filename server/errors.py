@@ -1,4 +1,8 @@
-"""One JSON error body everywhere: ``{"ok": false, "error": "...", "status": N}``."""
+"""One JSON error body everywhere: ``{"ok": false, "error": "...", "status": N}``.
+
+A ``MosaicError`` gets the HTTP status of its class in ``mosaic.errors.STATUS``;
+werkzeug's HTTP errors keep theirs; anything else is a bug: logged, and a 500.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
 
-from mosaic.query import QueryError
+from mosaic.errors import MosaicError, http_status
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,8 @@ def handle_http_exception(error: HTTPException) -> Response:
     return response, status
 
 
-def handle_query_error(error: QueryError):
-    return error_response(400, str(error))
+def handle_mosaic_error(error: MosaicError):
+    return error_response(http_status(error), str(error))
 
 
 def handle_unexpected(error: Exception):
@@ -40,5 +44,5 @@ def handle_unexpected(error: Exception):
 
 def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(QueryError, handle_query_error)
+    app.register_error_handler(MosaicError, handle_mosaic_error)
     app.register_error_handler(Exception, handle_unexpected)

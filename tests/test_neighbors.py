@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from mosaic.pipeline.index import (
-    RECALL_TARGET,
-    _exact_knn_of_rows,
-    build_annoy,
-    choose_search_k,
-    exact_neighbors,
-)
+from mosaic.knn import exact_knn_of_rows, exact_neighbors
+from mosaic.pipeline.index import RECALL_TARGET, build_annoy, choose_search_k
 
 
 def structured_vectors(n: int = 3000, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -20,7 +15,7 @@ def structured_vectors(n: int = 3000, dim: int = 32, seed: int = 0) -> np.ndarra
 def test_chunked_brute_force_equals_the_direct_one(metric):
     vectors = structured_vectors(500)
     rows = np.array([0, 7, 123, 499])
-    chunked = _exact_knn_of_rows(vectors, rows, 10, metric, chunk=64)
+    chunked = exact_knn_of_rows(vectors, rows, 10, metric, chunk=64)
     for row, ids in zip(rows, chunked):
         direct, _ = exact_neighbors(vectors, vectors[row], 10, metric)
         assert set(ids.tolist()) == set(direct.tolist())

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import pyvips
 
-from mosaic.poster.compose import output_format, parse_colour
+from mosaic.colour import parse_colour
+from mosaic.errors import UsageError
+from mosaic.poster.compose import output_format
 from mosaic.poster.paper import PosterError, paper_size, parse_length, parse_pixels, resolve_page
 from mosaic.poster.render import (
     iter_montage_strips,
@@ -94,7 +96,7 @@ def test_colours():
     assert parse_colour("#fff") == (255, 255, 255)
     assert parse_colour("10, 20, 30") == (10, 20, 30)
     assert parse_colour("black") == (0, 0, 0)
-    with pytest.raises(PosterError, match="--background"):
+    with pytest.raises(UsageError, match="--background"):
         parse_colour("#12345")
     assert text_colour_for((0, 0, 0))[0] > 200 and text_colour_for((255, 255, 255))[0] < 50
 

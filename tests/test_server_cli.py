@@ -17,6 +17,7 @@ import pytest
 from flask import Flask
 
 from mosaic.cli import serve as cli
+from mosaic.cli.main import main
 
 pytest_plugins = ["server_fixtures"]
 
@@ -53,7 +54,8 @@ def test_defaults():
     args = parse()
     assert (args.out, args.host, args.port, args.production) == ("output", "127.0.0.1", 5000,
                                                                  False)
-    assert 1 <= args.workers <= 8 and args.threads == 4
+    assert args.workers is None and args.threads == 4  # None: the machine's rule
+    assert 1 <= cli.default_workers() <= 8
     args = parse("--out", "x", "--host", "0.0.0.0", "--port", "8001", "--production",
                  "--workers", "3")
     assert (args.out, args.host, args.port, args.production, args.workers) == (
@@ -61,13 +63,13 @@ def test_defaults():
 
 
 def test_missing_out_folder_is_an_error(tmp_path, capsys):
-    assert cli.run(parse("--out", str(tmp_path / "missing"))) == 2
-    assert "Error: --out" in capsys.readouterr().err
+    assert main(["serve", "--out", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("Error: --out")
 
 
 def test_bad_worker_count_is_an_error(tmp_path, capsys):
-    assert cli.run(parse("--out", str(tmp_path), "--production", "--workers", "0")) == 2
-    assert "Error:" in capsys.readouterr().err
+    assert main(["serve", "--out", str(tmp_path), "--production", "--workers", "0"]) == 2
+    assert capsys.readouterr().err.startswith("Error: --workers")
 
 
 def test_development_server_serves_the_out_folder(server_bundle, monkeypatch):

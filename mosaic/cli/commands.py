@@ -1,4 +1,4 @@
-"""The CLI commands that are not a server or a poster: pipeline, export, info, demo."""
+"""The CLI commands that read a bundle or build the demo: export, info, demo."""
 
 from __future__ import annotations
 
@@ -13,19 +13,6 @@ from typing import Any
 from mosaic.bundle import bundle_dir, read_manifest
 from mosaic.pipeline.metadata import quote
 from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
-
-
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    fields = PipelineConfig.__dataclass_fields__
-    values = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
-    return PipelineConfig(**values)
-
-
-def pipeline(args: argparse.Namespace, quiet: bool) -> int:
-    result = run_pipeline(config_from_args(args), show_progress=not quiet)
-    if not quiet:
-        print_summary(result.manifest, result.directory, result.cached_stages)
-    return 0
 
 
 def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:

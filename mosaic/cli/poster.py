@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pyvips
 
-from mosaic.bundle import bundle_dir, read_manifest
+from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
+from mosaic.colour import parse_colour
 from mosaic.errors import BundleError
 from mosaic.poster.compose import (
     ARRANGEMENTS,
@@ -21,7 +22,6 @@ from mosaic.poster.compose import (
     PosterOptions,
     arrange_items,
     output_format,
-    parse_colour,
     render_poster,
     select_items,
 )
@@ -42,7 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     src = parser.add_argument_group("bundle and output")
     src.add_argument("--id", help="collection id (the bundle folder's name under --out)")
-    src.add_argument("--out", default="output", help="folder that holds the bundles")
+    src.add_argument("--out", default=DEFAULT_OUT, help="folder that holds the bundles")
     src.add_argument("--bundle", help="a bundle folder, instead of --out/--id")
     src.add_argument("-o", "--output", help="poster file (required): .pdf .tif .png .jpg")
     src.add_argument("--preview", action=argparse.BooleanOptionalAction, default=False,

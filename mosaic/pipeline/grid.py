@@ -14,25 +14,15 @@ Two methods:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from mosaic.bundle import cell_ids, grid_shape  # noqa: F401  (part of this stage's API)
 from mosaic.errors import UsageError
 
 METHODS = ("auto", "rasterfairy", "lap")
 # Measured here (docs/benchmarks.md): lap takes 0.5 s at 1k items, 4.5 s at 2k, ~30 s at 5k.
 LAP_AUTO_MAX_ITEMS = 1_000
 LAP_MAX_ITEMS = 5_000
-
-
-def grid_shape(n_items: int) -> tuple[int, int]:
-    """The near-square (n_rows, n_cols) with the fewest empty cells (< n_cols)."""
-    if n_items < 1:
-        raise UsageError("a grid needs at least one item")
-    n_cols = math.ceil(math.sqrt(n_items))
-    n_rows = math.ceil(n_items / n_cols)
-    return n_rows, n_cols
 
 
 def assign_grid(
@@ -112,10 +102,3 @@ def _assign_rasterfairy(xy: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
         stack.append((ids[:n_a], *first))
         stack.append((ids[n_a:], *second))
     return positions
-
-
-def cell_ids(positions: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
-    """The inverse map: int32 (n_rows, n_cols) of item ids, -1 where empty."""
-    grid = np.full((n_rows, n_cols), -1, dtype=np.int32)
-    grid[positions[:, 0], positions[:, 1]] = np.arange(len(positions), dtype=np.int32)
-    return grid

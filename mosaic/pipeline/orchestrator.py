@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,17 +22,7 @@ import numpy as np
 import pyvips
 
 from mosaic import SCHEMA_VERSION, __version__
-from mosaic.bundle import (
-    MANIFEST,
-    RowFile,
-    StageCache,
-    bundle_dir,
-    bundle_lock,
-    cache_key,
-    save_npy_atomic,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from mosaic.bundle import COLLECTION_ID, DEFAULT_OUT, MANIFEST, RowFile, bundle_dir
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import collect, grid, reduce, render
 from mosaic.pipeline import hotspots as clusters_mod
@@ -39,6 +30,15 @@ from mosaic.pipeline.decode import DONE, DecodeOptions, compact, pixel_dims, run
 from mosaic.pipeline.embed import EmbeddingSpec, parse_embedding_specs, read_user_vectors
 from mosaic.pipeline.index import build_annoy, choose_search_k
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db
+from mosaic.pipeline.store import (
+    StageCache,
+    bundle_lock,
+    cache_key,
+    save_npy_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from mosaic.pipeline.thumbnail import DEFAULT_MAX_PIXELS
 from mosaic.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class PipelineConfig:
     """Every parameter of a run; the CLI fills it from flags (same names)."""
 
     images: str
-    out: str = "output"
+    out: str = DEFAULT_OUT
     id: str | None = None
     title: str | None = None
     metadata: str | None = None
@@ -59,8 +59,8 @@ class PipelineConfig:
     cell_size: int = 128
     fit: str = "fit"
     background: tuple[int, int, int] = (255, 255, 255)
-    max_pixels: int = 40_000 * 40_000
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    jobs: int | None = None  # None: one per CPU (see n_jobs)
     embeddings: list[str] = field(default_factory=lambda: ["raw"])
     weights: str = "imagenet"
     pca: int = 256
@@ -79,12 +79,19 @@ class PipelineConfig:
     n_trees: int = 20
     clusters: str = "off"
 
+    def n_jobs(self) -> int:
+        """Parallel decoders and threads: ``jobs``, or one per CPU of this machine."""
+        return self.jobs or os.cpu_count() or 1
+
     def collection_id(self) -> str:
         if self.id:
             return self.id
         spec = Path(self.images)
         base = spec if spec.is_dir() else Path(self.images.split("*")[0] or ".").resolve()
-        return (base.name if base.is_dir() else base.stem) or "collection"
+        name = base.name if base.is_dir() else base.stem
+        # The default id is the folder's name made safe for a URL: "My photos" -> "My-photos".
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+        return name or "collection"
 
 
 def validate(config: PipelineConfig) -> None:
@@ -92,7 +99,7 @@ def validate(config: PipelineConfig) -> None:
     checks = [
         (8 <= config.cell_size <= 1024, "--cell-size must be between 8 and 1024"),
         (config.fit in ("fit", "fill"), "--fit must be fit or fill"),
-        (config.jobs >= 1, "--jobs must be at least 1"),
+        (config.jobs is None or config.jobs >= 1, "--jobs must be at least 1"),
         (config.pca >= 0, "--pca must be 0 (off) or positive"),
         (config.perplexity > 0, "--perplexity must be positive"),
         (config.n_neighbors >= 2, "--n-neighbors must be at least 2"),
@@ -109,8 +116,9 @@ def validate(config: PipelineConfig) -> None:
          "--tsne-backend must be opentsne, multicore or sklearn"),
         (config.clusters == "off" or config.clusters == "auto" or config.clusters.isdigit()
          and int(config.clusters) >= 1, "--clusters must be off, auto or a positive count"),
-        ("/" not in config.collection_id() and not config.collection_id().startswith("."),
-         "--id must be a plain name (no '/' and no leading '.')"),
+        (COLLECTION_ID.match(config.collection_id()) is not None,
+         f"--id must be letters, digits, '.', '_' or '-', starting with a letter or digit, "
+         f"not {config.collection_id()!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -209,7 +217,7 @@ class _Run:
     def build_decode(self, key: str):
         c = self.config
         n = len(self.inputs.paths)
-        options = DecodeOptions(c.cell_size, c.fit, c.background, c.max_pixels, c.jobs,
+        options = DecodeOptions(c.cell_size, c.fit, c.background, c.max_pixels, c.n_jobs(),
                                 c.weights)
         work = self.path("cache/decode-work")
         with Progress(n, "decode", self.show_progress) as bar:
@@ -250,7 +258,7 @@ class _Run:
         else:
             reduced = reduce.reduce_pca(vectors, c.pca, c.random_state) if c.pca else vectors
             xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
-                                  c.n_neighbors, c.min_dist, c.metric, c.random_state, c.jobs)
+                                  c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs())
         save_npy_atomic(self.path("layout.npy"), xy)
         return ["layout.npy"], {}
 

@@ -7,7 +7,7 @@ a 12 x 12 montage on A2 is sharp rather than a 128-px thumbnail blown up; a
 source that is missing or no longer decodes falls back to the stored cell,
 upscaled, with a warning.
 
-Stored cells are read with ``os.preadv`` rather than through a memory map, so
+Stored cells are read with ``RowFile`` (``os.preadv``) rather than a memory map, so
 a poster of a 100k-item bundle never has the 5 GB ``cells.u8`` resident.
 :meth:`CellFetcher.prepare` reads them in id order (runs of neighbours in one
 call: a sequential scan, several times faster than a grid row's scattered
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.errors import ImageError
-from mosaic.pipeline.thumbnail import decode_image
+from mosaic.bundle import RowFile, open_cells
+from mosaic.colour import parse_colour
+from mosaic.errors import ImageError, UsageError
 from mosaic.poster.render import resize_cells
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,23 @@ class CellFetcher:
         self.background = background or _bundle_background(manifest)
         self.counts = {"stored": 0, "from_source": 0, "missing_source": 0}
         self.missing: list[str] = []
-        self._fd: int | None = None
+        self._cells: RowFile | None = None
+        self._manifest = manifest
+        self._bundle_dir = Path(bundle_dir)
         self._sources: dict[int, str] | None = None
         self._order: np.ndarray | None = None
         self._resized: Path | None = None
-        self._resized_fd: int | None = None
+        self._resized_cells: RowFile | None = None
 
     def __enter__(self) -> CellFetcher:
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._cells = open_cells(self._bundle_dir, self._manifest)
         return self
 
     def __exit__(self, *exc) -> None:
-        for fd in (self._fd, self._resized_fd):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._resized_fd = None
+        for cells in (self._cells, self._resized_cells):
+            if cells is not None:
+                cells.close()
+        self._cells = self._resized_cells = None
 
     def prepare(self, ids: np.ndarray, work_dir: Path) -> None:
         """Resize the stored cells of ``ids`` in one id-ordered pass into ``work_dir``.
@@ -74,27 +77,30 @@ class CellFetcher:
             return
         order = np.unique(np.asarray(ids, dtype=np.int64))
         path = Path(work_dir) / "cells.resized"
-        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        os.posix_fadvise(self._cells.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         with open(path, "wb") as handle:
             for start in range(0, len(order), _PREPARE_BATCH):
                 stored = self.read_stored(order[start:start + _PREPARE_BATCH])
                 handle.write(resize_cells(stored, self.cell_px).data)
         self._order = order
         self._resized = path
-        self._resized_fd = os.open(path, os.O_RDONLY)
+        self._resized_cells = RowFile(path, (len(order), self.cell_px, self.cell_px, 3),
+                                      np.uint8)
 
     def read_stored(self, ids: np.ndarray) -> np.ndarray:
         """The stored cells of ``ids`` as uint8 (k, c, c, 3)."""
-        return _read_cells(self._fd, ids, self.stored_px, self.path)
+        return self._cells.read_rows(ids)
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         """Cells of ``ids`` at ``cell_px``."""
         if not self.use_sources:
             self.counts["stored"] += len(ids)
-            if self._resized_fd is not None:
-                ranks = np.searchsorted(self._order, ids)
-                return _read_cells(self._resized_fd, ranks, self.cell_px, self._resized)
+            if self._resized_cells is not None:
+                return self._resized_cells.read_rows(np.searchsorted(self._order, ids))
             return resize_cells(self.read_stored(ids), self.cell_px)
+        # Decoding the sources again is the pipeline's decoder: only the CLI's posters ask.
+        from mosaic.pipeline.thumbnail import decode_image
+
         sources = self._source_paths()
         out = np.empty((len(ids), self.cell_px, self.cell_px, 3), dtype=np.uint8)
         for k, item in enumerate(ids):
@@ -132,34 +138,9 @@ class CellFetcher:
         return [message]
 
 
-def _read_cells(fd: int, ids: np.ndarray, side: int, path: Path) -> np.ndarray:
-    """Cells ``ids`` of a raw (N, side, side, 3) uint8 file, read with ``preadv``.
-
-    Not a memory map, whose touched pages would all count towards RSS; runs of
-    consecutive ids are one read each.
-    """
-    size = side * side * 3
-    ids = np.asarray(ids, dtype=np.int64)
-    out = np.empty((len(ids), side, side, 3), dtype=np.uint8)
-    flat = out.reshape(len(ids), size)
-    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-    for run in np.split(np.arange(len(ids)), breaks):
-        if len(run) == 0:
-            continue
-        buffer = flat[run[0]:run[-1] + 1].reshape(-1)
-        if os.preadv(fd, [buffer], int(ids[run[0]]) * size) != buffer.size:
-            raise OSError(f"{path} is truncated at item {ids[run[-1]]}")
-    return out
-
-
 def _bundle_background(manifest: dict) -> tuple[int, int, int]:
     value = manifest.get("parameters", {}).get("background", (255, 255, 255))
     try:
-        if isinstance(value, str):
-            value = value.strip().lstrip("#")
-            if "," in value:
-                return tuple(int(v) for v in value.split(","))[:3]
-            return tuple(int(value[i:i + 2], 16) for i in (0, 2, 4))
-        return (int(value[0]), int(value[1]), int(value[2]))
-    except (ValueError, TypeError, IndexError):
+        return parse_colour(value, "the bundle's background")
+    except UsageError:
         return (255, 255, 255)

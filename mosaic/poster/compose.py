@@ -32,7 +32,7 @@ import pyvips
 from threadpoolctl import threadpool_limits
 
 from mosaic import __version__
-from mosaic.pipeline.grid import assign_grid, cell_ids, grid_shape
+from mosaic.bundle import cell_ids, grid_shape
 from mosaic.poster.cells import CellFetcher
 from mosaic.poster.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
 from mosaic.poster.pdf import PDF_COMPRESSIONS, write_pdf
@@ -51,23 +51,17 @@ from mosaic.strip_tiff import write_strip_tiff
 
 __all__ = [
     "ARRANGEMENTS", "FORMATS", "PosterError", "PosterOptions", "arrange_items",
-    "output_format", "parse_colour", "render_poster", "render_poster_bytes", "select_items",
+    "output_format", "render_poster", "render_poster_bytes", "select_items",
 ]
 log = logging.getLogger(__name__)
 
 FORMATS = {".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff", ".png": "png",
            ".jpg": "jpeg", ".jpeg": "jpeg"}
-ARRANGEMENTS = ("layout", "random")
+ARRANGEMENTS = ("layout", "map", "random")
 SERVER_MAX_PIXELS = 25_000_000
 JPEG_MAX_SIDE = 65_535
 PREVIEW_DPI = 150
 A4_MM = (210.0, 297.0)
-NAMED_COLOURS: dict[str, Colour] = {
-    "white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128),
-    "gray": (128, 128, 128), "lightgrey": (211, 211, 211), "lightgray": (211, 211, 211),
-    "darkgrey": (40, 40, 40), "darkgray": (40, 40, 40), "ivory": (255, 255, 240),
-    "cream": (255, 253, 208), "navy": (0, 0, 128),
-}
 
 
 @dataclass(frozen=True)
@@ -92,30 +86,6 @@ class PosterOptions:
             raise PosterError(f"--quality must be 1..100, not {self.quality}")
         if self.pdf_compression not in PDF_COMPRESSIONS:
             raise PosterError(f"--pdf-compression must be one of {', '.join(PDF_COMPRESSIONS)}")
-
-
-def parse_colour(text: str | Colour, name: str = "--background") -> Colour:
-    """``#rrggbb``, ``#rgb``, ``r,g,b`` or a name (white, black, grey, ...)."""
-    if isinstance(text, (tuple, list)) and len(text) == 3:
-        values = [int(v) for v in text]
-    else:
-        word = str(text).strip().lower()
-        if word in NAMED_COLOURS:
-            return NAMED_COLOURS[word]
-        try:
-            if word.startswith("#") and len(word) in (4, 7):
-                digits = word[1:] if len(word) == 7 else "".join(c * 2 for c in word[1:])
-                values = [int(digits[i:i + 2], 16) for i in (0, 2, 4)]
-            else:
-                values = [int(v) for v in word.split(",")]
-        except ValueError:
-            values = []
-    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
-        raise PosterError(
-            f"{name} must be #rrggbb, #rgb, R,G,B (0-255) or one of "
-            f"{', '.join(sorted(NAMED_COLOURS))}; not {text!r}"
-        )
-    return (values[0], values[1], values[2])
 
 
 def output_format(path: str | Path) -> str:
@@ -179,8 +149,10 @@ def arrange_items(
 
     ``ids=None`` keeps the stored grid. Otherwise ``arrange="layout"`` lays
     the items out afresh from their stored 2-D coordinates (similar items stay
-    together, in the same relative order), and ``"random"`` shuffles them
-    into the grid with ``seed``.
+    together, in the same relative order; this runs the grid stage), ``"map"``
+    keeps them in the reading order of their cells on the stored map, packed
+    row by row (no layout computed: what the server uses), and ``"random"``
+    shuffles them into the grid with ``seed``.
     """
     if arrange not in ARRANGEMENTS:
         raise PosterError(f"--arrange must be one of {', '.join(ARRANGEMENTS)}, not {arrange!r}")
@@ -188,12 +160,19 @@ def arrange_items(
         positions = np.load(bundle_dir / manifest["files"]["positions"])
         return cell_ids(positions, manifest["grid"]["n_rows"], manifest["grid"]["n_cols"])
     ids = np.asarray(ids, dtype=np.int64)
-    if arrange == "random":
-        order = np.random.default_rng(seed).permutation(ids)
+    if arrange in ("random", "map"):
+        if arrange == "random":
+            order = np.random.default_rng(seed).permutation(ids)
+        else:
+            positions = np.load(bundle_dir / manifest["files"]["positions"], mmap_mode="r")
+            cells = np.asarray(positions[ids], dtype=np.int64)
+            order = ids[np.lexsort((cells[:, 1], cells[:, 0]))]
         n_rows, n_cols = grid_shape(len(order))
         grid = np.full(n_rows * n_cols, -1, dtype=np.int64)
         grid[:len(order)] = order
         return grid.reshape(n_rows, n_cols)
+    from mosaic.pipeline.grid import assign_grid  # the grid stage: the CLI's posters only
+
     layout = np.load(bundle_dir / manifest["files"]["layout"], mmap_mode="r")
     positions, (n_rows, n_cols) = assign_grid(np.asarray(layout[ids]), random_state=seed)
     grid = np.full((n_rows, n_cols), -1, dtype=np.int64)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mosaic.errors import UsageError
+from mosaic.errors import PosterError
 
 MM_PER_INCH = 25.4
 PT_PER_INCH = 72.0
@@ -35,10 +35,6 @@ MAX_DPI = 2400
 MAX_SIDE_PX = 1_000_000  # far beyond any print; stops typos such as --dpi 3000000
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(mm|cm|in|px)?\s*$", re.IGNORECASE)
 _PIXELS = re.compile(r"^\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*$")
-
-
-class PosterError(UsageError):
-    """A bad poster parameter; the message names it and says what is valid."""
 
 
 @dataclass(frozen=True)

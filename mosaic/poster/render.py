@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyvips
 
+from mosaic.colour import Colour
 from mosaic.poster.paper import Page, PosterError
 
 log = logging.getLogger(__name__)
-Colour = tuple[int, int, int]
 _BATCH = 128
 
 

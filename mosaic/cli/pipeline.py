@@ -1,0 +1,77 @@
+"""``python run.py pipeline``: build (or resume) a bundle from images."""
+
+from __future__ import annotations
+
+import argparse
+
+from mosaic.cli.commands import print_summary
+from mosaic.cli.types import colour_flag
+from mosaic.pipeline import grid
+from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``pipeline`` flags; their defaults are ``PipelineConfig``'s."""
+    d = PipelineConfig(images="")
+    io = p.add_argument_group("input and output")
+    io.add_argument("--images", required=True,
+                    help="a folder (searched recursively), a glob ('**' allowed) or a .txt list")
+    io.add_argument("--metadata", help="CSV with one row per image")
+    io.add_argument("--filename-column", default=d.filename_column,
+                    help="CSV column holding the image file name or relative path")
+    io.add_argument("--title", dest="title_template",
+                    help="display title template over CSV columns, e.g. '{Name} ({Year})'")
+    io.add_argument("--url", dest="url_template",
+                    help="link template over CSV columns, e.g. 'https://example.org/{Id}'")
+    io.add_argument("--out", default=d.out, help="folder that holds the bundles")
+    io.add_argument("--id", help="collection id: letters, digits, '.', '_', '-' "
+                    "(default: the image folder's name)")
+    io.add_argument("--collection-title", dest="title", help="human title (default: the id)")
+    th = p.add_argument_group("thumbnails")
+    th.add_argument("--cell-size", type=int, default=d.cell_size, help="cell side in pixels")
+    th.add_argument("--fit", choices=["fit", "fill"], default=d.fit,
+                    help="fit = letterbox the whole image, fill = centre crop")
+    th.add_argument("--background", type=colour_flag("--background"), default="white",
+                    help="colour behind letterboxes, transparency and empty cells")
+    th.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                    help="refuse images with more pixels (decompression bombs)")
+    th.add_argument("--jobs", type=int, default=d.jobs,
+                    help="parallel decoders and threads (default: number of CPUs)")
+    em = p.add_argument_group("embedding and layout")
+    em.add_argument("--embedding", dest="embeddings", action="append",
+                    help="vgg16 | raw | file:PATH | xy:PATH; repeat for more indexes, the "
+                    "first drives the layout (default: raw)")
+    em.add_argument("--weights", default=d.weights, help="VGG16 weights: imagenet | none | PATH")
+    em.add_argument("--pca", type=int, default=d.pca,
+                    help="PCA components before the layout (0 = off)")
+    em.add_argument("--reducer", choices=["tsne", "umap"], default=d.reducer)
+    em.add_argument("--tsne-backend", choices=["opentsne", "multicore", "sklearn"],
+                    default=d.tsne_backend)
+    em.add_argument("--perplexity", type=float, default=d.perplexity)
+    em.add_argument("--n-neighbors", type=int, default=d.n_neighbors, help="UMAP n_neighbors")
+    em.add_argument("--min-dist", type=float, default=d.min_dist, help="UMAP min_dist")
+    em.add_argument("--metric", default=d.metric, help="distance for t-SNE/UMAP")
+    em.add_argument("--random-state", type=int, default=d.random_state, help="seed")
+    em.add_argument("--grid", choices=["auto", "rasterfairy", "lap"], default=d.grid,
+                    help=f"auto = lap up to {grid.LAP_AUTO_MAX_ITEMS:,} items, rasterfairy above")
+    ti = p.add_argument_group("tiles and indexes")
+    ti.add_argument("--tile-size", type=int, default=d.tile_size)
+    ti.add_argument("--overlap", type=int, default=d.overlap)
+    ti.add_argument("--tile-format", choices=["jpeg", "webp", "png"], default=d.tile_format)
+    ti.add_argument("--quality", type=int, default=d.quality, help="jpeg/webp quality")
+    ti.add_argument("--n-trees", type=int, default=d.n_trees, help="annoy trees")
+    ti.add_argument("--clusters", default=d.clusters, help="hotspots: off | auto | N")
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    fields = PipelineConfig.__dataclass_fields__
+    values = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    return PipelineConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet = getattr(args, "quiet", False)
+    result = run_pipeline(config_from_args(args), show_progress=not quiet)
+    if not quiet:
+        print_summary(result.manifest, result.directory, result.cached_stages)
+    return 0

@@ -1,0 +1,119 @@
+"""Exact nearest neighbours, with annoy's distance definitions (numpy only).
+
+One implementation for both sides: the server answers small collections
+exactly, and the pipeline measures annoy's recall against it. Distances:
+``angular`` = sqrt(2 - 2 cos), ``euclidean`` = L2, ``manhattan`` = L1,
+``dot`` = the dot product (larger is nearer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("angular", "euclidean", "manhattan", "dot")
+
+
+def row_norms(vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """float64 L2 norm of every row of ``vectors`` (N, dim), read ``chunk`` rows at a time."""
+    norms = np.empty(len(vectors), dtype=np.float64)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start:start + chunk], dtype=np.float64)
+        norms[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return norms
+
+
+def exact_distances(vectors: np.ndarray, query: np.ndarray, metric: str,
+                    norms: np.ndarray | None = None) -> np.ndarray:
+    """Distances from ``query`` (dim,) to every row of ``vectors`` (N, dim), float64 (N,).
+
+    Euclidean and angular use the norm expansion (one matrix-vector product);
+    pass ``norms`` (``row_norms(vectors)``) to reuse them across queries.
+    """
+    query = np.asarray(query, dtype=np.float32)
+    if metric == "manhattan":
+        return np.abs(np.asarray(vectors, np.float32) - query).sum(axis=1).astype(np.float64)
+    dots = (vectors @ query).astype(np.float64)
+    if metric == "dot":
+        return dots
+    if norms is None:
+        norms = row_norms(vectors)
+    query_norm = float(np.linalg.norm(query.astype(np.float64)))
+    if metric == "euclidean":
+        return np.sqrt(np.maximum(norms ** 2 - 2 * dots + query_norm ** 2, 0.0))
+    denominator = norms * query_norm
+    cosine = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
+    return np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
+
+
+def exact_neighbors(vectors: np.ndarray, query: np.ndarray, k: int, metric: str, *,
+                    exclude: int | None = None, norms: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``vectors`` nearest to ``query``: ``(ids int64, distances float64)``.
+
+    Nearest first, ties by id. ``exclude`` (the query's own row) is never
+    returned. The returned euclidean and angular distances are recomputed
+    directly in float64: the norm expansion ranks fast but loses ~1e-4 to
+    cancellation in float32.
+    """
+    distances = exact_distances(vectors, query, metric, norms)
+    order_key = -distances if metric == "dot" else distances.copy()
+    available = len(distances)
+    if exclude is not None:
+        order_key[exclude] = np.inf
+        available -= 1
+    k = min(k, available)
+    if k <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    candidates = np.argpartition(order_key, k - 1)[:k]
+    ranked = candidates[np.lexsort((candidates, order_key[candidates]))][:k]
+    final = distances[ranked].astype(np.float64)
+    if metric in ("euclidean", "angular"):
+        final = _direct_distances(np.asarray(vectors[ranked]), query, metric)
+        order = np.lexsort((ranked, final))
+        ranked, final = ranked[order], final[order]
+    return ranked.astype(np.int64), final
+
+
+def exact_knn_of_rows(vectors: np.ndarray, rows: np.ndarray, k: int, metric: str,
+                      chunk: int = 4_096) -> np.ndarray:
+    """The ``k`` nearest ids (unordered, self included) of each of ``vectors[rows]``.
+
+    Euclidean or angular. ``vectors`` is scanned ``chunk`` rows at a time and
+    each chunk's top k merged into the running top k, so memory is
+    ``len(rows) x chunk`` whatever N is; ``vectors`` may be a memmap.
+    """
+    if metric not in ("euclidean", "angular"):
+        raise ValueError(f"exact_knn_of_rows supports euclidean and angular, not {metric!r}")
+    queries = np.asarray(vectors[rows], dtype=np.float32)
+    if metric == "angular":
+        queries = _unit_rows(queries)
+    best_ids = np.empty((len(rows), 0), dtype=np.int64)
+    best_distances = np.empty((len(rows), 0), dtype=np.float32)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start:start + chunk], dtype=np.float32)
+        if metric == "angular":
+            block = _unit_rows(block)
+        distances = ((block ** 2).sum(axis=1)[None, :] - 2 * queries @ block.T
+                     + (queries ** 2).sum(axis=1)[:, None])
+        nearest = np.argpartition(distances, min(k, len(block)) - 1, axis=1)[:, :k]
+        best_ids = np.concatenate([best_ids, nearest + start], axis=1)
+        best_distances = np.concatenate(
+            [best_distances, np.take_along_axis(distances, nearest, axis=1)], axis=1)
+        keep = np.argpartition(best_distances, min(k, best_distances.shape[1]) - 1,
+                               axis=1)[:, :k]
+        best_ids = np.take_along_axis(best_ids, keep, axis=1)
+        best_distances = np.take_along_axis(best_distances, keep, axis=1)
+    return best_ids
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def _direct_distances(rows: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
+    """Euclidean or angular distances of a few ``rows`` to ``query``, in float64."""
+    rows, query = np.asarray(rows, np.float64), np.asarray(query, np.float64)
+    if metric == "angular":
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
+        query = query / max(float(np.linalg.norm(query)), 1e-300)
+    return np.linalg.norm(rows - query, axis=1)
