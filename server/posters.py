@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, request
 
+from mosaic.errors import PosterError
 from mosaic.poster.compose import PosterOptions, render_poster_bytes
-from mosaic.poster.paper import PosterError, resolve_page
+from mosaic.poster.paper import resolve_page
 from mosaic.query import parse_search_args, search_items
 from server.db import get_bundle, get_db
 
@@ -31,13 +32,15 @@ def poster(cid: str, fmt: str):
     title = request.args.get("title", "")[:MAX_TITLE] or None
     try:
         dpi = float(request.args.get("dpi", "150"))
-        page = resolve_page(paper=request.args.get("paper", "A4"),
-                            landscape=request.args.get("landscape", "") in ("1", "true"),
-                            dpi=dpi)
-        options = PosterOptions(page=page, title=title, sources=False)
-        data = render_poster_bytes(bundle.path, bundle.manifest, ids, options, fmt=fmt)
-    except (PosterError, ValueError) as error:
-        abort(400, description=str(error))
+    except ValueError:
+        raise PosterError(f"dpi must be a number, not {request.args.get('dpi')!r}") from None
+    page = resolve_page(paper=request.args.get("paper", "A4"),
+                        landscape=request.args.get("landscape", "") in ("1", "true"), dpi=dpi)
+    options = PosterOptions(page=page, title=title, sources=False)
+    # "map": the selection in its cells' reading order on the stored map. The server
+    # reads the bundle only; laying a subset out afresh is the grid stage's work.
+    data = render_poster_bytes(bundle.path, bundle.manifest, ids, options, fmt=fmt,
+                               arrange="map")
     filename = f"{bundle.cid}-poster.{fmt}"
     return Response(data, mimetype=FORMATS[fmt],
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
