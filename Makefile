@@ -10,9 +10,10 @@ PORT ?= 5000
 MTSNE_CFG := $(CURDIR)/build/multicoretsne-setup.cfg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install venv npm system demo serve test lint bench docs clean
+.PHONY: install venv npm browser loadtools demo serve test lint bench bench-server docs clean
 
-install: venv npm system
+# What `make demo` needs: the Python packages and the viewer's npm packages.
+install: venv npm
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt setup.cfg pyproject.toml
@@ -20,7 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.cfg pyproject.to
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	mkdir -p build && printf '[build_ext]\ncmake_args=-DCMAKE_BUILD_TYPE=Release\n' > $(MTSNE_CFG)
-	command -v cmake >/dev/null || $(SUDO) apt-get install -y -qq cmake
+	command -v cmake >/dev/null || $(call apt_install,cmake)
 	DIST_EXTRA_CONFIG=$(MTSNE_CFG) CMAKE_POLICY_VERSION_MINIMUM=3.5 \
 		$(PY) -m pip install -q MulticoreTSNE==0.1
 	$(PY) -m pip install -q --no-deps -e .
@@ -31,15 +32,13 @@ static/node_modules/.installed: static/package.json static/package-lock.json
 	cd static && npm ci --no-audit --no-fund
 	touch $@
 
-# Debian packages: chromium for the browser tests, wrk and nginx for the load benchmark.
-system:
-	@missing=""; \
-	for pair in chromium:chromium wrk:wrk nginx:nginx-light; do \
-		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+# Debian packages, each only for the targets that use it.
+apt_install = { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(1); }
+browser:  # the browser tests (make test)
+	command -v chromium >/dev/null || $(call apt_install,chromium)
+loadtools:  # the load benchmark (make bench-server)
+	command -v wrk >/dev/null || $(call apt_install,wrk)
+	command -v nginx >/dev/null || $(call apt_install,nginx-light)
 
 demo: install
 	$(PY) run.py demo
@@ -51,7 +50,7 @@ serve: install
 lint: venv
 	$(VENV)/bin/ruff check mosaic server tests bench run.py
 
-test: install lint
+test: install browser lint
 	$(PY) -m pytest -q
 
 docs: venv
@@ -59,6 +58,9 @@ docs: venv
 
 bench: install
 	$(PY) bench/pipeline_bench.py
+
+bench-server: install loadtools
+	$(PY) bench/load_server.py
 
 clean:
 	rm -rf $(VENV) build static/node_modules output demo_data test-artifacts
