@@ -19,9 +19,9 @@ import numpy as np
 import pyvips
 
 from mosaic.bundle import RowFile
-from mosaic.pipeline.store import save_npy_atomic, write_json_atomic
 from mosaic.errors import ImageError
 from mosaic.pipeline.embed import RAW_SIDE, EmbeddingSpec, Vgg16Embedder
+from mosaic.pipeline.store import save_npy_atomic, write_json_atomic
 from mosaic.pipeline.thumbnail import decode_many, raw_vector
 
 CHUNK = 256

@@ -39,8 +39,7 @@ def assign_grid(
     if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
         raise UsageError("the layout must be a finite (N, 2) array")
     n_rows, n_cols = grid_shape(len(xy))
-    if method == "auto":
-        method = "lap" if len(xy) <= LAP_AUTO_MAX_ITEMS else "rasterfairy"
+    method = resolve_method(method, len(xy))
     jitter = np.random.default_rng(random_state).uniform(-1e-9, 1e-9, size=xy.shape)
     xy = _scale_to_grid(xy, n_rows, n_cols) + jitter
     if method == "lap":
@@ -48,6 +47,13 @@ def assign_grid(
     else:
         positions = _assign_rasterfairy(xy, n_rows, n_cols)
     return positions.astype(np.int32), (n_rows, n_cols)
+
+
+def resolve_method(method: str, n_items: int) -> str:
+    """The method ``auto`` stands for at ``n_items`` (others are themselves)."""
+    if method == "auto":
+        return "lap" if n_items <= LAP_AUTO_MAX_ITEMS else "rasterfairy"
+    return method
 
 
 def _scale_to_grid(xy: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:

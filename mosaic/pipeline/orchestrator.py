@@ -266,9 +266,7 @@ class _Run:
         xy = np.load(self.path("layout.npy"))
         positions, (n_rows, n_cols) = grid.assign_grid(xy, self.config.grid,
                                                        self.config.random_state)
-        method = self.config.grid
-        if method == "auto":
-            method = "lap" if len(xy) <= grid.LAP_AUTO_MAX_ITEMS else "rasterfairy"
+        method = grid.resolve_method(self.config.grid, len(xy))
         save_npy_atomic(self.path("positions.npy"), positions)
         cells = grid.cell_ids(positions, n_rows, n_cols)
         write_bytes_atomic(self.path("grid.i32"), cells.astype("<i4").tobytes())
