@@ -11,8 +11,8 @@ from annoy import AnnoyIndex
 from conftest import CATEGORIES, build_bundle, make_collection, write_image
 
 from mosaic.bundle import open_cells, read_manifest
-from mosaic.cli.pipeline import config_from_args
 from mosaic.cli.main import main
+from mosaic.cli.pipeline import config_from_args
 from mosaic.pipeline.grid import cell_ids
 from mosaic.pipeline.orchestrator import run_pipeline
 
