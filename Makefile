@@ -10,7 +10,7 @@ PORT ?= 5000
 MTSNE_CFG := $(CURDIR)/build/multicoretsne-setup.cfg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install venv npm browser loadtools demo serve test lint bench bench-server docs clean
+.PHONY: install venv npm browser loadtools demo serve test test-cpus lint bench bench-server docs clean
 
 # What `make demo` needs: the Python packages and the viewer's npm packages.
 install: venv npm
@@ -52,6 +52,11 @@ lint: venv
 
 test: install browser lint
 	$(PY) -m pytest -q
+
+# The suite as a machine with CPUS cores would run it (os.cpu_count() faked, subprocesses too).
+CPUS ?= 16
+test-cpus: install browser
+	PYTHONPATH=$(CURDIR)/tests/fake_cpus MOSAIC_FAKE_CPUS=$(CPUS) $(PY) -m pytest -q
 
 docs: venv
 	COLUMNS=100 $(PY) -c "from mosaic.cli.main import help_markdown; print(help_markdown(), end='')" > docs/cli.md
