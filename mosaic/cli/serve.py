@@ -69,6 +69,9 @@ def run_gunicorn(out: Path, host: str, port: int, workers: int, threads: int) ->
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("accesslog", None)
+            # gunicorn 27's control socket lives at one path per user ($HOME/.gunicorn):
+            # two servers would share it, and nothing here uses it.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             from threadpoolctl import threadpool_limits
