@@ -32,6 +32,8 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from mosaic.errors import QueryError
+
 RESERVED = frozenset({"q", "_searchmode", "limit", "offset"})
 NUMERIC_KINDS = frozenset({"number", "year"})
 _WORD = re.compile(r"\S+")
@@ -39,10 +41,6 @@ _WORD = re.compile(r"\S+")
 
 # An error names at most this many unknown parameters, then counts the rest.
 MAX_NAMED_UNKNOWN = 10
-
-class QueryError(ValueError):
-    """A search parameter that cannot be used; the message names it."""
-
 
 @dataclass(frozen=True)
 class SearchQuery:
