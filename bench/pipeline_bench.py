@@ -119,17 +119,20 @@ def dzsave_only(bundle: Path, out: Path) -> None:
     import pyvips
 
     from mosaic.bundle import open_cells, read_manifest
-    from mosaic.pipeline.render import cut_tiles, open_matrix, write_matrix
+    from mosaic.pipeline.render import cut_tiles, matrix_rows
+    from mosaic.strip_tiff import write_strip_tiff
 
     manifest = read_manifest(bundle)
     grid = manifest["grid"]
     out.mkdir(parents=True, exist_ok=True)
     matrix_path = out / "matrix.tif"
-    write_matrix(matrix_path, open_cells(bundle, manifest), np.load(bundle / "positions.npy"),
-                 grid["n_rows"], grid["n_cols"])
+    cells = open_cells(bundle, manifest)
+    write_strip_tiff(matrix_path, matrix_rows(cells, np.load(bundle / "positions.npy"),
+                                              grid["n_rows"], grid["n_cols"]),
+                     grid["n_cols"] * cells.shape[1], grid["n_rows"] * cells.shape[1])
     pyvips.cache_set_max(0)
     start = time.perf_counter()
-    cut_tiles(open_matrix(matrix_path), out / "tiles")
+    cut_tiles(pyvips.Image.new_from_file(str(matrix_path), access="sequential"), out / "tiles")
     print(json.dumps({"cut_seconds": time.perf_counter() - start}))
 
 

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mosaic import SCHEMA_VERSION, __version__  # noqa: E402
+from mosaic.bundle import cells_entry  # noqa: E402
+from mosaic.pipeline.decode import write_cells  # noqa: E402
 from mosaic.pipeline.grid import assign_grid  # noqa: E402
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db  # noqa: E402
 
@@ -74,7 +76,9 @@ def build_bundle(folder: Path, n: int, cell_size: int, clusters: int = 12, seed:
         block = np.where(disc[..., None], 255 - block, block)
         cells[start:ids[-1] + 1] = np.clip(block, 0, 255).astype(np.uint8)
     cells.flush()
+    write_cells(cells, folder / "cells.pack", folder / "cells.idx")
     del cells
+    (folder / "cells.u8").unlink()
     kinds = {"category": "facet", "year": "year"}
     years = rng.integers(1900, 2025, n)
     write_metadata_db(folder / "metadata.sqlite", (
@@ -92,8 +96,8 @@ def build_bundle(folder: Path, n: int, cell_size: int, clusters: int = 12, seed:
         "grid": {"n_rows": n_rows, "n_cols": n_cols, "cell_size": cell_size, "fit": "fit",
                  "method": "rasterfairy"},
         "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
-                  "layout": "layout.npy", "cells": "cells.u8"},
-        "cells": {"path": "cells.u8", "shape": [n, cell_size, cell_size, 3], "dtype": "uint8"},
+                  "layout": "layout.npy", "cells": "cells.pack", "cells_index": "cells.idx"},
+        "cells": cells_entry(n, cell_size),
         "columns": [{"name": k, "kind": v} for k, v in kinds.items()],
         "facets": ["category"],
         "hotspots": [{"id": c, "label": f"cluster {c}", "representative": first[c],

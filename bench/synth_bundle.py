@@ -25,10 +25,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mosaic import SCHEMA_VERSION, __version__  # noqa: E402
+from mosaic.bundle import cells_entry  # noqa: E402
+from mosaic.pipeline.decode import write_cells  # noqa: E402
 from mosaic.pipeline.grid import cell_ids, grid_shape  # noqa: E402
 from mosaic.pipeline.index import build_annoy, choose_search_k  # noqa: E402
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db  # noqa: E402
-from mosaic.pipeline.render import cut_tiles, open_matrix, render_overview, write_matrix  # noqa: E402
+from mosaic.pipeline.render import cut_tiles, render_overview, stream_matrix  # noqa: E402
 
 WORDS = ("red green blue amber violet harbour mountain river forest desert city market "
          "portrait still life garden winter summer night morning bridge tower").split()
@@ -64,6 +66,7 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
         noise = rng.integers(-25, 26, size=(stop - start, cell_size, cell_size, 3))
         cells[start:stop] = np.clip(colours[labels[start:stop], None, None, :] + noise, 0, 255)
     cells.flush()
+    write_cells(cells, folder / "cells.pack", folder / "cells.idx")
     timings["arrays"] = time.perf_counter() - started
 
     kinds = {"description": "text", "category": "facet", "year": "year"}
@@ -79,14 +82,12 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
     write_metadata_db(folder / "metadata.sqlite", records, kinds)
     timings["metadata"] = time.perf_counter() - started - sum(timings.values())
 
-    matrix_path = folder / "cache" / "matrix.tif"
-    matrix_path.parent.mkdir(exist_ok=True)
-    write_matrix(matrix_path, cells, positions, n_rows, n_cols)
-    tiles = cut_tiles(open_matrix(matrix_path), folder / "tiles")
+    tiles = cut_tiles(stream_matrix(cells, positions, n_rows, n_cols), folder / "tiles")
     overview = render_overview(folder / "tiles", tiles)
     overview.jpegsave(str(folder / "overview.jpg"), Q=85)
-    matrix_path.unlink()
     timings["render"] = time.perf_counter() - started - sum(timings.values())
+    del cells
+    (folder / "cells.u8").unlink()  # the raw cells were only the generator's scratch
 
     index = build_annoy(vectors, "angular", n_trees=20, random_state=seed)
     index.save(str(folder / "embeddings" / "synth.ann"))
@@ -108,8 +109,9 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
         "overview": {"path": "overview.jpg", "width": overview.width,
                      "height": overview.height},
         "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
-                  "layout": "layout.npy", "grid": "grid.i32", "cells": "cells.u8"},
-        "cells": {"path": "cells.u8", "shape": [n, cell_size, cell_size, 3], "dtype": "uint8"},
+                  "layout": "layout.npy", "grid": "grid.i32", "cells": "cells.pack",
+                  "cells_index": "cells.idx"},
+        "cells": cells_entry(n, cell_size),
         "embeddings": [{"name": "synth", "kind": "synthetic", "dim": dim, "metric": "angular",
                         "vectors": "embeddings/synth.npy", "index": "embeddings/synth.ann",
                         "n_trees": 20, "search_k": search_k, "recall_at_20": recall}],

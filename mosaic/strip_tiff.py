@@ -1,8 +1,9 @@
 """Write an uncompressed strip BigTIFF from a stream of RGB row blocks.
 
-The grid matrix (``mosaic.pipeline.render``) and the poster montage are produced one
-row of cells at a time; writing those rows into a strip TIFF lets libvips read
-it back with plain sequential reads (``access="sequential"``). A raw file
+The poster montage is produced one row of cells at a time; writing those rows
+into a strip TIFF lets libvips read it back with plain sequential reads
+(``access="sequential"``). (The render stage's grid matrix is not written at
+all: ``mosaic.pipeline.render`` streams it into ``dzsave``.) A raw file
 opened with ``rawload`` would be memory-mapped instead, and every page libvips
 touched would count towards the process's RSS.
 """

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from mosaic.bundle import COLLECTION_ID, MANIFEST, RowFile, open_cells, open_manifest
+from mosaic.bundle import COLLECTION_ID, MANIFEST, PackedCells, open_cells, open_manifest
 from mosaic.errors import BundleError, BundleNotFound
 from server.neighbors import NeighborIndex
 
@@ -60,8 +60,9 @@ class Bundle:
         return self.path / self.manifest["files"][key]
 
     @cached_property
-    def cells(self) -> RowFile:
-        """uint8 ``(N, cell_size, cell_size, 3)``, read a cell at a time (nothing resident)."""
+    def cells(self) -> PackedCells:
+        """uint8 ``(N, cell_size, cell_size, 3)``, read a cell at a time (nothing resident);
+        ``read_encoded(id)`` gives a cell's stored JPEG bytes."""
         return open_cells(self.path, self.manifest)
 
     def connect(self) -> sqlite3.Connection:

@@ -7,7 +7,6 @@ cached for a year; others for ``MOSAIC_TILE_MAX_AGE`` seconds, with ETags.
 
 from __future__ import annotations
 
-import pyvips
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from server.bundles import Bundle
@@ -16,7 +15,6 @@ from server.db import get_bundle
 bp = Blueprint("files", __name__, url_prefix="/collections/<cid>")
 
 YEAR = 365 * 24 * 3600
-THUMB_QUALITY = 85
 
 
 @bp.get("/tiles/<path:filename>")
@@ -46,7 +44,7 @@ def grid(cid: str):
 
 @bp.get("/thumbs/<int:item_id>.jpg")
 def thumbnail(cid: str, item_id: int):
-    """One item's cell from ``cells.u8``, encoded as JPEG."""
+    """One item's cell: its stored JPEG bytes from ``cells.pack``, sent as they are."""
     bundle = get_bundle(cid)
     if not 0 <= item_id < bundle.n_items:
         abort(404, description=f"item {item_id} not in collection {cid!r}")
@@ -56,15 +54,9 @@ def thumbnail(cid: str, item_id: int):
     if request.if_none_match.contains(f"{bundle.version}-{item_id}"):
         response.status_code = 304
         return response
-    response.set_data(encode_cell(bundle.cells[item_id]))
+    # open_cells reads only JPEG packs, so the stored bytes are the response: no re-encode.
+    response.set_data(bundle.cells.read_encoded(item_id))
     return response
-
-
-def encode_cell(cell, quality: int = THUMB_QUALITY) -> bytes:
-    """JPEG bytes of one uint8 ``(size, size, 3)`` cell."""
-    height, width, bands = cell.shape
-    image = pyvips.Image.new_from_memory(cell.tobytes(), width, height, bands, "uchar")
-    return image.jpegsave_buffer(Q=quality, strip=True)
 
 
 def _send(bundle: Bundle, folder: str, filename: str, mimetype: str | None = None

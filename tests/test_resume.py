@@ -349,10 +349,14 @@ def test_truncated_decode_work_file_is_not_trusted(collection, clean, tmp_path):
     out = tmp_path / "out"
     args = pipeline_args(images, csv_path, out)
     assert run_injected("decode", args).returncode == -signal.SIGKILL
-    cells = out / "c" / "cache" / "decode-work" / "cells.u8"
-    with open(cells, "r+b") as handle:  # a torn or short work file
-        handle.truncate(cells.stat().st_size // 2)
-    assert run_injected("none", args).returncode == 0
+    segments = sorted((out / "c" / "cache" / "decode-work").glob("cells-*.seg"))
+    assert len(segments) == 2  # one per checkpointed chunk
+    with open(segments[0], "r+b") as handle:  # a torn or short cell segment
+        handle.truncate(segments[0].stat().st_size // 2)
+    log = tmp_path / "decoded.log"
+    assert run_injected("none", args, log=log).returncode == 0
+    # only the torn segment's chunk was decoded again, with the never-finished rest
+    assert len(log.read_text().splitlines()) == N_IMAGES + N_BROKEN - CHUNK
     assert_same_bundle(out / "c", clean)
 
 def test_second_pipeline_on_the_same_bundle_refuses(collection, clean, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import pyvips
 
+from mosaic.bundle import open_cells
 from server import STATIC_DIR, create_app
 
 pytest_plugins = ["server_fixtures"]
@@ -98,8 +99,7 @@ def test_grid_maps_every_cell_to_its_item(client, server_bundle):
 
 def test_thumbnail_is_the_items_cell(client, server_bundle):
     manifest = manifest_of(server_bundle)
-    cells = np.fromfile(server_bundle / "cells.u8", dtype=np.uint8).reshape(
-        manifest["cells"]["shape"])
+    cells = open_cells(server_bundle, manifest)
     for item_id in (0, 29, 59):
         response = client.get(f"{FILES}/thumbs/{item_id}.jpg")
         assert response.status_code == 200 and response.mimetype == "image/jpeg"

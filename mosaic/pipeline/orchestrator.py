@@ -22,7 +22,18 @@ import numpy as np
 import pyvips
 
 from mosaic import SCHEMA_VERSION, __version__
-from mosaic.bundle import COLLECTION_ID, DEFAULT_OUT, MANIFEST, RowFile, bundle_dir
+from mosaic.bundle import (
+    CELL_CODEC,
+    CELL_QUALITY,
+    CELLS_INDEX,
+    CELLS_PACK,
+    COLLECTION_ID,
+    DEFAULT_OUT,
+    MANIFEST,
+    bundle_dir,
+    cells_entry,
+    open_cells,
+)
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import collect, grid, reduce, render
 from mosaic.pipeline import hotspots as clusters_mod
@@ -187,7 +198,8 @@ class _Run:
         input_key = cache_key(__version__, self.inputs.paths, stats)
         pixel_specs = [asdict(s) for s in self.specs if s.from_pixels]
         decode_key = cache_key(input_key, c.cell_size, c.fit, c.background, c.max_pixels,
-                               pixel_specs, c.weights if pixel_specs else None)
+                               pixel_specs, c.weights if pixel_specs else None,
+                               CELL_CODEC, CELL_QUALITY)
         decoded = self.stage("decode", decode_key, lambda: self.build_decode(decode_key))
         kept = np.load(self.path("cache/kept.npy"))
         user_files = [(s.name, _file_signature(s.path)) for s in self.specs if not s.from_pixels]
@@ -231,11 +243,12 @@ class _Run:
             raise MosaicError(f"no usable images: all {n} inputs failed ({reasons})")
         dims = pixel_dims(self.specs)
         vector_paths = {name: self.path(f"embeddings/{name}.npy") for name in dims}
-        compact(work, kept, self.path("cells.u8"), vector_paths, n, c.cell_size, dims)
+        compact(work, kept, self.path(CELLS_PACK), self.path(CELLS_INDEX), vector_paths, n,
+                dims)
         save_npy_atomic(self.path("cache/kept.npy"), kept)
         save_npy_atomic(self.path("cache/sizes.npy"), sizes[kept])
         shutil.rmtree(work, ignore_errors=True)
-        outputs = ["cells.u8", "cache/kept.npy", "cache/sizes.npy",
+        outputs = [CELLS_PACK, CELLS_INDEX, "cache/kept.npy", "cache/sizes.npy",
                    *(f"embeddings/{name}.npy" for name in dims)]
         return outputs, {"skipped": skipped, "n_items": int(len(kept))}
 
@@ -276,20 +289,19 @@ class _Run:
     def build_render(self, gridded: dict):
         c = self.config
         positions = np.load(self.path("positions.npy"))
-        cells = RowFile(self.path("cells.u8"), (len(positions), c.cell_size, c.cell_size, 3),
-                        np.uint8)
-        matrix_path = self.path("cache/matrix.tif")
+        cells = open_cells(self.directory, {"cells": cells_entry(len(positions), c.cell_size)})
+        # The matrix is streamed into dzsave a row of cells at a time; no file holds it.
         with Progress(gridded["n_rows"], "render", self.show_progress) as bar:
-            render.write_matrix(matrix_path, cells, positions, gridded["n_rows"],
-                                gridded["n_cols"], c.background, bar.update)
+            matrix = render.stream_matrix(cells, positions, gridded["n_rows"],
+                                          gridded["n_cols"], c.background, bar.update)
+            tiles = render.cut_tiles(matrix, self.path("tiles"), c.tile_size, c.overlap,
+                                     c.tile_format, c.quality)
         cells.close()
-        tiles = render.cut_tiles(render.open_matrix(matrix_path), self.path("tiles"),
-                                 c.tile_size, c.overlap, c.tile_format, c.quality)
         overview = render.render_overview(self.path("tiles"), tiles)
         write_bytes_atomic(self.path("overview.jpg"), overview.jpegsave_buffer(Q=85))
         overview_info = {"path": "overview.jpg", "width": overview.width,
                          "height": overview.height}
-        matrix_path.unlink(missing_ok=True)
+        self.path("cache/matrix.tif").unlink(missing_ok=True)  # left by a killed older version
         return ["tiles/map.dzi", "overview.jpg"], {"tiles": tiles, "overview": overview_info}
 
     def build_annoy(self, spec: EmbeddingSpec):
@@ -393,9 +405,9 @@ class _Run:
             "tiles": tiles["tiles"],
             "overview": tiles["overview"],
             "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
-                      "layout": "layout.npy", "grid": "grid.i32", "cells": "cells.u8"},
-            "cells": {"path": "cells.u8", "shape": [n_items, c.cell_size, c.cell_size, 3],
-                      "dtype": "uint8"},
+                      "layout": "layout.npy", "grid": "grid.i32", "cells": CELLS_PACK,
+                      "cells_index": CELLS_INDEX},
+            "cells": cells_entry(n_items, c.cell_size),
             "embeddings": [record["embedding"] for record in indexes],
             "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
                        "backend": c.tsne_backend if c.reducer == "tsne" else "umap",

@@ -1,66 +1,206 @@
 """Render stage: the giant grid matrix and its Deep Zoom pyramid.
 
-The matrix is written once, one row of cells at a time, into an uncompressed
-strip BigTIFF, which libvips then reads sequentially (plain reads, no memory
-map) while ``dzsave`` streams it into tiles. So memory holds one strip of
-cells plus libvips's tile buffers, whatever N is, and no per-image pipeline is
-re-evaluated per tile. (A raw file opened with ``rawload`` is memory-mapped
-instead, and its pages count towards the process's RSS as dzsave reads them.)
+The matrix is never stored. ``stream_matrix`` builds it one row of cells at a
+time and hands it to libvips as an uncompressed PNG stream through a
+non-seekable ``pyvips.SourceCustom``; ``dzsave`` reads that stream in one
+sequential pass and cuts the tiles. Memory holds one row of cells plus
+libvips's tile buffers, whatever N is, and the only files written are tiles.
+
+Why PNG: of the loaders in this libvips build, only PNG reads a non-seekable
+source as it goes. TIFF from a non-seekable source is first read whole into
+memory, and the PPM and ``.v`` loaders are not built into pyvips-binary (or
+need a file). The PNG is stored, not compressed (deflate level 0, filter
+none), so encoding it is a copy and a checksum.
 """
 
 from __future__ import annotations
 
+import queue
 import shutil
+import struct
+import threading
+import weakref
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyvips
 
-from mosaic.strip_tiff import write_strip_tiff
-
 TILE_FORMATS = ("jpeg", "webp", "png")
 _SUFFIX = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 OVERVIEW_SIZE = 2048
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IDAT_BYTES = 1 << 20  # pixel bytes per IDAT chunk: the encoder holds a few chunks at a time
 
 
-def write_matrix(
-    path: Path,
-    cells: np.ndarray,
+def matrix_rows(
+    cells,
     positions: np.ndarray,
     n_rows: int,
     n_cols: int,
     background: tuple[int, int, int] = (255, 255, 255),
-    progress=None,
-) -> tuple[int, int]:
-    """Write the (n_rows * c) x (n_cols * c) RGB matrix to ``path`` as a strip BigTIFF.
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """The (n_rows * c) x (n_cols * c) RGB matrix as ``n_rows`` blocks of (c, n_cols * c, 3).
 
-    ``cells`` is (N, c, c, 3) uint8 (an array or a RowFile); ``positions`` (N, 2)
-    is (row, col). One grid row is in memory at a time. Returns (width, height).
+    ``cells`` is (N, c, c, 3) uint8: anything with ``.shape`` and
+    ``.read_rows(ids)`` (a RowFile) or a numpy array; ``positions`` (N, 2) is
+    (row, col). Every block is the same buffer, overwritten by the next one.
+    """
+    cell = cells.shape[1]
+    read_rows = getattr(cells, "read_rows", None) or (lambda ids: cells[ids])
+    order = np.lexsort((positions[:, 1], positions[:, 0]))
+    row_starts = np.searchsorted(positions[order, 0], np.arange(n_rows + 1))
+    strip = np.empty((cell, n_cols * cell, 3), dtype=np.uint8)
+    for row in range(n_rows):
+        strip[:] = background
+        items = order[row_starts[row]:row_starts[row + 1]]
+        for item, image in zip(items, read_rows(items)):
+            col = positions[item, 1]
+            strip[:, col * cell:(col + 1) * cell] = image
+        yield strip
+        if progress is not None:
+            progress(1)
+
+
+def _png_chunk(kind: bytes, body) -> tuple[bytes, ...]:
+    """A PNG chunk as pieces (length + type, body, CRC), so a large body is not copied."""
+    crc = zlib.crc32(body, zlib.crc32(kind))
+    return struct.pack(">I", len(body)) + kind, body, struct.pack(">I", crc)
+
+
+def png_stream(blocks: Iterator[np.ndarray], width: int, height: int) -> Iterator[bytes]:
+    """An 8-bit RGB PNG of uint8 (h, ``width``, 3) ``blocks``, top to bottom, as byte pieces.
+
+    Stored deflate (no compression) and filter type none on every scanline, so
+    the pixels pass through unchanged. The blocks must add up to ``height``.
+    """
+    yield PNG_SIGNATURE
+    yield from _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    deflate = zlib.compressobj(0)
+    lines_per_chunk = max(1, IDAT_BYTES // (width * 3 + 1))
+    lines = np.zeros((lines_per_chunk, width * 3 + 1), dtype=np.uint8)  # column 0: filter 0
+    written = 0
+    for block in blocks:
+        if block.shape[1:] != (width, 3) or block.dtype != np.uint8:
+            raise ValueError(f"block of shape {block.shape} is not (h, {width}, 3) uint8")
+        flat = block.reshape(block.shape[0], width * 3)
+        for start in range(0, len(flat), lines_per_chunk):
+            part = flat[start:start + lines_per_chunk]
+            lines[:len(part), 1:] = part
+            data = deflate.compress(lines[:len(part)].data)
+            if data:
+                yield from _png_chunk(b"IDAT", data)
+        written += block.shape[0]
+    if written != height:
+        raise ValueError(f"blocks hold {written} rows, not {height}")
+    yield from _png_chunk(b"IDAT", deflate.flush())
+    yield from _png_chunk(b"IEND", b"")
+
+
+_END = object()
+
+
+def _produce(pieces: Iterator[bytes], out: queue.Queue, closed: threading.Event) -> None:
+    """Put ``pieces`` on ``out``, then _END or the exception that stopped them."""
+    try:
+        for piece in pieces:
+            if not _put(out, piece, closed):
+                return
+        last = _END
+    except BaseException as error:  # noqa: BLE001 -- handed to the reader, raised there
+        last = error
+    _put(out, last, closed)
+
+
+def _put(out: queue.Queue, item, closed: threading.Event) -> bool:
+    while not closed.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+class StreamSource(pyvips.SourceCustom):
+    """A non-seekable libvips source that reads an iterator of byte pieces.
+
+    The iterator runs in one thread of its own, at most ``depth`` pieces ahead
+    of libvips: its allocations stay in one malloc arena (libvips calls
+    ``read`` from any of its worker threads, and large buffers freed across
+    many arenas were kept as RSS), and building the next row overlaps with
+    cutting the last. An exception raised by the iterator ends the stream
+    (libvips then fails on a truncated image) and is kept in ``error`` for
+    ``cut_tiles`` to raise instead of libvips's message.
+    """
+
+    def __init__(self, pieces: Iterator[bytes], depth: int = 4):
+        super().__init__()
+        self.error: BaseException | None = None
+        self.pieces, self.queue = pieces, queue.Queue(maxsize=depth)
+        self.closed = threading.Event()
+        self.producer: threading.Thread | None = None
+        self.piece, self.offset = memoryview(b""), 0
+        self.lock = threading.Lock()
+        weakref.finalize(self, self.closed.set)  # a source dropped half-read stops its thread
+        self.on_read(self.read)
+
+    def read(self, size: int) -> memoryview | None:
+        with self.lock:
+            if self.producer is None:
+                self.producer = threading.Thread(
+                    target=_produce, args=(self.pieces, self.queue, self.closed),
+                    name="matrix-stream", daemon=True)
+                self.producer.start()
+            while self.offset >= len(self.piece):
+                if self.closed.is_set():
+                    return None
+                item = self.queue.get()
+                if item is _END:
+                    self.closed.set()
+                    return None
+                if isinstance(item, BaseException):
+                    self.error = item
+                    self.closed.set()
+                    return None
+                self.piece, self.offset = memoryview(item), 0
+            chunk = self.piece[self.offset:self.offset + size]
+            self.offset += len(chunk)
+            return chunk
+
+    def close(self) -> None:
+        """Stop the producer thread (the stream is done or abandoned)."""
+        self.closed.set()
+        if self.producer is not None:
+            self.producer.join()
+
+
+def stream_matrix(
+    cells,
+    positions: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    background: tuple[int, int, int] = (255, 255, 255),
+    progress: Callable[[int], None] | None = None,
+) -> pyvips.Image:
+    """The grid matrix as a libvips image for one sequential pass; nothing is written.
+
+    Arguments as ``matrix_rows``. Rows of cells are built as libvips reads
+    them, so the image can be read once, top to bottom (e.g. by ``cut_tiles``).
     """
     cell = cells.shape[1]
     width, height = n_cols * cell, n_rows * cell
-    order = np.lexsort((positions[:, 1], positions[:, 0]))
-    row_starts = np.searchsorted(positions[order, 0], np.arange(n_rows + 1))
-
-    def strips():
-        strip = np.empty((cell, width, 3), dtype=np.uint8)
-        for row in range(n_rows):
-            strip[:] = background
-            items = order[row_starts[row]:row_starts[row + 1]]
-            for item, image in zip(items, cells[items]):
-                col = positions[item, 1]
-                strip[:, col * cell:(col + 1) * cell] = image
-            yield strip  # written before the next row overwrites it
-            if progress is not None:
-                progress(1)
-
-    write_strip_tiff(path, strips(), width, height)
-    return width, height
+    rows = matrix_rows(cells, positions, n_rows, n_cols, background, progress)
+    source = StreamSource(png_stream(rows, width, height))
+    # fail_on: a stream cut short must fail the cut, not pad the map with grey.
+    return pyvips.Image.new_from_source(source, "", access="sequential", fail_on="truncated")
 
 
-def open_matrix(path: Path) -> pyvips.Image:
-    """Open a matrix written by ``write_matrix`` for one sequential pass."""
-    return pyvips.Image.new_from_file(str(path), access="sequential")
+def _stream_sources(matrix: pyvips.Image) -> list[StreamSource]:
+    # pyvips keeps an image's source alive in ``_references``
+    return [s for s in getattr(matrix, "_references", []) if isinstance(s, StreamSource)]
 
 
 def cut_tiles(
@@ -84,8 +224,21 @@ def cut_tiles(
     suffix = _SUFFIX[tile_format]
     if tile_format != "png":
         suffix += f"[Q={quality},strip]" if tile_format == "jpeg" else f"[Q={quality}]"
-    matrix.dzsave(str(tmp / "map"), tile_size=tile_size, overlap=overlap,
-                  suffix=suffix, layout="dz", depth="onepixel")
+    sources = _stream_sources(matrix)
+    try:
+        matrix.dzsave(str(tmp / "map"), tile_size=tile_size, overlap=overlap,
+                      suffix=suffix, layout="dz", depth="onepixel")
+    except pyvips.Error as error:
+        cause = next((s.error for s in sources if s.error), None)  # e.g. a failed cell read
+        if cause is not None:
+            raise cause from error
+        raise
+    finally:
+        for source in sources:
+            source.close()
+    cause = next((s.error for s in sources if s.error), None)
+    if cause is not None:  # not expected (fail_on), but a map cut short is no map
+        raise cause
     # libvips's metadata sidecar holds a timestamp and nothing a viewer needs.
     (tmp / "map_files" / "vips-properties.xml").unlink(missing_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)

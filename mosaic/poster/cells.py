@@ -7,8 +7,9 @@ a 12 x 12 montage on A2 is sharp rather than a 128-px thumbnail blown up; a
 source that is missing or no longer decodes falls back to the stored cell,
 upscaled, with a warning.
 
-Stored cells are read with ``RowFile`` (``os.preadv``) rather than a memory map, so
-a poster of a 100k-item bundle never has the 5 GB ``cells.u8`` resident.
+Stored cells are read from the bundle's cell pack with ``os.pread`` and decoded
+(``mosaic.bundle.PackedCells``) rather than memory-mapped, so a poster of a
+100k-item bundle never has its cells resident.
 :meth:`CellFetcher.prepare` reads them in id order (runs of neighbours in one
 call: a sequential scan, several times faster than a grid row's scattered
 reads), resizes them, and writes them to a small work file that the montage
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.bundle import RowFile, open_cells
+from mosaic.bundle import PackedCells, RowFile, open_cells
 from mosaic.colour import parse_colour
 from mosaic.errors import ImageError, UsageError
 from mosaic.poster.render import resize_cells
@@ -50,7 +51,7 @@ class CellFetcher:
         self.background = background or _bundle_background(manifest)
         self.counts = {"stored": 0, "from_source": 0, "missing_source": 0}
         self.missing: list[str] = []
-        self._cells: RowFile | None = None
+        self._cells: PackedCells | None = None
         self._manifest = manifest
         self._bundle_dir = Path(bundle_dir)
         self._sources: dict[int, str] | None = None
