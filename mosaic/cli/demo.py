@@ -9,8 +9,9 @@ import numpy as np
 import pyvips
 
 DIGIT_SIZE = 64
-INK_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+# One plain ink for every digit: the images carry no hint of their label, so what
+# groups them on the map is their shape alone (the label is metadata only).
+INK = (20, 20, 20)
 
 
 def write_digits(folder: Path) -> tuple[Path, Path]:
@@ -27,8 +28,11 @@ def write_digits(folder: Path) -> tuple[Path, Path]:
         for index, (pixels, label) in enumerate(zip(digits.images, digits.target)):
             name = f"digit_{index:04d}.png"
             path = images_dir / name
-            if not path.exists():
-                _digit_image(pixels, INK_COLOURS[label]).write_to_file(str(path))
+            data = _digit_image(pixels, INK).write_to_buffer(".png")
+            # Rewritten only when different, so a re-run keeps its cache (and an old
+            # demo folder from another version is brought up to date).
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
             ink = float(pixels.sum() / 16.0)
             writer.writerow([name, int(label), "even" if label % 2 == 0 else "odd",
                              f"{ink:.2f}", index])
@@ -36,7 +40,7 @@ def write_digits(folder: Path) -> tuple[Path, Path]:
 
 
 def _digit_image(pixels: np.ndarray, colour: tuple[int, int, int]) -> pyvips.Image:
-    """8x8 intensities (0..16) -> a smooth 64 px image, coloured ink on white."""
+    """8x8 intensities (0..16) -> a smooth 64 px image, dark ink on white."""
     ink = (pixels / 16.0)[:, :, None]
     rgb = 255 * (1 - ink) + np.array(colour)[None, None, :] * ink
     image = pyvips.Image.new_from_array(rgb.astype(np.uint8), interpretation="srgb")
