@@ -226,8 +226,11 @@ def search_paths(bundle: Path, manifest: dict, cid: str, n: int = 400) -> list[s
     words = sorted({w for b in bodies for w in re.findall(r"[a-z]{3,}", b.lower())})
     facets = conn.execute("SELECT name, value FROM facet_values").fetchall()
     numeric = [c["name"] for c in manifest.get("columns", []) if c["kind"] in ("number", "year")]
-    ranges = {name: conn.execute(f'SELECT MIN("{name}"), MAX("{name}") FROM metadata').fetchone()
-              for name in numeric}
+    from mosaic.store import sql_names
+
+    stored = sql_names(manifest.get("columns", []))
+    ranges = {name: conn.execute(f"SELECT MIN({stored[name]}), MAX({stored[name]}) "
+                                 "FROM metadata").fetchone() for name in numeric}
     conn.close()
     out = []
     for i in range(n):

@@ -19,6 +19,9 @@ Parameters:
   Several facets combine with AND.
 - ``<numeric>_min`` / ``<numeric>_max``: inclusive bounds on a ``number`` or
   ``year`` column. Items without a value never match a bound.
+- Any column may also be named ``meta.<name>`` (``meta.<name>_min``...): that
+  form always means the CSV's column, even one called ``q`` or ``limit``
+  (see mosaic.store for the namespace rule).
 
 Empty values mean "not set", as an HTML form sends them. Results are ordered
 by item id (see ``search_items``).
@@ -33,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mosaic.errors import QueryError
+from mosaic.store import META_PREFIX, read_columns, sql_names
 
 RESERVED = frozenset({"q", "_searchmode", "limit", "offset"})
 NUMERIC_KINDS = frozenset({"number", "year"})
@@ -77,13 +81,15 @@ def parse_search_args(
     unknown = []
     for name in args:
         value = args[name]
-        if name in allowed:
+        prefixed = name.startswith(META_PREFIX)
+        if name in allowed and not prefixed:
             continue
-        if name in facet_names:
+        column = name[len(META_PREFIX):] if prefixed else name
+        if column in facet_names:
             if value != "":
-                facets[name] = value
+                facets[column] = value
             continue
-        base, _, bound = name.rpartition("_")
+        base, _, bound = column.rpartition("_")
         if base in numeric_names and bound in ("min", "max"):
             if value.strip() != "":
                 pair = ranges.setdefault(base, [None, None])
@@ -117,7 +123,11 @@ def search_items(
     """
     if limit is not None and limit < 0 or offset < 0:
         raise QueryError("limit and offset must be >= 0")
-    source, where, params, column = _build_sql(query)
+    stored = sql_names(read_columns(conn)) if query.facets or query.ranges else {}
+    unknown = sorted(set(query.facets) - set(stored) | set(query.ranges) - set(stored))
+    if unknown:
+        raise QueryError(f"this collection has no column {', '.join(map(repr, unknown))}")
+    source, where, params, column = _build_sql(query, stored)
     count_sql = f"SELECT COUNT(*) FROM {source}{where}"
     try:
         if limit == 0:
@@ -152,21 +162,21 @@ def fts_expression(q: str, raw: bool = False) -> str:
     return " ".join(terms)
 
 
-def _build_sql(query: SearchQuery) -> tuple[str, str, list, str]:
+def _build_sql(query: SearchQuery, stored: dict[str, str]) -> tuple[str, str, list, str]:
     """``(source, where, params, id column)``. The metadata table (with its
     indexes) drives filtered searches and FTS5 is a set to test ids against:
     the other way round SQLite runs one full-text match per candidate row."""
     clauses: list[str] = []
     params: list = []
     for name, value in query.facets.items():
-        clauses.append(f"m.{_quote(name)} = ?")
+        clauses.append(f"m.{stored[name]} = ?")
         params.append(value)
     for name, (low, high) in query.ranges.items():
         if low is not None:
-            clauses.append(f"m.{_quote(name)} >= ?")
+            clauses.append(f"m.{stored[name]} >= ?")
             params.append(low)
         if high is not None:
-            clauses.append(f"m.{_quote(name)} <= ?")
+            clauses.append(f"m.{stored[name]} <= ?")
             params.append(high)
     if clauses:
         source, column = "metadata AS m", "m.id"
@@ -181,10 +191,6 @@ def _build_sql(query: SearchQuery) -> tuple[str, str, list, str]:
         source, column = "items", "items.id"
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     return source, where, params, column
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _parse_number(name: str, value: str) -> float:

@@ -12,6 +12,13 @@ import numpy as np
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
 
 from mosaic.query import parse_search_args, search_items
+from mosaic.store import (
+    SERVER_EXPORT_FIELDS,
+    export_header,
+    iter_export_rows,
+    read_metadata,
+    sql_name,
+)
 from server.bundles import Bundle
 from server.db import get_bundle, get_db, get_registry
 
@@ -63,8 +70,8 @@ def item(cid: str, item_id: int):
                        (item_id,)).fetchone()
     if row is None:
         abort(404, description=f"item {item_id} not in collection {cid!r}")
-    metadata = conn.execute("SELECT * FROM metadata WHERE id = ?", (item_id,)).fetchone()
-    fields = {k: metadata[k] for k in metadata.keys() if k != "id"} if metadata else {}
+    # The item's own fields at the top, the CSV's columns (any names) under "metadata".
+    fields = read_metadata(conn, bundle.columns, item_id)
     return jsonify(ok=True, **dict(row), thumbnail=_thumb(bundle, item_id), metadata=fields)
 
 
@@ -136,11 +143,11 @@ def facets(cid: str):
             "SELECT name, value, count FROM facet_values ORDER BY name, count DESC, value"):
         values.setdefault(row["name"], []).append({"value": row["value"], "count": row["count"]})
     numeric = []
-    for column in bundle.columns:
+    for position, column in enumerate(bundle.columns):
         if column["kind"] in ("number", "year"):
-            quoted = '"' + column["name"].replace('"', '""') + '"'
+            stored = sql_name(position)
             low, high, count = conn.execute(
-                f"SELECT MIN({quoted}), MAX({quoted}), COUNT({quoted}) FROM metadata").fetchone()
+                f"SELECT MIN({stored}), MAX({stored}), COUNT({stored}) FROM metadata").fetchone()
             numeric.append({"name": column["name"], "kind": column["kind"],
                             "min": low, "max": high, "count": count})
     return jsonify(ok=True, facets=[{"name": k, "values": v} for k, v in values.items()],
@@ -154,26 +161,24 @@ def export_csv(cid: str):
     ids = sorted(search_items(get_db(bundle), query)[1])
     conn = bundle.connect()  # owned by the generator, which outlives the request context
     headers = {"Content-Disposition": f'attachment; filename="{bundle.cid}.csv"'}
-    return Response(stream_with_context(_csv_rows(conn, ids)), mimetype="text/csv",
-                    headers=headers)
+    return Response(stream_with_context(_csv_rows(conn, bundle.columns, ids)),
+                    mimetype="text/csv", headers=headers)
 
 
-def _csv_rows(conn: sqlite3.Connection, ids: list[int], chunk: int = 500) -> Iterator[str]:
+def _csv_rows(conn: sqlite3.Connection, columns: list[dict], ids: list[int],
+              chunk: int = 500) -> Iterator[str]:
+    """The export's CSV (mosaic.store's header: item fields, then ``meta.<name>``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    sql = ("SELECT i.id, i.row, i.col, i.title, i.url, i.filename, m.* FROM items AS i "
-           "LEFT JOIN metadata AS m ON m.id = i.id WHERE i.id IN ({}) ORDER BY i.id")
     try:
-        columns = [d[0] for d in conn.execute(sql.format("NULL")).description]
-        keep = [i for i, name in enumerate(columns) if not (i >= 6 and name == "id")]
-        writer.writerow([columns[i] for i in keep])
-        for start in range(0, len(ids), chunk):
-            part = ids[start:start + chunk]
-            for row in conn.execute(sql.format(",".join("?" * len(part))), part):
-                writer.writerow([row[i] for i in keep])
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
+        writer.writerow(export_header(columns, SERVER_EXPORT_FIELDS))
+        for count, (fields, values) in enumerate(iter_export_rows(conn, columns, ids, chunk,
+                                                                  SERVER_EXPORT_FIELDS), 1):
+            writer.writerow([*fields, *values])
+            if count % chunk == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
         yield buffer.getvalue()
     finally:
         conn.close()

@@ -8,6 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 from annoy import AnnoyIndex
+from bundle_sql import col
 from conftest import CATEGORIES, build_bundle, make_collection, write_image
 
 from mosaic.bundle import open_cells, read_manifest
@@ -22,7 +23,7 @@ ALL_STAGES = {"decode", "vectors", "layout", "grid", "render", "index-raw", "met
 
 def categories_by_id(directory):
     conn = sqlite3.connect(directory / "metadata.sqlite")
-    rows = conn.execute("SELECT category FROM metadata ORDER BY id").fetchall()
+    rows = conn.execute(f"SELECT {col(conn, 'category')} FROM metadata ORDER BY id").fetchall()
     conn.close()
     return [r[0] for r in rows]
 
@@ -61,9 +62,11 @@ def test_metadata_store_is_typed_counted_and_searchable(bundle):
     hits = [r[0] for r in conn.execute(
         "SELECT rowid FROM items_fts WHERE items_fts MATCH 'green'")]
     assert len(hits) == 12
+    category = col(conn, "category")
     assert {r[0] for r in conn.execute(
-        f"SELECT category FROM metadata WHERE id IN ({','.join(map(str, hits))})")} == {"green"}
-    title, year = conn.execute("SELECT i.title, m.year FROM items i JOIN metadata m "
+        f"SELECT {category} FROM metadata WHERE id IN ({','.join(map(str, hits))})")} == {"green"}
+    year_column = col(conn, "year")
+    title, year = conn.execute(f"SELECT i.title, m.{year_column} FROM items i JOIN metadata m "
                                "USING (id) WHERE i.id = 0").fetchone()
     assert title.endswith(f"({year})") and isinstance(year, int)
     positions = np.load(bundle / "positions.npy")
@@ -197,12 +200,14 @@ def test_export_csv_and_json(bundle, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 36
     assert list(rows[0])[:8] == ["id", "source", "row", "col", "x", "y", "title", "url"]
-    assert {"category", "year", "notes"} <= set(rows[0])
+    assert {"meta.category", "meta.year", "meta.notes"} <= set(rows[0])
     positions = np.load(bundle / "positions.npy")
     assert all((int(r["row"]), int(r["col"])) == tuple(positions[int(r["id"])]) for r in rows)
     assert main(["export", "--id", cid, "--out", out, "--format", "json",
                  "-o", str(tmp_path / "e.json")]) == 0
-    assert [r["id"] for r in json.loads((tmp_path / "e.json").read_text())] == list(range(36))
+    items = json.loads((tmp_path / "e.json").read_text())
+    assert [r["id"] for r in items] == list(range(36))
+    assert {"category", "year", "notes"} <= set(items[0]["metadata"])
 
 
 def test_info_describes_the_bundle(bundle, capsys):

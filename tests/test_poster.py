@@ -11,6 +11,7 @@ import numpy as np
 import pypdf
 import pytest
 import pyvips
+from bundle_sql import col
 
 from mosaic.bundle import open_cells, read_manifest
 from mosaic.cli.main import main
@@ -62,6 +63,7 @@ def placed(output: Path) -> dict:
 
 def matching_ids(bundle: Path, sql: str) -> set[int]:
     with sqlite3.connect(bundle / "metadata.sqlite") as conn:
+        sql = sql.format(**{name: col(conn, name) for name in ("category", "year")})
         return {row[0] for row in conn.execute(f"SELECT id FROM metadata WHERE {sql}")}
 
 
@@ -112,7 +114,7 @@ def test_filtered_poster_holds_only_and_all_matching_items(poster_bundle, tmp_pa
     assert poster(poster_bundle, output, "--pixels", "400x400", "--where", "category=blue",
                   "--min", "year=2003", "--max", "year=2007") == 0
     record = placed(output)
-    expected = matching_ids(poster_bundle, "category = 'blue' AND year BETWEEN 2003 AND 2007")
+    expected = matching_ids(poster_bundle, "{category} = 'blue' AND {year} BETWEEN 2003 AND 2007")
     assert 0 < len(expected) < N_ITEMS
     assert {p["id"] for p in record["items"]} == expected
     assert record["count"] == len(expected)

@@ -11,6 +11,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from bundle_sql import col
 from scipy.spatial.distance import cdist
 from server_data import XSS_NAME, XSS_NOTES, collection_rows
 
@@ -202,7 +203,7 @@ def test_neighbors_default_embedding_and_largest_k(client):
 
 def test_neighbors_of_a_cluster_are_mostly_in_that_cluster(client, server_bundle):
     with sqlite3.connect(server_bundle / "metadata.sqlite") as conn:
-        category = dict(conn.execute("SELECT id, category FROM metadata"))
+        category = dict(conn.execute(f"SELECT id, {col(conn, 'category')} FROM metadata"))
     same = []
     for item_id in range(0, 60, 6):
         body = client.get(f"{BASE}/items/{item_id}/neighbors?k=5").get_json()
@@ -246,9 +247,11 @@ def test_export_csv_has_the_selection_with_all_metadata(client):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert len(rows) == 10
     assert [int(r["id"]) for r in rows] == sorted(int(r["id"]) for r in rows)
-    assert {r["category"] for r in rows} == {"blue"} and {r["parity"] for r in rows} == {"even"}
-    csv_columns = [c for c in collection_rows()[0] if c != "filename"]
-    assert list(rows[0]) == ["id", "row", "col", "title", "url", "filename", *csv_columns]
+    assert {r["meta.category"] for r in rows} == {"blue"}
+    assert {r["meta.parity"] for r in rows} == {"even"}
+    csv_columns = [f"meta.{c}" for c in collection_rows()[0] if c != "filename"]
+    assert list(rows[0]) == ["id", "row", "col", "x", "y", "title", "url", "filename",
+                             *csv_columns]
     everything = client.get(f"{BASE}/export.csv").get_data(as_text=True)
     assert len(list(csv.DictReader(io.StringIO(everything)))) == 60
 

@@ -8,11 +8,11 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
 
 from mosaic.bundle import bundle_dir, read_manifest
-from mosaic.pipeline.metadata import quote
+from mosaic.errors import UsageError
 from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
+from mosaic.store import EXPORT_FIELDS, export_header, iter_export_rows, read_columns
 
 
 def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
@@ -36,37 +36,35 @@ def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
     print(f"  serve it: python run.py serve --out {directory.parent}")
 
 
-def read_items(directory: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Every item joined with its metadata, in id order: (column names, rows)."""
-    conn = sqlite3.connect(f"file:{directory / 'metadata.sqlite'}?mode=ro", uri=True)
+def export(args: argparse.Namespace) -> int:
+    """One row per item, streamed: CSV (the user's columns as ``meta.<name>``) or JSON
+    (the user's columns nested under ``"metadata"``); ``-o -`` or no ``-o`` is stdout."""
+    directory = bundle_dir(args.out, args.id)
+    manifest = read_manifest(directory)
+    to_stdout = args.output in (None, "-")
+    if not to_stdout and not Path(args.output).parent.is_dir():
+        raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
+    database = directory / manifest["files"]["metadata"]
+    conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    handle = sys.stdout if to_stdout else open(args.output, "w", newline="", encoding="utf-8")
     try:
-        meta_columns = [name for (name,) in conn.execute(
-            "SELECT name FROM columns ORDER BY position")]
-        extra = "".join(f", m.{quote(c)}" for c in meta_columns)
-        cursor = conn.execute(
-            f"SELECT i.id, i.source, i.row, i.col, i.x, i.y, i.title, i.url{extra} "
-            "FROM items i JOIN metadata m ON m.id = i.id ORDER BY i.id")
-        names = ["id", "source", "row", "col", "x", "y", "title", "url", *meta_columns]
-        return names, [dict(zip(names, row)) for row in cursor]
+        columns = read_columns(conn)
+        rows = iter_export_rows(conn, columns)
+        if args.format == "json":
+            handle.write("[")
+            for count, (fields, values) in enumerate(rows):
+                item = dict(zip(EXPORT_FIELDS, fields))
+                item["metadata"] = {c["name"]: v for c, v in zip(columns, values)}
+                handle.write(("," if count else "") + "\n" + json.dumps(item, ensure_ascii=False))
+            handle.write("\n]\n")
+        else:
+            writer = csv.writer(handle)
+            writer.writerow(export_header(columns))
+            for fields, values in rows:
+                writer.writerow([*fields, *values])
     finally:
         conn.close()
-
-
-def export(args: argparse.Namespace) -> int:
-    directory = bundle_dir(args.out, args.id)
-    read_manifest(directory)
-    names, rows = read_items(directory)
-    handle = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
-    try:
-        if args.format == "json":
-            json.dump(rows, handle, ensure_ascii=False, indent=1)
-            handle.write("\n")
-        else:
-            writer = csv.DictWriter(handle, fieldnames=names)
-            writer.writeheader()
-            writer.writerows(rows)
-    finally:
-        if args.output:
+        if not to_stdout:
             handle.close()
     return 0
 

@@ -27,6 +27,7 @@ from mosaic.poster.compose import (
 )
 from mosaic.poster.paper import DEFAULT_PAPER, PAPER_SIZES, PosterError, parse_length, resolve_page
 from mosaic.poster.pdf import PDF_COMPRESSIONS
+from mosaic.store import META_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def search_args(
             column, sep, value = text.partition("=")
             if not sep or not column.strip() or not value.strip():
                 raise PosterError(f"{flag} must be COLUMN=VALUE, not {text!r}")
-            args[column.strip() + suffix] = value.strip()
+            args[META_PREFIX + column.strip() + suffix] = value.strip()  # the CSV's column
     return args
 
 

@@ -1,6 +1,7 @@
 """Index stage, part 2: the SQLite metadata store with FTS5 and facet counts.
 
-Schema in docs/bundle.md. CSV column names are kept verbatim and quoted.
+Schema in docs/bundle.md. The user's CSV columns are stored under positional
+names (``mosaic.store.sql_name``), their verbatim names in the ``columns`` table.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from mosaic.store import quote_ident, sql_name
 
 SQL_TYPES = {"number": "REAL", "year": "INTEGER", "facet": "TEXT", "text": "TEXT"}
 
@@ -29,11 +32,6 @@ class ItemRecord:
     metadata: dict[str, str] | None  # the matched CSV row, if any
 
 
-def quote(name: str) -> str:
-    """An SQL identifier for any column name."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def write_metadata_db(path: Path, items: Iterable[ItemRecord], kinds: dict[str, str]) -> None:
     """Create the database at ``path`` (which must not exist) from ``items``."""
     conn = sqlite3.connect(path)
@@ -41,11 +39,10 @@ def write_metadata_db(path: Path, items: Iterable[ItemRecord], kinds: dict[str, 
         _create_schema(conn, kinds)
         counts: dict[str, Counter] = {name: Counter() for name, k in kinds.items()
                                       if k == "facet"}
-        columns = list(kinds)
-        placeholders = ", ".join("?" * (len(columns) + 1))
-        insert_meta = (f"INSERT INTO metadata (id, {', '.join(map(quote, columns))}) "
-                       f"VALUES ({placeholders})" if columns else
-                       "INSERT INTO metadata (id) VALUES (?)")
+        stored = [sql_name(i) for i in range(len(kinds))]
+        placeholders = ", ".join("?" * (len(stored) + 1))
+        insert_meta = f"INSERT INTO metadata (id{''.join(', ' + s for s in stored)}) " \
+                      f"VALUES ({placeholders})"
         for item in items:
             conn.execute(
                 "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -78,7 +75,8 @@ def _create_schema(conn: sqlite3.Connection, kinds: dict[str, str]) -> None:
         "filename TEXT NOT NULL, row INTEGER NOT NULL, col INTEGER NOT NULL, "
         "x REAL NOT NULL, y REAL NOT NULL, title TEXT, url TEXT, width INTEGER, "
         "height INTEGER)")
-    meta_columns = "".join(f", {quote(n)} {SQL_TYPES[k]}" for n, k in kinds.items())
+    meta_columns = "".join(f", {sql_name(i)} {SQL_TYPES[k]}"
+                           for i, k in enumerate(kinds.values()))
     conn.execute(f"CREATE TABLE metadata (id INTEGER PRIMARY KEY{meta_columns})")
     conn.execute("CREATE TABLE columns (name TEXT PRIMARY KEY, kind TEXT NOT NULL, "
                  "position INTEGER NOT NULL)")
@@ -87,10 +85,11 @@ def _create_schema(conn: sqlite3.Connection, kinds: dict[str, str]) -> None:
     conn.execute("CREATE TABLE facet_values (name TEXT NOT NULL, value TEXT NOT NULL, "
                  "count INTEGER NOT NULL)")
     conn.execute("CREATE VIRTUAL TABLE items_fts USING fts5(title, body)")
-    for name, kind in kinds.items():
+    for position, kind in enumerate(kinds.values()):
         if kind in ("facet", "number", "year"):
-            index = quote(f"metadata_{name}")
-            conn.execute(f"CREATE INDEX {index} ON metadata ({quote(name)})")
+            column = sql_name(position)
+            conn.execute(f"CREATE INDEX {quote_ident('metadata_' + column)} "
+                         f"ON metadata ({column})")
 
 
 def _typed(row: dict[str, str] | None, name: str, kind: str):

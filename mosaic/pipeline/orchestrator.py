@@ -51,6 +51,7 @@ from mosaic.pipeline.store import (
 )
 from mosaic.pipeline.thumbnail import DEFAULT_MAX_PIXELS
 from mosaic.progress import Progress
+from mosaic.store import sql_names
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +338,9 @@ class _Run:
                 row_index = match.row_of_input[input_index] if match else None
                 values = dict(rows[row_index]) if row_index is not None else {}
                 name = collect.display_path(Path(source).name)
-                fields = {**values, "filename": name, "stem": Path(name).stem, "id": str(item)}
+                # Templates see the CSV's columns verbatim; filename, stem and id fill in
+                # only where the CSV has no column of that name.
+                fields = {"filename": name, "stem": Path(name).stem, "id": str(item), **values}
                 title = collect.format_template(c.title_template, fields) or name
                 yield ItemRecord(
                     id=item, source=collect.display_path(os.path.abspath(source)),
@@ -375,7 +378,7 @@ class _Run:
             import sqlite3
 
             conn = sqlite3.connect(self.path("metadata.sqlite"))
-            column = '"' + facets[0].replace('"', '""') + '"'
+            column = sql_names(stored["columns"])[facets[0]]
             categories = [v for (v,) in conn.execute(f"SELECT {column} FROM metadata ORDER BY id")]
             conn.close()
         return [], {"hotspots": clusters_mod.describe_hotspots(labels, xy, positions, categories)}

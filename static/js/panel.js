@@ -38,15 +38,25 @@ export function setupPanel(app) {
     const href = safeUrl(item.url);
     link.hidden = !href;
     if (href) link.href = href; else link.removeAttribute("href");
-    const rows = [["filename", item.filename], ["cell", `row ${item.row}, col ${item.col}`]];
-    for (const [key, value] of Object.entries(item.metadata)) rows.push([key, value]);
-    metadata.replaceChildren(...rows.flatMap(([key, value]) => {
+    // The item's own fields, then the CSV's columns under their own heading: a CSV
+    // column called "filename" or "id" never stands in for the item's.
+    const own = [["filename", item.filename], ["cell", `row ${item.row}, col ${item.col}`]];
+    const csv = Object.entries(item.metadata);
+    const pairs = ([key, value]) => {
       const term = document.createElement("dt");
       term.textContent = key;
       const detail = document.createElement("dd");
       detail.textContent = value === null ? "—" : String(value);
       return [term, detail];
-    }));
+    };
+    const heading = (text) => {
+      const term = document.createElement("dt");
+      term.className = "section";
+      term.textContent = text;
+      return term;
+    };
+    metadata.replaceChildren(...own.flatMap(pairs),
+      ...(csv.length ? [heading("metadata"), ...csv.flatMap(pairs)] : []));
   });
 }
 

@@ -18,6 +18,11 @@ export function setupSearch(app) {
   const clear = document.getElementById("search-clear");
   const results = document.getElementById("results");
   const controls = { facets: new Map(), ranges: new Map() };
+  // A CSV column whose name the search API or the URL hash already uses (q, limit,
+  // view, item...) is addressed as meta.<name>, which always means the column.
+  const RESERVED = new Set(["q", "_searchmode", "limit", "offset", "ids", "n", "seed",
+    "view", "item", "emb"]);
+  const param = (name) => (RESERVED.has(name) || name.startsWith("meta.") ? `meta.${name}` : name);
   let token = 0;
 
   app.filters = new URLSearchParams();
@@ -62,15 +67,15 @@ export function setupSearch(app) {
   function syncControls() {
     input.value = app.filters.get("q") || "";
     for (const [name, widgets] of controls.facets) {
-      const value = app.filters.get(name);
+      const value = app.filters.get(param(name));
       for (const chip of widgets.chips) {
         chip.setAttribute("aria-pressed", String(chip.dataset.value === value));
       }
       if (widgets.select) widgets.select.value = value || "";
     }
     for (const [name, [low, high]] of controls.ranges) {
-      low.value = app.filters.get(`${name}_min`) || "";
-      high.value = app.filters.get(`${name}_max`) || "";
+      low.value = app.filters.get(param(`${name}_min`)) || "";
+      high.value = app.filters.get(param(`${name}_max`)) || "";
     }
   }
 
@@ -92,7 +97,7 @@ export function setupSearch(app) {
       select.name = facet.name;
       const any = new Option(`any ${facet.name}`, "");
       select.append(any, ...facet.values.map((v) => new Option(`${v.value} (${v.count})`, v.value)));
-      select.addEventListener("change", () => setParam(facet.name, select.value));
+      select.addEventListener("change", () => setParam(param(facet.name), select.value));
       group.append(select);
       widgets.select = select;
     } else {
@@ -105,7 +110,8 @@ export function setupSearch(app) {
         chip.setAttribute("aria-pressed", "false");
         chip.textContent = `${value} (${n})`;
         chip.addEventListener("click", () => {
-          setParam(facet.name, app.filters.get(facet.name) === value ? "" : value);
+          const key = param(facet.name);
+          setParam(key, app.filters.get(key) === value ? "" : value);
         });
         group.append(chip);
         widgets.chips.push(chip);
@@ -124,7 +130,7 @@ export function setupSearch(app) {
       const field = document.createElement("input");
       field.type = "number";
       field.step = "any";
-      field.name = `${column.name}_${bound}`;
+      field.name = param(`${column.name}_${bound}`);
       field.placeholder = column[bound] === null ? bound : `${bound} ${column[bound]}`;
       field.addEventListener("change", () => setParam(field.name, field.value));
       return field;

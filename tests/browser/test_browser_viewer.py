@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from bundle_sql import col
 from server_data import XSS_NAME
 
 pytest_plugins = ["server_fixtures"]
@@ -61,7 +62,7 @@ def page(browser, live_server):
 def layout(server_bundle) -> dict:
     manifest = json.loads((server_bundle / "manifest.json").read_text())
     with sqlite3.connect(server_bundle / "metadata.sqlite") as conn:
-        category = dict(conn.execute("SELECT id, category FROM metadata"))
+        category = dict(conn.execute(f"SELECT id, {col(conn, 'category')} FROM metadata"))
         xss = conn.execute("SELECT id FROM items WHERE title = ?", (XSS_NAME,)).fetchone()[0]
     return {"grid": manifest["grid"], "tiles": manifest["tiles"], "category": category,
             "positions": np.load(server_bundle / "positions.npy"), "xss": xss}
