@@ -123,7 +123,26 @@ def decode_cell(data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-class PackedCells:
+class _Rows:
+    """Indexing shared by the row readers: ``len()``, ``x[i]``, ``x[slice or ids]``."""
+
+    shape: tuple[int, ...]
+
+    def read_rows(self, rows) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            if not -len(self) <= index < len(self):
+                raise IndexError(index)
+            return self.read_rows([int(index) % len(self)])[0]
+        return self.read_rows(np.arange(len(self))[index])
+
+
+class PackedCells(_Rows):
     """The bundle's cells: encoded cells in id order (``pack``) and their offsets (``index``).
 
     ``index`` is N + 1 little-endian uint64 byte offsets into ``pack``; cell i is
@@ -148,16 +167,6 @@ class PackedCells:
             raise BundleError(f"{self.index_path} does not index {self.shape[0]} cells "
                               f"in {self.path} ({size} bytes)")
         self.offsets = offsets.astype(np.int64)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            if not -len(self) <= index < len(self):
-                raise IndexError(index)
-            return self.read_rows([int(index) % len(self)])[0]
-        return self.read_rows(np.arange(len(self))[index])
 
     def read_encoded(self, item: int) -> bytes:
         """The stored (JPEG) bytes of one cell, as they are."""
@@ -209,7 +218,7 @@ class PackedCells:
         self.close()
 
 
-class RowFile:
+class RowFile(_Rows):
     """A raw C-order array on disk, read and written a row at a time.
 
     Unlike a memmap, reading or writing rows keeps nothing resident in this
@@ -227,17 +236,6 @@ class RowFile:
             with open(self.path, "wb") as handle:
                 handle.truncate(size)
         self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            if not -len(self) <= index < len(self):
-                raise IndexError(index)
-            return self.read_rows([int(index) % len(self)])[0]
-        rows = np.arange(len(self))[index]
-        return self.read_rows(rows)
 
     def read_rows(self, rows) -> np.ndarray:
         """Rows in the given order as a new (len(rows), ...) array.
