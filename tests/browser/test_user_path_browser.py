@@ -22,25 +22,8 @@ from user_path_helpers import http_get
 pytest_plugins = ["user_path_demo_helpers"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 VIEWPORT = {"width": 1280, "height": 800}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian chromium at /usr/bin/chromium "
-                    "(apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="browser tests need the playwright package")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield browser
-        browser.close()
 
 
 def cell_centre(page, manifest: dict, row: int, col: int) -> tuple[float, float]:
@@ -94,15 +77,14 @@ def test_make_demo_viewer_paints_the_map_and_opens_an_item(browser, demo_server)
 
         page.screenshot(path=ARTIFACTS / "user-path-demo-map.png")
 
-        # The tiles painted: the middle of the map is digits (light paper, coloured ink),
-        # not the black map background.
+        # The tiles painted: the middle of the map is digits (mostly white paper with
+        # dark strokes), not the uniform black background of an unloaded map.
         box = page.locator("#viewer").bounding_box()
         patch = map_patch(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        black = (patch.max(axis=2) < 40).mean()
-        light = (patch.min(axis=2) > 200).mean()
-        ink = ((patch.max(axis=2).astype(int) - patch.min(axis=2)) > 60).mean()
-        assert black < 0.05 and light > 0.3 and ink > 0.002, (
-            f"the map is not painted: {black:.0%} black, {light:.0%} light, {ink:.1%} ink")
+        grey = patch.mean(axis=2)
+        light, dark = (grey > 200).mean(), (grey < 100).mean()
+        assert light > 0.3 and 0.005 < dark < 0.5 and grey.std() > 30, (
+            f"the map is not painted: {light:.0%} light, {dark:.0%} dark, std {grey.std():.0f}")
 
         # A click on a cell in the middle opens that item's panel, with its record.
         row, col = grid.shape[0] // 2, grid.shape[1] // 2
