@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
+from sample_collection import write_image
 
 import mosaic.bundle as bundle_module
 from mosaic.bundle import CELL_QUALITY, RowFile, open_cells, read_manifest

@@ -39,6 +39,7 @@ from mosaic.bundle import open_cells, read_manifest
 from mosaic.cli.main import main
 from mosaic.errors import ImageError
 from mosaic.pipeline.thumbnail import decode_image
+from mosaic.store import read_columns, read_metadata
 
 CELL = 32
 TOLERANCE = 40  # per channel: JPEG at Q95, chroma subsampling and the shrink to 32 px
@@ -205,13 +206,13 @@ def test_strip_becomes_a_thin_line(corpus_run):
 
 
 def read_metadata_table(bundle: Path) -> tuple[list[str], dict[str, dict]]:
+    """(the user's column names, {source: {name: value}}) as the readers see them."""
     conn = sqlite3.connect(bundle / "metadata.sqlite")
-    conn.row_factory = sqlite3.Row
     try:
-        columns = [row["name"] for row in conn.execute("PRAGMA table_info(metadata)")]
-        rows = {row["source"]: dict(row) for row in conn.execute(
-            "SELECT i.source, m.* FROM items AS i JOIN metadata AS m ON m.id = i.id")}
-        return columns, rows
+        columns = read_columns(conn)
+        rows = {source: read_metadata(conn, columns, item_id)
+                for item_id, source in conn.execute("SELECT id, source FROM items")}
+        return [column["name"] for column in columns], rows
     finally:
         conn.close()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from annoy import AnnoyIndex
 from bundle_sql import col
-from conftest import CATEGORIES, build_bundle, make_collection, write_image
+from sample_collection import CATEGORIES, build_bundle, make_collection, write_image
 
 from mosaic.bundle import open_cells, read_manifest
 from mosaic.cli.main import main
