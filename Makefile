@@ -56,7 +56,7 @@ test: install browser lint
 # The suite as a machine with CPUS cores would run it (os.cpu_count() faked, subprocesses too).
 CPUS ?= 16
 test-cpus: install browser
-	PYTHONPATH=$(CURDIR)/tests/fake_cpus MOSAIC_FAKE_CPUS=$(CPUS) $(PY) -m pytest -q
+	PYTHONPATH=$(CURDIR)/tests/process_hooks MOSAIC_FAKE_CPUS=$(CPUS) $(PY) -m pytest -q
 
 docs: venv
 	COLUMNS=100 $(PY) -c "from mosaic.cli.main import help_markdown; print(help_markdown(), end='')" > docs/cli.md

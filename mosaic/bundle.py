@@ -226,12 +226,14 @@ class RowFile(_Rows):
     flat however large the file is.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype, writable: bool = False):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, writable: bool = False,
+                 offset: int = 0):
         self.fd = -1
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.offset = offset  # where row 0 starts (a .npy's header length)
         self.row_shape = self.shape[1:]
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-        size = self.row_bytes * self.shape[0]
+        size = offset + self.row_bytes * self.shape[0]
         if writable and (not self.path.exists() or self.path.stat().st_size != size):
             with open(self.path, "wb") as handle:
                 handle.truncate(size)
@@ -252,13 +254,14 @@ class RowFile(_Rows):
             if len(run) == 0:
                 continue
             buffer = flat[run[0]:run[-1] + 1].reshape(-1)
-            if os.preadv(self.fd, [buffer], int(rows[run[0]]) * self.row_bytes) != buffer.size:
+            position = self.offset + int(rows[run[0]]) * self.row_bytes
+            if os.preadv(self.fd, [buffer], position) != buffer.size:
                 raise BundleError(f"{self.path} is shorter than its declared shape")
         return out
 
     def write_row(self, row: int, value: np.ndarray) -> None:
         data = np.ascontiguousarray(value, dtype=self.dtype).tobytes()
-        os.pwrite(self.fd, data, int(row) * self.row_bytes)
+        os.pwrite(self.fd, data, self.offset + int(row) * self.row_bytes)
 
     def flush(self) -> None:
         os.fsync(self.fd)
@@ -270,6 +273,42 @@ class RowFile(_Rows):
 
     def __del__(self):
         self.close()
+
+
+class VectorRows(RowFile):
+    """An embedding's stored vectors (``embeddings/<name>.npy``) read as float32 rows.
+
+    Stored as uint8, float16 or float32 (the manifest's ``dtype``); rows come back
+    as float32 times the manifest's ``scale`` (``raw``: 1/255). Read with ``pread``
+    like ``RowFile``, so a scan over a million rows keeps nothing resident.
+    """
+
+    def __init__(self, path: Path, scale: float | None = None):
+        try:
+            with open(path, "rb") as handle:
+                major, _ = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(handle)
+                offset = handle.tell()
+        except (OSError, ValueError) as error:
+            raise BundleError(f"cannot read the vectors {path}: {error}") from None
+        if fortran or len(shape) != 2:
+            raise BundleError(f"{path} is not a C-order (N, dim) array")
+        super().__init__(path, shape, dtype, offset=offset)
+        self.scale = scale
+
+    def read_rows(self, rows) -> np.ndarray:
+        stored = super().read_rows(rows)
+        vectors = stored.astype(np.float32)
+        if self.scale is not None:
+            vectors *= np.float32(self.scale)
+        return vectors
+
+
+def open_vectors(directory: str | Path, embedding: dict[str, Any]) -> VectorRows:
+    """The vectors of one manifest ``embeddings`` entry, read as float32 rows."""
+    return VectorRows(Path(directory) / embedding["vectors"], embedding.get("scale"))
 
 
 # The grid's geometry, shared by the grid stage and the poster.

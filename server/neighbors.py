@@ -1,8 +1,8 @@
 """Nearest neighbours over one embedding of a bundle.
 
 Small collections are searched exactly over ``embeddings/<name>.npy``
-(memory-mapped): for them one matrix-vector product is faster than annoy and
-has perfect recall. Larger ones use the annoy index with the manifest's
+(read once as float32): for them one matrix-vector product is faster than
+annoy and has perfect recall. Larger ones use the annoy index with the manifest's
 ``metric`` and ``search_k``. Distances are annoy's in both cases:
 ``angular`` = sqrt(2 - 2 cos), ``euclidean`` = L2, ``manhattan`` = L1,
 ``dot`` = the dot product (larger is nearer).
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic.bundle import open_vectors
 from mosaic.knn import METRICS, exact_neighbors, row_norms
 
 
@@ -35,7 +36,7 @@ class NeighborIndex:
             raise FileNotFoundError(f"embedding {self.name!r} has neither vectors nor index")
         self.method = "exact" if (exact and has_vectors) or not has_index else "annoy"
         if self.method == "exact":
-            self._vectors = np.load(bundle_path / vectors, mmap_mode="r")
+            self._vectors = open_vectors(bundle_path, spec)[:]
             self._norms = row_norms(self._vectors) if self.metric in ("angular", "euclidean") \
                 else None
         else:

@@ -2,8 +2,12 @@
 
 import csv
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from mosaic.cli.pipeline import config_from_args
 from mosaic.pipeline.grid import cell_ids
 from mosaic.pipeline.orchestrator import run_pipeline
 
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 ALL_STAGES = {"decode", "vectors", "layout", "grid", "render", "index-raw", "metadata",
               "hotspots"}
 
@@ -172,24 +178,24 @@ def test_vgg16_path_runs_for_real_with_random_weights(tmp_path):
     manifest = read_manifest(tmp_path / "out" / "v")
     vgg = manifest["embeddings"][0]
     assert vgg["name"] == "vgg16" and vgg["dim"] == 4096 and vgg["metric"] == "angular"
+    assert vgg["dtype"] == "float16"
     vectors = np.load(tmp_path / "out" / "v" / vgg["vectors"])
-    assert vectors.shape == (6, 4096) and np.isfinite(vectors).all()
+    assert vectors.shape == (6, 4096) and vectors.dtype == np.float16
+    assert np.isfinite(vectors).all()
     assert len({v.tobytes() for v in vectors}) == 6  # each image gets its own vector
 
 
-def test_imagenet_download_failure_names_weights(tmp_path, capsys, monkeypatch):
-    import keras
-
-    def offline_vgg16(weights=None, **kwargs):
-        if weights == "imagenet":
-            raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
-                            "[Errno -2] Name or service not known")
-        raise AssertionError("only the imagenet path is exercised here")
-
-    monkeypatch.setattr(keras.applications, "VGG16", offline_vgg16)
+def test_imagenet_download_failure_names_weights(tmp_path):
+    # VGG16 runs in the decode workers, so the offline download is faked in every
+    # process (tests/process_hooks/sitecustomize.py), and the CLI runs as the user's.
     write_image(tmp_path / "imgs" / "a.png", np.zeros((8, 8, 3), np.uint8))
-    assert build_bundle(tmp_path / "imgs", tmp_path / "out", "w", "--embedding", "vgg16") == 2
-    err = capsys.readouterr().err.strip()
+    env = dict(os.environ, MOSAIC_TEST_OFFLINE_WEIGHTS="1", PYTHONPATH=os.pathsep.join(
+        [str(TESTS / "process_hooks"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "-q", "pipeline", "--images",
+                           "imgs", "--out", "out", "--id", "w", "--embedding", "vgg16"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip()
     assert err.startswith("Error:") and "--weights" in err and "\n" not in err
 
 

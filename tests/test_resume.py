@@ -9,34 +9,35 @@ bundle that is being written must refuse at once.
 
 Kill points are injected: this file doubles as a wrapper script
 (``python tests/test_resume.py KILL_POINT pipeline ...``) that patches one
-function of the pipeline to SIGKILL its own process at that point, then runs
-the ordinary CLI. One test also kills the plain ``python run.py pipeline``
-from outside, when each stage's cache record appears.
+function of the orchestrator's process to SIGKILL it at that point, then runs
+the ordinary CLI. Images are decoded in worker processes, which die with the
+orchestrator; each decode is logged by tests/process_hooks/sitecustomize.py
+(``MOSAIC_TEST_DECODE_LOG``), in the workers too. One test also kills the plain
+``python run.py pipeline`` from outside, when each stage's cache record appears.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
+from bundle_compare import assert_same_bundle
 from sample_collection import make_collection
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 N_IMAGES = 39  # make_collection(per_cluster=13)
 N_BROKEN = 2
-CHUNK = 8  # decode checkpoint size in the injected runs (the real one is 256)
-KILL_AT_DECODE = 2 * CHUNK + 5  # killed while decoding the third chunk
+CHUNK = 8  # decode chunk size in the injected runs (the real one is 256)
+STORED_BEFORE_KILL = 2  # the decode kill lands as the third chunk is about to be stored
 PIPELINE_ARGS = ["--embedding", "raw", "--cell-size", "32", "--jobs", "2", "--perplexity", "5",
                  "--tile-size", "64", "--clusters", "3", "--title", "{name} ({year})"]
 # every stage, in the order the pipeline runs them
@@ -52,28 +53,23 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _install_kill_point(point: str, bundle: Path, log: Path | None) -> None:
+def _install_kill_point(point: str, bundle: Path) -> None:
     """Patch the pipeline so this process SIGKILLs itself inside stage ``point``."""
-    from mosaic.pipeline import decode, grid, reduce, render, thumbnail
+    from mosaic.pipeline import decode, grid, reduce, render
     from mosaic.pipeline import hotspots as clusters
     from mosaic.pipeline import orchestrator as pipeline
 
-    decode.CHUNK = CHUNK
-    lock = threading.Lock()
-    calls = [0]
-    decode_image = thumbnail.decode_image
+    decode.CHUNK = CHUNK  # the orchestrator cuts the chunks, so the workers follow
+    stored = [0]
+    write_chunk = decode._ChunkFiles.write
 
-    def counting_decode(path, *args, **kwargs):
-        with lock:
-            calls[0] += 1
-            if log is not None:
-                with open(log, "a", encoding="utf-8", errors="surrogateescape") as handle:
-                    handle.write(f"{path}\n")
-            if point == "decode" and calls[0] == KILL_AT_DECODE:
-                _die()
-        return decode_image(path, *args, **kwargs)
+    def counting_write(self, number, arrays):
+        if point == "decode" and stored[0] == STORED_BEFORE_KILL:
+            _die()
+        stored[0] += 1
+        return write_chunk(self, number, arrays)
 
-    thumbnail.decode_image = counting_decode
+    decode._ChunkFiles.write = counting_write
 
     def after(module, name: str, then: Callable[..., None] | None = None) -> None:
         original = getattr(module, name)
@@ -149,8 +145,7 @@ def _injected_main(argv: list[str]) -> int:
     point, args = argv[0], argv[1:]
     out = Path(args[args.index("--out") + 1])
     bundle = out / args[args.index("--id") + 1]
-    log = os.environ.get("MOSAIC_TEST_DECODE_LOG")
-    _install_kill_point(point, bundle, Path(log) if log else None)
+    _install_kill_point(point, bundle)
     return main(args)
 
 
@@ -159,7 +154,8 @@ def _injected_main(argv: list[str]) -> int:
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "process_hooks"), str(ROOT),
+                                         env.get("PYTHONPATH", "")])
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/reliability.md: spinning OpenMP
     env.pop("MOSAIC_TEST_DECODE_LOG", None)
     return env
@@ -185,57 +181,16 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
 
 
-def read_table(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def bundle_files(bundle: Path) -> dict[str, bytes]:
-    """Every contract file of a bundle (not cache/, not the lock), by relative path."""
-    files = {}
-    for path in sorted(bundle.rglob("*")):
-        relative = path.relative_to(bundle).as_posix()
-        if path.is_dir() or relative.startswith("cache/") or relative == ".lock":
-            continue
-        data = path.read_bytes()
-        if path.name == "vips-properties.xml":  # dzsave stamps the date of writing
-            data = b"\n".join(line for line in data.splitlines() if b" date=" not in line)
-        files[relative] = data
-    return files
-
-
-def comparable_manifest(bundle: Path) -> dict:
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    for key in ("created", "timings"):
-        manifest.pop(key)
-    manifest["parameters"].pop("out")
-    return manifest
-
-
-def assert_same_bundle(bundle: Path, clean: Path) -> None:
-    assert comparable_manifest(bundle) == comparable_manifest(clean)
-    for sql in ("SELECT * FROM items ORDER BY id", "SELECT * FROM metadata ORDER BY id",
-                "SELECT * FROM facet_values ORDER BY name, value",
-                "SELECT rowid, * FROM items_fts ORDER BY rowid"):
-        assert read_table(bundle / "metadata.sqlite", sql) == \
-            read_table(clean / "metadata.sqlite", sql), sql
-    ours, theirs = bundle_files(bundle), bundle_files(clean)
-    ours.pop("metadata.sqlite"), theirs.pop("metadata.sqlite")  # compared by content above
-    ours.pop("manifest.json"), theirs.pop("manifest.json")
-    assert sorted(ours) == sorted(theirs)
-    different = [name for name in ours if ours[name] != theirs[name]]
-    assert not different, f"files differ from the clean run: {different[:10]}"
-
-
 def assert_unfinished(out: Path, cid: str = "c") -> None:
     """A killed run leaves no manifest, so every reader ignores the folder."""
     from mosaic.bundle import list_bundles
 
     assert not (out / cid / "manifest.json").exists()
     assert list_bundles(out) == []
+
+
+def chunk_files(bundle: Path) -> list[Path]:
+    return sorted((bundle / "cache" / "decode-work").glob("chunk-*.npz"))
 
 
 def leftovers(bundle: Path) -> list[str]:
@@ -284,13 +239,12 @@ def test_killed_in_every_stage_resumes_to_the_clean_bundle(collection, clean, tm
         assert done.returncode == -signal.SIGKILL, (point, done.returncode, done.stderr)
         assert_unfinished(out)
         if point == "decode":
-            # two chunks were checkpointed before the kill, the third was lost
-            status = np.load(bundle / "cache" / "decode-work" / "status.npy")
-            assert int((status != 0).sum()) == 2 * CHUNK
+            # two chunks were stored before the kill; the others were lost
+            assert len(chunk_files(bundle)) == STORED_BEFORE_KILL
         if index == 1:
-            # the run after the decode kill redid only the unfinished chunks
-            decoded = log.read_text().splitlines()
-            assert len(decoded) == N_IMAGES + N_BROKEN - 2 * CHUNK
+            # the run after the decode kill redid only the chunks not stored
+            decoded = log.read_bytes().splitlines()
+            assert len(decoded) == N_IMAGES + N_BROKEN - STORED_BEFORE_KILL * CHUNK
         if index > 1:
             assert not log.exists(), f"{point}: decode ran again"
     done = run_cli(args)
@@ -332,32 +286,37 @@ def test_plain_cli_killed_when_each_stage_record_appears(collection, clean, tmp_
     assert_same_bundle(out / "c", clean)
     assert leftovers(out / "c") == []
 
-def test_truncated_decode_status_is_not_trusted(collection, clean, tmp_path):
+def test_torn_chunk_file_is_decoded_again(collection, clean, tmp_path):
     images, csv_path = collection
     out = tmp_path / "out"
     args = pipeline_args(images, csv_path, out)
     assert run_injected("decode", args).returncode == -signal.SIGKILL
-    status = out / "c" / "cache" / "decode-work" / "status.npy"
-    status.write_bytes(status.read_bytes()[:50])  # a torn write
+    chunks = chunk_files(out / "c")
+    assert len(chunks) == STORED_BEFORE_KILL  # one file per stored chunk
+    with open(chunks[0], "r+b") as handle:  # a torn or short chunk file
+        handle.truncate(chunks[0].stat().st_size // 2)
     log = tmp_path / "decoded.log"
     assert run_injected("none", args, log=log).returncode == 0
-    assert len(log.read_text().splitlines()) == N_IMAGES + N_BROKEN  # all redone
+    # only the torn chunk was decoded again, with the never-stored rest
+    assert len(log.read_bytes().splitlines()) == \
+        N_IMAGES + N_BROKEN - (STORED_BEFORE_KILL - 1) * CHUNK
     assert_same_bundle(out / "c", clean)
 
-def test_truncated_decode_work_file_is_not_trusted(collection, clean, tmp_path):
+
+def test_chunk_file_of_another_chunk_is_not_trusted(collection, clean, tmp_path):
     images, csv_path = collection
     out = tmp_path / "out"
     args = pipeline_args(images, csv_path, out)
     assert run_injected("decode", args).returncode == -signal.SIGKILL
-    segments = sorted((out / "c" / "cache" / "decode-work").glob("cells-*.seg"))
-    assert len(segments) == 2  # one per checkpointed chunk
-    with open(segments[0], "r+b") as handle:  # a torn or short cell segment
-        handle.truncate(segments[0].stat().st_size // 2)
+    first, second = chunk_files(out / "c")
+    second.unlink()
+    shutil.copy(first, second)  # whole, but it holds the first chunk's inputs
     log = tmp_path / "decoded.log"
     assert run_injected("none", args, log=log).returncode == 0
-    # only the torn segment's chunk was decoded again, with the never-finished rest
-    assert len(log.read_text().splitlines()) == N_IMAGES + N_BROKEN - CHUNK
+    assert len(log.read_bytes().splitlines()) == \
+        N_IMAGES + N_BROKEN - (STORED_BEFORE_KILL - 1) * CHUNK
     assert_same_bundle(out / "c", clean)
+
 
 def test_second_pipeline_on_the_same_bundle_refuses(collection, clean, tmp_path):
     images, csv_path = collection

@@ -15,6 +15,7 @@ from bundle_sql import col
 from scipy.spatial.distance import cdist
 from server_data import XSS_NAME, XSS_NOTES, collection_rows
 
+from mosaic.bundle import open_vectors
 from server import create_app
 
 pytest_plugins = ["server_fixtures"]
@@ -174,7 +175,7 @@ def test_neighbors_equal_brute_force(server_bundle, exact_max):
                      out_dir=server_bundle.parent)
     client = app.test_client()
     spec = manifest_of(server_bundle)["embeddings"][0]
-    vectors = np.load(server_bundle / spec["vectors"]).astype(np.float64)
+    vectors = open_vectors(server_bundle, spec)[:].astype(np.float64)
     positions = np.load(server_bundle / "positions.npy")
     for item_id in (0, 17, 42, 59):
         body = client.get(f"{BASE}/items/{item_id}/neighbors?embedding=raw&k=10").get_json()

@@ -36,7 +36,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     th.add_argument("--max-pixels", type=int, default=d.max_pixels,
                     help="refuse images with more pixels (decompression bombs)")
     th.add_argument("--jobs", type=int, default=d.jobs,
-                    help="parallel decoders and threads (default: number of CPUs)")
+                    help="decoding worker processes, and threads for the layout "
+                    "(default: number of CPUs)")
+    th.add_argument("--dask", metavar="ADDRESS",
+                    help="decode on the workers of this Dask scheduler, e.g. "
+                    "tcp://10.0.0.5:8786, instead of local processes (docs/scale.md)")
     em = p.add_argument_group("embedding and layout")
     em.add_argument("--embedding", dest="embeddings", action="append",
                     help="vgg16 | raw | file:PATH | xy:PATH; repeat for more indexes, the "

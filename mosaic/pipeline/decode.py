@@ -1,327 +1,379 @@
-"""The resumable decode pass: every input decoded once, cells and pixel vectors kept.
+"""The resumable decode pass: every input decoded once, in worker processes.
 
-Work files live in ``<bundle>/cache/decode-work/`` and are indexed by input
-position. Cells are never stored uncompressed: each chunk's cells are encoded
-(``mosaic.bundle.encode_cell``, JPEG) in the decode threads and written as one
-segment file, ``cells-<n>.seg``, atomically (temp file, fsync, rename) before
-the chunk's checkpoint (vectors flushed, then the status array replaced
-atomically). A killed run therefore redoes at most one chunk; a segment that is
-torn or was never checkpointed is dropped and its inputs are decoded again.
-At the end ``compact`` writes the survivors in dense item order: the bundle's
-``cells.pack`` and ``cells.idx`` from the segments, and one ``.npy`` per pixel
-embedding from the vector work files.
+The inputs are cut into fixed chunks of ``CHUNK`` consecutive input indices.
+Each chunk is one task, ``decode_chunk``, run in a worker process: a local
+process pool (``--jobs``), or the workers of a Dask cluster (``--dask``),
+through the same ``concurrent.futures`` interface. A task decodes its images,
+makes each cell, encodes it (``mosaic.bundle.encode_cell``, JPEG), computes the
+pixel embeddings (``raw``; ``vgg16`` in batches, on the worker's GPU if it has
+one) and returns everything as a few arrays. Workers never write: the
+orchestrator's process is the only writer. It stores each finished chunk as
+one file, ``chunk-<k>.npz``, atomically (temp file, fsync, rename), in any
+order. A killed run therefore loses only the chunks in flight; on resume a
+chunk file that is torn or does not match its chunk is decoded again.
 
-The vector work files (``<name>.f32``, raw float32 ``(n_inputs, dim)``) are
-still uncompressed and N-sized: 3 KB per input for ``raw``, 16 KB for
-``vgg16``; the bundle keeps the same vectors as ``embeddings/<name>.npy``.
+At the end ``compact`` reads the chunk files in order and writes the survivors
+in dense item order: the bundle's ``cells.pack`` and ``cells.idx`` and one
+``.npy`` per pixel embedding. Nothing uncompressed and N-sized is ever written:
+cells are JPEG, ``raw`` vectors are uint8 (768 B per item) and ``vgg16``
+vectors float16.
 
-A segment is ``count`` (uint64), the ``count`` input indices (int64), ``count
-+ 1`` offsets (uint64, from the start of the data), then the encoded cells;
-all little-endian.
+A chunk file holds ``indices`` (int64, the chunk's inputs), ``status`` (int8,
+``DONE`` or ``FAILED``), ``sizes`` (int64 (n, 2), width and height),
+``reasons`` (UTF-8 JSON list, "" for a decoded input), ``offsets`` (uint64,
+``n_done + 1``) and ``cells`` (the encoded cells back to back), and
+``vectors-<name>`` (``n_done`` rows) per pixel embedding.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import multiprocessing
 import os
-import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from zipfile import BadZipFile
 
 import numpy as np
 import pyvips
 
-from mosaic.bundle import RowFile, encode_cell
-from mosaic.errors import ImageError, MosaicError
-from mosaic.pipeline.embed import RAW_SIDE, EmbeddingSpec, Vgg16Embedder
-from mosaic.pipeline.store import save_npy_atomic, write_json_atomic
-from mosaic.pipeline.thumbnail import decode_many, raw_vector
+from mosaic.bundle import encode_cell
+from mosaic.errors import ImageError, MosaicError, UsageError
+from mosaic.pipeline import thumbnail
+from mosaic.pipeline.embed import VECTOR_DTYPES, Vgg16Embedder, pixel_dims
 
 CHUNK = 256
 VGG_BATCH = 32
 TODO, DONE, FAILED = 0, 1, 2
-_SEGMENT = re.compile(r"^cells-(\d{6})\.seg$")
-_COPY_BYTES = 8 << 20  # compaction copies at most this much per pread
+# Chunks submitted ahead of the one being stored, per worker: keeps workers busy
+# while bounding what waits in memory (a chunk's result is ~1.5 MB at 128 px).
+AHEAD_PER_WORKER = 2
+_COPY_ROWS = 256
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeOptions:
+    """What a worker needs to turn one image into its cell and pixel vectors."""
+
     cell_size: int
     fit: str
     background: tuple[int, int, int]
     max_pixels: int
-    jobs: int
-    weights: str
+    weights: str = "none"
+    kinds: tuple[str, ...] = ()  # the pixel embeddings: "raw", "vgg16"
 
 
-def pixel_dims(specs: list[EmbeddingSpec]) -> dict[str, int]:
-    """Vector length of each pixel-based embedding."""
-    return {s.name: (Vgg16Embedder.dim if s.kind == "vgg16" else RAW_SIDE * RAW_SIDE * 3)
-            for s in specs if s.from_pixels}
+@dataclass(frozen=True)
+class ChunkTask:
+    number: int
+    indices: tuple[int, ...]
+    paths: tuple[str, ...]
+    options: DecodeOptions
 
 
-def run_decode(
-    paths: list[str],
-    specs: list[EmbeddingSpec],
-    options: DecodeOptions,
-    work: Path,
-    key: str,
-    progress=None,
-) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """Decode all inputs (resuming from ``work`` if its key matches).
+@dataclass
+class DecodeSummary:
+    """Per input: status (TODO/DONE/FAILED), source size, and the reason of each failure."""
 
-    Returns (status int8 per input, sizes int64 (n, 2), failure reasons by input).
-    Encoded cells and vectors stay in ``work`` until ``compact`` copies them out.
-    """
-    state = _WorkFiles(work, key, len(paths), options.cell_size, pixel_dims(specs))
-    vgg = Vgg16Embedder(options.weights) if any(s.kind == "vgg16" for s in specs) else None
-    todo = np.flatnonzero(state.status == TODO)
-    if vgg is not None and len(todo):
-        vgg.load()
-    if progress:
-        progress(len(paths) - len(todo))
-    decode_options = dict(cell_size=options.cell_size, fit=options.fit,
-                          background=options.background, max_pixels=options.max_pixels,
-                          model_size=vgg.input_size if vgg else None)
-    # Parallelism comes from decoding several images at once; libvips's own
-    # per-operation threads only add start-up cost on small images.
-    vips_threads = pyvips.concurrency_get()
-    pyvips.concurrency_set(1)
-    try:
-        with ThreadPoolExecutor(max_workers=options.jobs) as executor:
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK].tolist()
-                batch, encoding = [], []
-                for index, result in decode_many(paths, chunk, executor, **decode_options):
-                    if state.record(index, result):
-                        # encoded on the pool's threads (PIL releases the GIL), in input order
-                        encoding.append((index, executor.submit(encode_cell, result.cell)))
-                        if vgg is not None:
-                            batch.append((index, result.model_input))
-                    if vgg is not None and (len(batch) == VGG_BATCH or index == chunk[-1]):
-                        state.record_vgg(batch, vgg)
-                        batch = []
-                state.checkpoint([(index, future.result()) for index, future in encoding])
-                if progress:
-                    progress(len(chunk))
-    finally:
-        pyvips.concurrency_set(vips_threads)
-        state.close()
-    return state.status, state.sizes, state.failures
+    status: np.ndarray
+    sizes: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
 
 
-class _WorkFiles:
-    """The decode pass's resumable state in ``work``: cell segments, vector row files
-    and progress arrays."""
+# -- the worker side -----------------------------------------------------------
 
-    def __init__(self, work: Path, key: str, n: int, cell_size: int, dims: dict[str, int]):
-        shapes = {f"{name}.f32": ((n, dim), np.float32) for name, dim in dims.items()}
-        self.work = work
-        if not self._resumable(key, shapes, n):
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            (work / "key").write_text(key)
-        self.vectors = {name: RowFile(work / f"{name}.f32", *shapes[f"{name}.f32"],
-                                      writable=True) for name in dims}
-        self.status = _load(work / "status.npy", np.zeros(n, dtype=np.int8))
-        self.sizes = _load(work / "sizes.npy", np.zeros((n, 2), dtype=np.int64))
-        stored = json.loads(_read_text(work / "failures.json") or "{}")
-        self.failures = {int(k): v for k, v in stored.items()}
-        self.segments = _Segments(work, n)
-        self.segments.reconcile(self.status)
 
-    def _resumable(self, key: str, shapes: dict, n: int) -> bool:
-        """True if ``work`` holds this key's progress intact; anything torn starts over.
+_VGG: dict[str, Vgg16Embedder] = {}  # one model per worker process, built on first use
 
-        (A torn cell segment only redoes its own chunk: see ``_Segments.reconcile``.)
-        """
-        if _read_text(self.work / "key") != key:
-            return False
-        for name, (shape, dtype) in shapes.items():
-            expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            path = self.work / name
-            if path.exists() and path.stat().st_size != expected:
-                return False
-            if not path.exists() and (self.work / "status.npy").exists():
-                return False
+
+def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
+    """Decode one chunk's images (in a worker); the arrays of its chunk file."""
+    _quiet_vips()
+    options = task.options
+    vgg = None
+    if "vgg16" in options.kinds:
+        vgg = _VGG.get(options.weights)
+        if vgg is None:
+            vgg = _VGG[options.weights] = Vgg16Embedder(options.weights)
+            vgg.load()
+    n = len(task.indices)
+    status = np.full(n, FAILED, dtype=np.int8)
+    sizes = np.zeros((n, 2), dtype=np.int64)
+    reasons = [""] * n
+    cells: list[bytes] = []
+    raw: list[np.ndarray] = []
+    model_inputs: list[np.ndarray] = []
+    for position, path in enumerate(task.paths):
         try:
-            json.loads(_read_text(self.work / "failures.json") or "{}")
-            np.load(self.work / "status.npy") if (self.work / "status.npy").exists() else None
-        except (ValueError, OSError, EOFError):
-            return False
-        return True
-
-    def record(self, index: int, result) -> bool:
-        """Store one decode result (its cell is encoded and kept by ``checkpoint``);
-        True if it succeeded."""
-        if isinstance(result, ImageError):
-            self.status[index], self.failures[index] = FAILED, str(result)
-            return False
-        self.sizes[index] = (result.width, result.height)
-        if "raw" in self.vectors:
-            self.vectors["raw"].write_row(index, raw_vector(result.cell))
-        self.status[index] = DONE
-        return True
-
-    def record_vgg(self, batch: list[tuple[int, np.ndarray]], vgg: Vgg16Embedder) -> None:
-        if batch:
-            embedded = vgg.embed(np.stack([model_input for _, model_input in batch]))
-            for (index, _), vector in zip(batch, embedded):
-                self.vectors["vgg16"].write_row(index, vector)
-
-    def checkpoint(self, encoded: list[tuple[int, bytes]]) -> None:
-        """Write the chunk's cells and flush its vectors, then mark it done: a crash
-        before the status is replaced redoes the chunk."""
-        self.segments.write(encoded)
-        for array in self.vectors.values():
-            array.flush()
-        write_json_atomic(self.work / "failures.json",
-                          {str(k): v for k, v in self.failures.items()})
-        save_npy_atomic(self.work / "sizes.npy", self.sizes)
-        save_npy_atomic(self.work / "status.npy", self.status)  # last: marks the chunk done
-
-    def close(self) -> None:
-        for array in self.vectors.values():
-            array.close()
+            image = thumbnail.decode_image(
+                path, cell_size=options.cell_size, fit=options.fit,
+                background=options.background, max_pixels=options.max_pixels,
+                model_size=vgg.input_size if vgg else None)
+        except ImageError as error:
+            reasons[position] = str(error)
+            continue
+        except Exception as error:  # one file's failure is recorded, never fatal
+            reasons[position] = f"{type(error).__name__}: {error}"[:300]
+            continue
+        status[position] = DONE
+        sizes[position] = (image.width, image.height)
+        cells.append(encode_cell(image.cell))
+        if "raw" in options.kinds:
+            raw.append(thumbnail.raw_vector(image.cell))
+        if vgg is not None:
+            model_inputs.append(image.model_input)
+    offsets = np.zeros(len(cells) + 1, dtype="<u8")
+    offsets[1:] = np.cumsum([len(c) for c in cells])
+    arrays = {"indices": np.asarray(task.indices, dtype="<i8"), "status": status,
+              "sizes": sizes.astype("<i8"), "reasons": _text_array(json.dumps(reasons)),
+              "offsets": offsets, "cells": np.frombuffer(b"".join(cells), dtype=np.uint8)}
+    dims = pixel_dims(options.kinds)
+    for kind in options.kinds:
+        arrays[f"vectors-{kind}"] = np.empty((len(cells), dims[kind]), VECTOR_DTYPES[kind])
+    if raw:
+        arrays["vectors-raw"][:] = np.stack(raw)
+    for start in range(0, len(model_inputs), VGG_BATCH):
+        batch = np.stack(model_inputs[start:start + VGG_BATCH])
+        arrays["vectors-vgg16"][start:start + len(batch)] = vgg.embed(batch)
+    return arrays
 
 
-class _Segments:
-    """Where each input's encoded cell is: (segment, byte offset, length), by input index.
+def _quiet_vips() -> None:
+    """One libvips thread per image (the parallelism is the worker processes) and no
+    operation cache (every image is seen once)."""
+    if pyvips.concurrency_get() != 1:
+        pyvips.concurrency_set(1)
+        pyvips.cache_set_max(0)
 
-    Three small arrays of n entries (16 bytes per input); the cells stay on disk.
-    """
+
+def _local_worker_init(orchestrator: int) -> None:
+    """A local worker dies with the orchestrator (a killed run leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != orchestrator:  # it died while this worker was starting
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the orchestrator's to handle
+
+
+# -- the orchestrator side -----------------------------------------------------
+
+
+@contextmanager
+def open_executor(jobs: int, dask: str | None = None) -> Iterator[tuple[Executor, int]]:
+    """(executor, number of workers): a local process pool of ``jobs`` workers, or the
+    Dask cluster whose scheduler is at ``dask`` (``tcp://host:8786``)."""
+    if dask:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError("--dask needs the distributed package: pip install "
+                              "distributed") from None
+        try:
+            client = Client(dask, set_as_default=False, timeout="20s")
+        except (OSError, TimeoutError) as error:
+            raise UsageError(f"--dask {dask}: cannot reach the scheduler ({error})") from None
+        try:
+            workers = max(1, sum(client.nthreads().values()))
+            yield client.get_executor(), workers
+        finally:
+            client.close()
+        return
+    # spawn: a fresh interpreter per worker (no libvips threads forked mid-flight), and
+    # the orchestrator is each worker's parent, so a killed run takes its workers along.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                             initializer=_local_worker_init,
+                             initargs=(os.getpid(),)) as executor:
+        yield executor, jobs
+
+
+def run_decode(paths: list[str], options: DecodeOptions, work: Path, key: str,
+               executor: Executor, workers: int,
+               progress: Callable[[int], None] | None = None) -> DecodeSummary:
+    """Decode every input whose chunk is not yet in ``work`` (resuming if its key
+    matches), storing one chunk file per chunk as its task finishes."""
+    chunks = _ChunkFiles(work, len(paths))
+    chunks.start(key)
+    todo = [k for k in range(chunks.count) if not chunks.has(k)]
+    if progress:
+        progress(len(paths) - sum(len(chunks.indices(k)) for k in todo))
+    pending: dict = {}
+    queue = iter(todo)
+    try:
+        while True:
+            while len(pending) < workers * AHEAD_PER_WORKER:
+                number = next(queue, None)
+                if number is None:
+                    break
+                indices = chunks.indices(number)
+                # absolute: a Dask worker's working directory is not ours
+                task = ChunkTask(number, tuple(indices.tolist()),
+                                 tuple(os.path.abspath(paths[i]) for i in indices), options)
+                pending[executor.submit(decode_chunk, task)] = number
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                number = pending.pop(future)
+                chunks.write(number, future.result())
+                if progress:
+                    progress(len(chunks.indices(number)))
+    finally:
+        for future in pending:
+            future.cancel()
+    return chunks.summary()
+
+
+class _ChunkFiles:
+    """The decode pass's resumable state: ``work/key`` and one file per finished chunk."""
 
     def __init__(self, work: Path, n: int):
-        self.work = work
-        self.paths: dict[int, Path] = {}
-        self.segment = np.full(n, -1, dtype=np.int32)
-        self.start = np.zeros(n, dtype=np.int64)
-        self.length = np.zeros(n, dtype=np.int32)
-        for path in sorted(work.glob("cells-*.seg")):
-            match = _SEGMENT.match(path.name)
-            parsed = _read_segment(path, n) if match else None
-            if parsed is None:  # torn or foreign: its inputs are decoded again
-                path.unlink(missing_ok=True)
-                continue
-            number, (indices, starts, lengths) = int(match.group(1)), parsed
-            self.paths[number] = path
-            # a later segment wins: it redid inputs an unfinished checkpoint left behind
-            self.segment[indices], self.start[indices] = number, starts
-            self.length[indices] = lengths
+        self.work, self.n = work, n
+        self.count = (n + CHUNK - 1) // CHUNK
 
-    def reconcile(self, status: np.ndarray) -> None:
-        """Make the status and the segments agree: an input marked done without a stored
-        cell is decoded again, and segments that no done input points to are deleted."""
-        status[(status == DONE) & (self.segment < 0)] = TODO
-        self.segment[status != DONE] = -1
-        used = set(np.unique(self.segment[self.segment >= 0]).tolist())
-        for number in [k for k in self.paths if k not in used]:
-            self.paths.pop(number).unlink(missing_ok=True)
+    def start(self, key: str) -> None:
+        """Keep the chunks of a run with this key (and chunk size); else start empty."""
+        key = f"{key}:{CHUNK}"
+        if _read_text(self.work / "key") != key:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work.mkdir(parents=True)
+            (self.work / "key").write_text(key)
+        for stale in self.work.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
-    def write(self, encoded: list[tuple[int, bytes]]) -> None:
-        """One segment for one chunk's cells, written atomically."""
-        if not encoded:
-            return
-        number = max(self.paths, default=-1) + 1
-        path = self.work / f"cells-{number:06d}.seg"
-        indices = np.array([index for index, _ in encoded], dtype="<i8")
-        lengths = np.array([len(data) for _, data in encoded], dtype=np.int64)
-        offsets = np.zeros(len(encoded) + 1, dtype="<u8")
-        offsets[1:] = np.cumsum(lengths)
-        header = np.array([len(encoded)], dtype="<u8").tobytes() + indices.tobytes() \
-            + offsets.tobytes()
+    def indices(self, number: int) -> np.ndarray:
+        return np.arange(number * CHUNK, min(self.n, (number + 1) * CHUNK), dtype=np.int64)
+
+    def path(self, number: int) -> Path:
+        return self.work / f"chunk-{number:06d}.npz"
+
+    def has(self, number: int) -> bool:
+        """True if the chunk's file is whole and is this chunk's; a bad one is removed."""
+        path = self.path(number)
+        if not path.exists():
+            return False
+        if self.read(number, ("indices", "status", "offsets")) is None:
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def read(self, number: int, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+        """Those arrays of chunk ``number``'s file, or None if it is torn or foreign."""
+        try:
+            with np.load(self.path(number), allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in names}
+                indices, status, offsets = (stored[k] for k in ("indices", "status", "offsets"))
+                n_cells = len(stored["cells"]) if "cells" in names else None
+        except (OSError, ValueError, KeyError, EOFError, BadZipFile):
+            return None
+        expected = self.indices(number)
+        done = int((status == DONE).sum())
+        if (not np.array_equal(indices, expected) or len(status) != len(expected)
+                or len(offsets) != done + 1
+                or (n_cells is not None and int(offsets[-1]) != n_cells)):
+            return None
+        return arrays
+
+    def write(self, number: int, arrays: dict[str, np.ndarray]) -> None:
+        path = self.path(number)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as handle:
-            handle.write(header)
-            for _, data in encoded:
-                handle.write(data)
+            np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
-        self.paths[number] = path
-        self.segment[indices] = number
-        self.start[indices] = len(header) + offsets[:-1].astype(np.int64)
-        self.length[indices] = lengths
+
+    def summary(self) -> DecodeSummary:
+        result = DecodeSummary(np.zeros(self.n, dtype=np.int8),
+                               np.zeros((self.n, 2), dtype=np.int64))
+        for number in range(self.count):
+            arrays = self.read(number, ("status", "sizes", "reasons"))
+            if arrays is None:
+                raise MosaicError(f"decode work in {self.work}: chunk {number} is missing "
+                                  "or unreadable")
+            indices = self.indices(number)
+            result.status[indices] = arrays["status"]
+            result.sizes[indices] = arrays["sizes"]
+            reasons = json.loads(arrays["reasons"].tobytes().decode("utf-8"))
+            for index, reason in zip(indices.tolist(), reasons):
+                if reason:
+                    result.failures[index] = reason
+        return result
 
 
-def _read_segment(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(input indices, absolute starts, lengths) of a segment, or None if it is not whole."""
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            count = int(np.frombuffer(handle.read(8), dtype="<u8")[0])
-            header = 8 + 8 * count + 8 * (count + 1)
-            if count < 1 or size < header:
-                return None
-            indices = np.frombuffer(handle.read(8 * count), dtype="<i8").astype(np.int64)
-            offsets = np.frombuffer(handle.read(8 * (count + 1)), dtype="<u8").astype(np.int64)
-    except (OSError, IndexError, ValueError):
-        return None
-    lengths = np.diff(offsets)
-    if (offsets[0] != 0 or header + offsets[-1] != size or (lengths <= 0).any()
-            or indices.min() < 0 or indices.max() >= n):
-        return None
-    return indices, header + offsets[:-1], lengths
-
-
-def compact(work: Path, kept: np.ndarray, pack_path: Path, index_path: Path,
-            vector_paths: dict[str, Path], n_inputs: int, dims: dict[str, int]) -> None:
-    """Write the kept inputs' cells and vectors, in order (item id i = ``kept[i]``), into
-    the bundle: ``pack_path`` + ``index_path`` (docs/bundle.md) and one .npy per vector."""
-    segments = _Segments(work, n_inputs)
-    if (segments.segment[kept] < 0).any():
-        raise MosaicError(f"decode work in {work} has no cell for some decoded inputs")
-    _write_pack(segments, np.asarray(kept, dtype=np.int64), pack_path, index_path)
-    for name, path in vector_paths.items():
-        source = RowFile(work / f"{name}.f32", (n_inputs, dims[name]), np.float32)
-        _copy_rows(source, kept, path)
-
-
-def _write_pack(segments: _Segments, kept: np.ndarray, pack_path: Path,
-                index_path: Path) -> None:
-    """Copy the cells of ``kept`` from the segments, as they are, into a new pack + index.
-
-    Cells that lie back to back in one segment (a chunk's inputs, the usual case)
-    are copied with one pread of up to 8 MB.
-    """
-    segment, start = segments.segment[kept], segments.start[kept]
-    length = segments.length[kept].astype(np.int64)
-    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-    np.cumsum(length, out=offsets[1:])
-    follows = (segment[1:] == segment[:-1]) & (start[1:] == start[:-1] + length[:-1])
-    breaks = np.flatnonzero(~follows) + 1
-    runs = np.split(np.arange(len(kept)), breaks) if len(kept) else []
-    descriptors: dict[int, int] = {}
-    pack_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pack_path.with_name(f".{pack_path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            for run in runs:
-                number = int(segment[run[0]])
-                if number not in descriptors:
-                    descriptors[number] = os.open(segments.paths[number], os.O_RDONLY)
-                position, stop = int(start[run[0]]), int(start[run[-1]] + length[run[-1]])
-                while position < stop:
-                    data = os.pread(descriptors[number], min(_COPY_BYTES, stop - position),
-                                    position)
-                    if not data:
-                        raise MosaicError(f"{segments.paths[number]} is shorter than it says")
-                    handle.write(data)
-                    position += len(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    finally:
-        for descriptor in descriptors.values():
-            os.close(descriptor)
+def compact(work: Path, n_inputs: int, n_kept: int, pack_path: Path, index_path: Path,
+            vector_paths: dict[str, Path], dims: dict[str, int]) -> None:
+    """Write the decoded inputs' cells and vectors, in input order (item id i = the i-th
+    decoded input), from the chunk files into the bundle: ``pack_path`` + ``index_path``
+    (docs/bundle.md) and one .npy per pixel embedding. One chunk in memory at a time."""
+    chunks = _ChunkFiles(work, n_inputs)
+    names = ("cells", *(f"vectors-{name}" for name in vector_paths))
+    writers = {name: _NpyWriter(path, (n_kept, dims[name]), VECTOR_DTYPES[name])
+               for name, path in vector_paths.items()}
+    pack_tmp = pack_path.with_name(f".{pack_path.name}.tmp")
+    offsets = np.zeros(n_kept + 1, dtype="<u8")
+    written = 0
+    with open(pack_tmp, "wb") as pack:
+        for number in range(chunks.count):
+            arrays = chunks.read(number, names + ("offsets",))
+            if arrays is None:
+                raise MosaicError(f"decode work in {work}: chunk {number} is unreadable")
+            lengths = np.diff(arrays["offsets"].astype(np.int64))
+            pack.write(arrays["cells"].tobytes())
+            offsets[written + 1:written + 1 + len(lengths)] = \
+                offsets[written] + np.cumsum(lengths)
+            written += len(lengths)
+            for name, writer in writers.items():
+                writer.write(arrays[f"vectors-{name}"])
+        pack.flush()
+        os.fsync(pack.fileno())
+    if written != n_kept:
+        raise MosaicError(f"decode work in {work} holds {written} cells, not {n_kept}")
+    for writer in writers.values():
+        writer.close()
     index_tmp = index_path.with_name(f".{index_path.name}.tmp")
     with open(index_tmp, "wb") as handle:
-        handle.write(offsets.astype("<u8").tobytes())
+        handle.write(offsets.tobytes())
         handle.flush()
         os.fsync(handle.fileno())
     index_tmp.replace(index_path)
-    tmp.replace(pack_path)
+    pack_tmp.replace(pack_path)
+
+
+class _NpyWriter:
+    """A .npy of a known shape written row block by row block, then renamed into place."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.shape, self.rows = path, shape, 0
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.handle = open(self.tmp, "wb")
+        np.lib.format.write_array_header_1_0(self.handle, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+            "shape": shape})
+        self.dtype = np.dtype(dtype)
+
+    def write(self, rows: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        if self.rows != self.shape[0]:
+            raise MosaicError(f"{self.path}: wrote {self.rows} rows, not {self.shape[0]}")
+        self.tmp.replace(self.path)
 
 
 def write_cells(cells, pack_path: Path, index_path: Path) -> None:
@@ -344,28 +396,8 @@ def write_cells(cells, pack_path: Path, index_path: Path) -> None:
     tmp.replace(pack_path)
 
 
-def _copy_rows(source: RowFile, rows: np.ndarray, path: Path) -> None:
-    """Write ``source``'s ``rows`` to ``path`` as .npy, via a temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        header = {"descr": np.lib.format.dtype_to_descr(source.dtype),
-                  "fortran_order": False, "shape": (len(rows), *source.row_shape)}
-        np.lib.format.write_array_header_1_0(handle, header)
-        for start in range(0, len(rows), 256):
-            handle.write(source.read_rows(rows[start:start + 256]).data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    source.close()
-    tmp.replace(path)
-
-
-def _load(path: Path, default: np.ndarray) -> np.ndarray:
-    try:
-        array = np.load(path)
-    except (OSError, ValueError):
-        return default
-    return array if array.shape == default.shape else default
+def _text_array(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
 
 def _read_text(path: Path) -> str | None:

@@ -3,7 +3,7 @@
 Kinds of ``--embedding``:
 
 - ``vgg16``: Keras VGG16, the 4096-d ``fc2`` layer, fed 224 px inputs in batches.
-- ``raw``: the cell shrunk to 16 x 16 RGB (768-d), in [0, 1].
+- ``raw``: the cell shrunk to 16 x 16 RGB (768-d), stored as uint8 (value x 255).
 - ``file:PATH``: the user's vectors. A ``.npy`` of shape (n_inputs, dim) whose
   row i belongs to the i-th path of the sorted input list; or a CSV with a
   filename column and one numeric column per dimension.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,19 @@ import numpy as np
 from mosaic.errors import UsageError
 
 VGG_INPUT_SIZE = 224
+VGG_DIM = 4096
 RAW_SIDE = 16
 KINDS = ("vgg16", "raw", "file", "xy")
+# How each kind's vectors are stored in the bundle (docs/bundle.md): raw pixels are
+# exact as uint8 (read back x 1/255), vgg16 as float16 (half of float32's 16 KB).
+VECTOR_DTYPES = {"raw": np.uint8, "vgg16": np.float16, "file": np.float32, "xy": np.float32}
+VECTOR_SCALES = {"raw": 1 / 255}
+
+
+def pixel_dims(kinds) -> dict[str, int]:
+    """Vector length of each pixel-based embedding among ``kinds``."""
+    dims = {"raw": RAW_SIDE * RAW_SIDE * 3, "vgg16": VGG_DIM}
+    return {kind: dims[kind] for kind in kinds if kind in dims}
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ def parse_embedding_specs(values: list[str]) -> list[EmbeddingSpec]:
 class Vgg16Embedder:
     """VGG16 up to ``fc2``. ``weights`` is 'imagenet', 'none' or a local weights file."""
 
-    dim = 4096
+    dim = VGG_DIM
     input_size = VGG_INPUT_SIZE
 
     def __init__(self, weights: str = "imagenet"):
@@ -82,8 +94,7 @@ class Vgg16Embedder:
 
     def load(self) -> None:
         """Build the model (imports TensorFlow; slow, so not done at import)."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
+        keras = _import_keras()
 
         if self.weights == "imagenet":
             try:
@@ -113,6 +124,25 @@ class Vgg16Embedder:
             self.load()
         inputs = preprocess_input(batch.astype(np.float32))
         return np.asarray(self._model.predict_on_batch(inputs), dtype=np.float32)
+
+
+def _import_keras():
+    """Import Keras (and TensorFlow) without the lines TensorFlow's C++ side prints to
+    stderr on import ("oneDNN custom operations are on", before its logging starts);
+    errors still arrive as Python exceptions."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return keras
 
 
 def read_user_vectors(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:

@@ -15,15 +15,18 @@ RECALL_TARGET = 0.95
 RECALL_K = 20
 RECALL_SAMPLE = 200
 SEARCH_K_CANDIDATES = (-1, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)
+ADD_BLOCK = 4_096
 
 
 def build_annoy(vectors: np.ndarray, metric: str, n_trees: int = 20,
                 random_state: int = 0) -> AnnoyIndex:
-    """An annoy index over the rows of ``vectors``; annoy id = item id."""
+    """An annoy index over the rows of ``vectors`` (an array or a row reader such as
+    ``mosaic.bundle.VectorRows``, read a block at a time); annoy id = item id."""
     index = AnnoyIndex(vectors.shape[1], metric)
     index.set_seed(random_state)
-    for item, vector in enumerate(vectors):
-        index.add_item(item, vector.tolist())
+    for start in range(0, len(vectors), ADD_BLOCK):
+        for offset, vector in enumerate(np.asarray(vectors[start:start + ADD_BLOCK])):
+            index.add_item(start + offset, vector.tolist())
     index.build(n_trees, n_jobs=1)
     return index
 

@@ -33,12 +33,20 @@ from mosaic.bundle import (
     bundle_dir,
     cells_entry,
     open_cells,
+    open_vectors,
 )
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import collect, grid, reduce, render
 from mosaic.pipeline import hotspots as clusters_mod
-from mosaic.pipeline.decode import DONE, DecodeOptions, compact, pixel_dims, run_decode
-from mosaic.pipeline.embed import EmbeddingSpec, parse_embedding_specs, read_user_vectors
+from mosaic.pipeline.decode import DONE, DecodeOptions, compact, open_executor, run_decode
+from mosaic.pipeline.embed import (
+    VECTOR_DTYPES,
+    VECTOR_SCALES,
+    EmbeddingSpec,
+    parse_embedding_specs,
+    pixel_dims,
+    read_user_vectors,
+)
 from mosaic.pipeline.index import build_annoy, choose_search_k
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db
 from mosaic.pipeline.store import (
@@ -73,6 +81,7 @@ class PipelineConfig:
     background: tuple[int, int, int] = (255, 255, 255)
     max_pixels: int = DEFAULT_MAX_PIXELS
     jobs: int | None = None  # None: one per CPU (see n_jobs)
+    dask: str | None = None  # a Dask scheduler's address: decode on its workers
     embeddings: list[str] = field(default_factory=lambda: ["raw"])
     weights: str = "imagenet"
     pca: int = 256
@@ -230,24 +239,26 @@ class _Run:
     def build_decode(self, key: str):
         c = self.config
         n = len(self.inputs.paths)
-        options = DecodeOptions(c.cell_size, c.fit, c.background, c.max_pixels, c.n_jobs(),
-                                c.weights)
+        kinds = tuple(s.kind for s in self.specs if s.from_pixels)
+        options = DecodeOptions(c.cell_size, c.fit, c.background, c.max_pixels,
+                                c.weights if "vgg16" in kinds else "none", kinds)
         work = self.path("cache/decode-work")
-        with Progress(n, "decode", self.show_progress) as bar:
-            status, sizes, failures = run_decode(self.inputs.paths, self.specs, options,
-                                                 work, key, bar.update)
-        kept = np.flatnonzero(status == DONE)
+        with Progress(n, "decode", self.show_progress) as bar, \
+                open_executor(c.n_jobs(), c.dask) as (executor, workers):
+            summary = run_decode(self.inputs.paths, options, work, key, executor, workers,
+                                 bar.update)
+        kept = np.flatnonzero(summary.status == DONE)
         skipped = [{"source": collect.display_path(self.inputs.paths[i]),
-                    "reason": failures[i]} for i in sorted(failures)]
+                    "reason": summary.failures[i]} for i in sorted(summary.failures)]
         if len(kept) == 0:
             reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
             raise MosaicError(f"no usable images: all {n} inputs failed ({reasons})")
-        dims = pixel_dims(self.specs)
+        dims = pixel_dims(kinds)
         vector_paths = {name: self.path(f"embeddings/{name}.npy") for name in dims}
-        compact(work, kept, self.path(CELLS_PACK), self.path(CELLS_INDEX), vector_paths, n,
-                dims)
+        compact(work, n, len(kept), self.path(CELLS_PACK), self.path(CELLS_INDEX),
+                vector_paths, dims)
         save_npy_atomic(self.path("cache/kept.npy"), kept)
-        save_npy_atomic(self.path("cache/sizes.npy"), sizes[kept])
+        save_npy_atomic(self.path("cache/sizes.npy"), summary.sizes[kept])
         shutil.rmtree(work, ignore_errors=True)
         outputs = [CELLS_PACK, CELLS_INDEX, "cache/kept.npy", "cache/sizes.npy",
                    *(f"embeddings/{name}.npy" for name in dims)]
@@ -266,9 +277,9 @@ class _Run:
     def build_layout(self):
         c = self.config
         lead = self.specs[0]
-        vectors = np.load(self.path(f"embeddings/{lead.name}.npy"), mmap_mode="r")
+        vectors = self.vectors(lead)
         if lead.kind == "xy":
-            xy = reduce.scale_unit(np.asarray(vectors, dtype=np.float64))
+            xy = reduce.scale_unit(np.asarray(vectors[:], dtype=np.float64))
         else:
             reduced = reduce.reduce_pca(vectors, c.pca, c.random_state) if c.pca else vectors
             xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
@@ -305,8 +316,21 @@ class _Run:
         self.path("cache/matrix.tif").unlink(missing_ok=True)  # left by a killed older version
         return ["tiles/map.dzi", "overview.jpg"], {"tiles": tiles, "overview": overview_info}
 
+    def vectors(self, spec: EmbeddingSpec):
+        """An embedding's stored vectors, read as float32 rows (``mosaic.bundle``)."""
+        return open_vectors(self.directory, self.vector_entry(spec))
+
+    @staticmethod
+    def vector_entry(spec: EmbeddingSpec) -> dict:
+        """How an embedding's vectors are stored: the manifest's fields for them."""
+        entry = {"vectors": f"embeddings/{spec.name}.npy",
+                 "dtype": np.dtype(VECTOR_DTYPES[spec.kind]).name}
+        if spec.kind in VECTOR_SCALES:
+            entry["scale"] = VECTOR_SCALES[spec.kind]
+        return entry
+
     def build_annoy(self, spec: EmbeddingSpec):
-        vectors = np.load(self.path(f"embeddings/{spec.name}.npy"), mmap_mode="r")
+        vectors = self.vectors(spec)
         index = build_annoy(vectors, spec.metric, self.config.n_trees, self.config.random_state)
         search_k, recall = choose_search_k(index, vectors, spec.metric, self.config.random_state)
         target = self.path(f"embeddings/{spec.name}.ann")
@@ -316,7 +340,7 @@ class _Run:
         tmp.replace(target)
         return [f"embeddings/{spec.name}.ann"], {
             "embedding": {"name": spec.name, "kind": spec.kind, "dim": int(vectors.shape[1]),
-                          "metric": spec.metric, "vectors": f"embeddings/{spec.name}.npy",
+                          "metric": spec.metric, **self.vector_entry(spec),
                           "index": f"embeddings/{spec.name}.ann",
                           "n_trees": self.config.n_trees, "search_k": search_k,
                           "recall_at_20": round(recall, 4)}}

@@ -20,24 +20,31 @@ TSNE_BACKENDS = ("opentsne", "multicore", "sklearn")
 INCREMENTAL_PCA_VALUES = 100_000_000
 PCA_BATCH_ROWS = 20_000
 MIN_ITEMS_FOR_MANIFOLD = 10
+# openTSNE is fitted on at most this many items; the others are placed at the median of
+# their nearest fitted neighbours (openTSNE's prepare_partial). Chosen by measurement:
+# docs/scale.md ("Layout at a million").
+TSNE_FIT_MAX = 100_000
+PLACE_K = 10
+PLACE_BATCH = 50_000
 
 
 def reduce_pca(vectors: np.ndarray, n_components: int, random_state: int = 0) -> np.ndarray:
     """Project (N, D) vectors onto their first ``n_components`` principal axes.
 
     Returns float32 (N, min(n_components, D, N)); vectors already small enough
-    are returned as float32 unchanged. Large inputs (e.g. a memmap) are fitted
-    with IncrementalPCA so only one batch is in memory at a time.
+    are returned as float32 unchanged. ``vectors`` may be an array or a row reader
+    (``mosaic.bundle.VectorRows``); large inputs are fitted with IncrementalPCA
+    so only one batch is in memory at a time.
     """
     n_items, dim = vectors.shape
     n_components = min(n_components, dim, n_items)
     if n_components <= 0 or dim <= n_components:
-        return np.asarray(vectors, dtype=np.float32)
+        return np.asarray(vectors[:], dtype=np.float32)
     if n_items * dim <= INCREMENTAL_PCA_VALUES:
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=n_components, random_state=random_state)
-        return pca.fit_transform(np.asarray(vectors, dtype=np.float32)).astype(np.float32)
+        return pca.fit_transform(np.asarray(vectors[:], dtype=np.float32)).astype(np.float32)
     from sklearn.decomposition import IncrementalPCA
 
     batch = max(PCA_BATCH_ROWS, n_components)
@@ -109,7 +116,23 @@ def _opentsne(vectors, perplexity, metric, random_state, n_jobs):
 
     tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
                 n_jobs=n_jobs, verbose=False)
-    return np.asarray(tsne.fit(vectors))
+    if len(vectors) <= TSNE_FIT_MAX:
+        return np.asarray(tsne.fit(vectors))
+    fitted, rest = split_sample(len(vectors), TSNE_FIT_MAX, random_state)
+    embedding = tsne.fit(vectors[fitted])
+    xy = np.empty((len(vectors), 2), dtype=np.float64)
+    xy[fitted] = np.asarray(embedding)
+    for start in range(0, len(rest), PLACE_BATCH):
+        batch = rest[start:start + PLACE_BATCH]
+        xy[batch] = np.asarray(embedding.prepare_partial(vectors[batch], k=PLACE_K))
+    return xy
+
+
+def split_sample(n_items: int, size: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a sorted random sample of ``size`` ids, the other ids), the same for a seed."""
+    chosen = np.zeros(n_items, dtype=bool)
+    chosen[np.random.default_rng(random_state).choice(n_items, size, replace=False)] = True
+    return np.flatnonzero(chosen), np.flatnonzero(~chosen)
 
 
 def _multicore_tsne(vectors, perplexity, metric, random_state, n_jobs):

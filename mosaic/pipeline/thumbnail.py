@@ -313,7 +313,8 @@ def _short_reason(error: pyvips.Error) -> str:
 
 
 def raw_vector(cell: np.ndarray, side: int = 16) -> np.ndarray:
-    """The raw-pixel embedding: the cell box-filtered to ``side`` x ``side`` RGB, in [0, 1]."""
+    """The raw-pixel embedding: the cell box-filtered to ``side`` x ``side`` RGB, uint8
+    (the stored form; the vector is this / 255)."""
     size = cell.shape[0]
     if size % side == 0:
         block = size // side
@@ -321,22 +322,4 @@ def raw_vector(cell: np.ndarray, side: int = 16) -> np.ndarray:
     else:
         image = pyvips.Image.new_from_array(cell, interpretation="srgb")
         small = image.thumbnail_image(side, height=side, size="force").numpy()
-    return (small.reshape(-1) / 255.0).astype(np.float32)
-
-
-def decode_many(paths, indices, executor, **options):
-    """Decode ``paths[i]`` for each i in ``indices`` on ``executor``, in order.
-
-    Yields (i, DecodedImage or ImageError). One bad file never stops the run:
-    any error becomes an ImageError carrying its reason.
-    """
-
-    def decode_one(index: int):
-        try:
-            return decode_image(paths[index], **options)
-        except ImageError as error:
-            return error
-        except Exception as error:  # one file's failure is recorded, never fatal
-            return ImageError(f"{type(error).__name__}: {error}"[:300])
-
-    yield from zip(indices, executor.map(decode_one, indices))
+    return np.clip(np.rint(small.reshape(-1)), 0, 255).astype(np.uint8)

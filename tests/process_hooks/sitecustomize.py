@@ -1,0 +1,48 @@
+"""Test hooks for every Python process a test starts with
+``PYTHONPATH=tests/process_hooks``: the pipeline's worker processes included,
+which a test's monkeypatch cannot reach. Each hook is off unless its variable
+is set.
+
+- ``MOSAIC_FAKE_CPUS=N``: ``os.cpu_count()`` reports N, to check that nothing
+  depends on the machine's core count (``make test-cpus CPUS=16``).
+- ``MOSAIC_TEST_DECODE_LOG=FILE``: every image decode appends its path to FILE
+  (one ``write`` of one line, so lines from several processes do not mix).
+- ``MOSAIC_TEST_OFFLINE_WEIGHTS=1``: Keras's VGG16 fails to fetch the imagenet
+  weights as it does without internet.
+"""
+
+import os
+
+_fake = int(os.environ.get("MOSAIC_FAKE_CPUS", "0") or 0)
+if _fake > 0:
+    os.cpu_count = lambda: _fake  # noqa: E731
+
+if os.environ.get("MOSAIC_TEST_DECODE_LOG"):
+    from mosaic.pipeline import thumbnail
+
+    _decode_image = thumbnail.decode_image
+
+    def _logged_decode_image(path, *args, **kwargs):
+        line = os.fsencode(os.fspath(path)) + b"\n"
+        descriptor = os.open(os.environ["MOSAIC_TEST_DECODE_LOG"],
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)
+        return _decode_image(path, *args, **kwargs)
+
+    thumbnail.decode_image = _logged_decode_image
+
+if os.environ.get("MOSAIC_TEST_OFFLINE_WEIGHTS"):
+    from mosaic.pipeline.embed import _import_keras  # quiet, as Vgg16Embedder.load imports it
+
+    keras = _import_keras()
+
+    def _offline_vgg16(weights=None, **kwargs):
+        if weights == "imagenet":
+            raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                            "[Errno -2] Name or service not known")
+        raise AssertionError("only the imagenet path is exercised here")
+
+    keras.applications.VGG16 = _offline_vgg16
