@@ -16,11 +16,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyvips
+from PIL import Image
 
 from mosaic.errors import ImageError
 
@@ -98,7 +98,11 @@ def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int
             width, height = height, width
         box = max(cell_size, model_size or 0)
         if header.width * header.height <= DIRECT_DECODE_PIXELS:
-            # Small image: decode it whole; cheaper than thumbnail's shrink-on-load setup.
+            # Small image: decode it whole (cheaper than thumbnail's setup), a JPEG at the
+            # smallest DCT scale that still covers the box.
+            shrink = _jpeg_shrink(header, box, fit)
+            if shrink > 1:
+                header = _load(source, shrink=shrink)
             upright = header.autorot() if _orientation(header) != 1 else header
             base = _to_srgb(upright, background).numpy()
         else:
@@ -201,11 +205,25 @@ def _vips_source(path: str) -> Iterator[str | pyvips.Source]:
     yield path
 
 
-def _load(source: str | pyvips.Source) -> pyvips.Image:
+def _load(source: str | pyvips.Source, **options) -> pyvips.Image:
     """The image header (pixels are decoded lazily, on demand)."""
     if isinstance(source, str):
-        return pyvips.Image.new_from_file(source, fail_on="error")
-    return pyvips.Image.new_from_source(source, "", fail_on="error")
+        return pyvips.Image.new_from_file(source, fail_on="error", **options)
+    return pyvips.Image.new_from_source(source, "", fail_on="error", **options)
+
+
+def _jpeg_shrink(header: pyvips.Image, box: int, fit: str) -> int:
+    """The largest JPEG load shrink (1, 2, 4 or 8) that leaves the side the cell is cut
+    from (the longest for ``fit``, the shortest for ``fill``) at least ``box``: libjpeg
+    scales in the DCT domain, and the area filter does the rest."""
+    if header.get_typeof("vips-loader") == 0 or header.get("vips-loader") != "jpegload":
+        return 1
+    side = max(header.width, header.height) if fit == "fit" else \
+        min(header.width, header.height)
+    shrink = 1
+    while shrink < 8 and side // (shrink * 2) >= box:
+        shrink *= 2
+    return shrink
 
 
 def _thumbnail(source: str | pyvips.Source, box: int, crop: str) -> pyvips.Image:
@@ -256,53 +274,14 @@ def square_array(image: np.ndarray, size: int, fit: str,
 
 
 def resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (h, w, 3) uint8 to (height, width, 3): area average down, linear up.
-
-    Separable, with each output pixel a weighted sum of the few input pixels
-    it covers (gathered, not a dense matrix product); much cheaper than a
-    libvips pipeline for the small images a cell needs.
-    """
+    """Resize (h, w, 3) uint8 to (height, width, 3): area average (box filter) down,
+    linear up; Pillow's C resampler, separable."""
     if image.shape[:2] == (height, width):
         return np.ascontiguousarray(image)
-    row_index, row_weight = _resample_taps(image.shape[0], height)
-    col_index, col_weight = _resample_taps(image.shape[1], width)
-    pixels = image.astype(np.float32)
-    tall = pixels[row_index[:, 0]] * row_weight[:, 0, None, None]
-    for tap in range(1, row_index.shape[1]):
-        tall += pixels[row_index[:, tap]] * row_weight[:, tap, None, None]
-    out = tall[:, col_index[:, 0]] * col_weight[None, :, 0, None]
-    for tap in range(1, col_index.shape[1]):
-        out += tall[:, col_index[:, tap]] * col_weight[None, :, tap, None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-@lru_cache(maxsize=256)
-def _resample_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each output pixel, the input indices it reads and their weights (n_out, K)."""
-    dense = _resample_weights(n_in, n_out)
-    taps = int((dense > 0).sum(axis=1).max())
-    index = np.argsort(dense <= 0, axis=1, kind="stable")[:, :taps]
-    return index, np.take_along_axis(dense, index, axis=1)
-
-
-@lru_cache(maxsize=256)
-def _resample_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights whose rows sum to 1."""
-    if n_out <= n_in:  # each output pixel averages the input span it covers
-        edges = np.arange(n_out + 1) * (n_in / n_out)
-        start, stop = np.arange(n_in), np.arange(1, n_in + 1)
-        overlap = (np.minimum(edges[1:, None], stop[None, :])
-                   - np.maximum(edges[:-1, None], start[None, :]))
-        weights = np.clip(overlap, 0, None)
-    else:  # linear interpolation between the two nearest input pixels
-        centres = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-        low = np.floor(centres).astype(int)
-        high = np.minimum(low + 1, n_in - 1)
-        fraction = centres - low
-        weights = np.zeros((n_out, n_in))
-        np.add.at(weights, (np.arange(n_out), low), 1 - fraction)
-        np.add.at(weights, (np.arange(n_out), high), fraction)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    down = height <= image.shape[0] and width <= image.shape[1]
+    resized = Image.fromarray(np.ascontiguousarray(image), "RGB").resize(
+        (width, height), Image.Resampling.BOX if down else Image.Resampling.BILINEAR)
+    return np.asarray(resized)
 
 
 def _short_reason(error: pyvips.Error) -> str:
@@ -318,7 +297,8 @@ def raw_vector(cell: np.ndarray, side: int = 16) -> np.ndarray:
     size = cell.shape[0]
     if size % side == 0:
         block = size // side
-        small = cell.reshape(side, block, side, block, 3).mean(axis=(1, 3))
+        sums = cell.reshape(side, block, side, block, 3).sum(axis=(1, 3), dtype=np.uint32)
+        small = sums / (block * block)
     else:
         image = pyvips.Image.new_from_array(cell, interpretation="srgb")
         small = image.thumbnail_image(side, height=side, size="force").numpy()
