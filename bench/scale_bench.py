@@ -16,8 +16,9 @@ orchestrator and its worker processes, and the bundle folder's size (and its
 bundle by kind.
 
     python bench/scale_bench.py generate --distinct 100000 --work /work/scale
-    python bench/scale_bench.py run --n 100000 --work /work/scale \\
-        --report docs/benchmarks-scale.md
+    python bench/scale_bench.py run --n 100000 --work /work/scale
+
+Each run appends one JSON line to ``WORK/results.jsonl`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
