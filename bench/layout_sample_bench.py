@@ -45,11 +45,11 @@ def knn_preservation(high: np.ndarray, xy: np.ndarray, queries: np.ndarray) -> f
     return float(np.mean([len(set(x) & set(y)) / K for x, y in zip(a, b)]))
 
 
-def refine(high: np.ndarray, fit_max: int, jobs: int) -> np.ndarray:
-    """Sample + place (as the pipeline does), then all items optimised from that start."""
+def refine(high: np.ndarray, jobs: int) -> np.ndarray:
+    """Sample + place (as the pipeline does, at ``reduce.TSNE_FIT_MAX``), then all items
+    optimised from that start."""
     from openTSNE import TSNEEmbedding, affinity, initialization
 
-    reduce.TSNE_FIT_MAX = fit_max
     placed = reduce._opentsne(high, 30.0, "euclidean", 0, jobs)
     affinities = affinity.PerplexityBasedNN(high, perplexity=30, n_jobs=jobs, random_state=0)
     embedding = TSNEEmbedding(initialization.rescale(placed), affinities, n_jobs=jobs,
@@ -67,7 +67,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--refine", action="store_true",
                         help="instead: sample + place, then optimise all items from there "
-                             "(openTSNE's large-data recipe: affinities on all, 250 iterations)")
+                             "(openTSNE's large-data recipe: affinities on all, "
+                             "125 exaggerated + 250 plain iterations)")
     args = parser.parse_args()
 
     manifest = read_manifest(args.bundle)
@@ -81,26 +82,24 @@ def main() -> int:
     results = {"bundle": str(args.bundle), "n": n, "dims": high.shape[1],
                "pca_s": round(pca_s, 1), "variants": {}}
 
-    def record(label: str, fit_max: int) -> None:
+    def record(label: str, fit_max: int, layout) -> None:
         reduce.TSNE_FIT_MAX = fit_max
         started = time.perf_counter()
-        xy = reduce.layout_2d(high, n_jobs=args.jobs)
+        xy = layout()
         seconds = time.perf_counter() - started
         results["variants"][label] = {"fit_items": min(n, fit_max), "seconds": round(seconds, 1),
                                       "knn_preservation": round(knn_preservation(high, xy,
                                                                                  queries), 3)}
         print(label, results["variants"][label], flush=True)
 
+    sample = int(n * args.fraction)
     if args.refine:
-        started = time.perf_counter()
-        xy = refine(high, int(n * args.fraction), args.jobs)
-        results["variants"][f"sample {args.fraction:.0%} + place + refine all"] = {
-            "fit_items": int(n * args.fraction), "seconds": round(time.perf_counter() - started, 1),
-            "knn_preservation": round(knn_preservation(high, xy, queries), 3)}
-        print(results["variants"], flush=True)
+        record(f"sample {args.fraction:.0%} + place + refine all", sample,
+               lambda: refine(high, args.jobs))
     else:
-        record(f"sample {args.fraction:.0%} + place", int(n * args.fraction))
-        record("full fit", n)
+        pipeline_layout = lambda: reduce.layout_2d(high, n_jobs=args.jobs)  # noqa: E731
+        record(f"sample {args.fraction:.0%} + place", sample, pipeline_layout)
+        record("full fit", n, pipeline_layout)
     random_xy = np.random.default_rng(2).random((n, 2))
     results["variants"]["random layout (control)"] = {
         "knn_preservation": round(knn_preservation(high, random_xy, queries), 3)}
