@@ -174,9 +174,9 @@ def kind_of(relative: str) -> str:
     return "other"
 
 
-def run(work: Path, n: int, distinct: int, extra: list[str]) -> dict:
+def run(work: Path, n: int, distinct: int, extra: list[str], tag: str = "") -> dict:
     list_file = write_list(work, n, distinct)
-    cid = f"scale-{n}"
+    cid = f"scale-{n}{tag}"
     out = work / "out"
     bundle = out / cid
     subprocess.run(["rm", "-rf", str(bundle)], check=True)
@@ -208,7 +208,8 @@ def run(work: Path, n: int, distinct: int, extra: list[str]) -> dict:
             kind = kind_of(path.relative_to(bundle).as_posix())
             by_kind[kind] = by_kind.get(kind, 0) + path.stat().st_size
     items = manifest["counts"]["items"]
-    return {"n": n, "distinct": min(n, distinct), "items": items, "wall_s": round(wall, 1),
+    return {"n": n, "tag": tag, "distinct": min(n, distinct), "items": items,
+            "wall_s": round(wall, 1),
             "timings": manifest["timings"], "peak_rss_mb": round(peaks["rss"] / 2**20),
             "peak_bundle_mb": round(peaks["bundle"] / 2**20),
             "peak_scratch_mb": round(peaks["scratch"] / 2**20),
@@ -232,12 +233,14 @@ def main() -> int:
     go.add_argument("--work", type=Path, required=True)
     go.add_argument("--results", type=Path, default=None,
                     help="append the result as a JSON line (default: WORK/results.jsonl)")
+    go.add_argument("--tag", default="",
+                    help="suffix of the bundle id, to keep variant runs at one N apart")
     go.add_argument("extra", nargs="*", help="more pipeline flags, after --")
     args = parser.parse_args()
     if args.command == "generate":
         generate(args.work, args.distinct, args.jobs)
         return 0
-    result = run(args.work, args.n, args.distinct, args.extra)
+    result = run(args.work, args.n, args.distinct, args.extra, args.tag)
     print(json.dumps(result, indent=1))
     with open(args.results or args.work / "results.jsonl", "a") as handle:
         handle.write(json.dumps(result) + "\n")
