@@ -3,8 +3,8 @@
 A scheduler and two single-threaded workers are started with the commands that
 docs/scale.md gives (``dask scheduler``, ``dask worker``) on loopback; the
 pipeline runs as the user runs it (``python run.py``, a relative ``--out``),
-once on the cluster and once with the local process pool. The two bundles must
-be identical: the same files byte for byte, the same metadata, and the same
+on the cluster, with a local pool of two processes and with one process. The
+bundles must be identical: the same files byte for byte, the same metadata, and the same
 manifest apart from the flags that say how the run was made.
 """
 
@@ -97,7 +97,7 @@ def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def test_dask_cluster_builds_the_same_bundle_as_local_processes(cluster, tmp_path):
+def test_one_process_two_processes_and_a_dask_cluster_build_the_same_bundle(cluster, tmp_path):
     make_collection(tmp_path / "images", per_cluster=90)  # 270 images: two chunks of 256
     (tmp_path / "images" / "broken.jpg").write_bytes(b"not a JPEG")
     common = ["pipeline", "--images", "images", "--metadata", "images.csv", "--id", "c",
@@ -108,6 +108,10 @@ def test_dask_cluster_builds_the_same_bundle_as_local_processes(cluster, tmp_pat
     remote = run_cli(tmp_path, *common, "--out", "remote", "--dask", cluster)
     assert remote.returncode == 0, remote.stderr
     assert_same_bundle(tmp_path / "remote" / "c", tmp_path / "local" / "c")
+    # One worker process stores the chunks in input order; two finish them in any order.
+    single = run_cli(tmp_path, *common, "--out", "single", "--jobs", "1")
+    assert single.returncode == 0, single.stderr
+    assert_same_bundle(tmp_path / "single" / "c", tmp_path / "local" / "c")
     manifest = (tmp_path / "remote" / "c" / "manifest.json").read_text()
     assert cluster in manifest and '"skipped": 1' in manifest
 
