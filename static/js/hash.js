@@ -1,8 +1,8 @@
-// URL state: viewport, selected item, embedding and filters live in the hash,
-// e.g. #view=0.42,0.37,8.5&item=12&emb=raw&q=red&category=a&year_min=1990,
+// URL state: layout, viewport, selected item, embedding and filters live in the hash,
+// e.g. #layout=date:year&view=0.42,0.37,8.5&item=12&emb=raw&q=red&category=a&year_min=1990,
 // so a copied link reproduces the view. Filter keys are the search API's.
 
-const VIEWER_KEYS = new Set(["view", "item", "emb"]);
+const VIEWER_KEYS = new Set(["view", "item", "emb", "layout"]);
 const WRITE_DELAY_MS = 150;
 
 export function setupHash(app) {
@@ -11,6 +11,7 @@ export function setupHash(app) {
 
   function write() {
     const params = new URLSearchParams();
+    if (app.state.layout !== app.layouts[0].name) params.set("layout", app.state.layout);
     const center = viewport.getCenter();
     const zoom = viewport.getZoom();
     params.set("view", [center.x, center.y, zoom].map((v) => Number(v.toPrecision(6))).join(","));
@@ -28,8 +29,12 @@ export function setupHash(app) {
     timer = setTimeout(write, WRITE_DELAY_MS);
   }
 
-  function apply() {
+  async function apply() {
     const params = new URLSearchParams(window.location.hash.slice(1));
+    const layout = params.get("layout") || app.layouts[0].name;
+    if (layout !== app.state.layout && app.layouts.some((l) => l.name === layout)) {
+      await app.setLayout(layout, { fly: false });
+    }
     const filters = new URLSearchParams();
     for (const [key, value] of params) if (!VIEWER_KEYS.has(key)) filters.append(key, value);
     const embedding = params.get("emb");
@@ -47,7 +52,7 @@ export function setupHash(app) {
   }
 
   app.viewer.addHandler("animation-finish", scheduleWrite);
-  for (const name of ["select", "filters", "embedding"]) {
+  for (const name of ["select", "filters", "embedding", "layout"]) {
     app.events.addEventListener(name, scheduleWrite);
   }
   window.addEventListener("hashchange", apply);

@@ -12,6 +12,7 @@ export class MapOverlay {
     this.viewer = viewer;
     this.grid = grid;
     this.mask = null;
+    this.matches = null;
     this.markers = [];
     this.selected = -1;
     this.frame = 0;
@@ -24,8 +25,15 @@ export class MapOverlay {
     }
   }
 
+  // Another layout's grid: the same matches, markers and selection, in its cells.
+  setGrid(grid) {
+    this.grid = grid;
+    this.setMatches(this.matches);
+  }
+
   // ids: the matching item ids, or null for "no filter".
   setMatches(ids) {
+    this.matches = ids;
     if (ids === null) {
       this.mask = null;
     } else {

@@ -21,7 +21,7 @@ export function setupSearch(app) {
   // A CSV column whose name the search API or the URL hash already uses (q, limit,
   // view, item...) is addressed as meta.<name>, which always means the column.
   const RESERVED = new Set(["q", "_searchmode", "limit", "offset", "ids", "n", "seed",
-    "view", "item", "emb"]);
+    "view", "item", "emb", "layout"]);
   const param = (name) => (RESERVED.has(name) || name.startsWith("meta.") ? `meta.${name}` : name);
   let token = 0;
 

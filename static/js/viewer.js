@@ -7,6 +7,7 @@ import { CellGrid } from "./grid.js";
 import { setupHash } from "./hash.js";
 import { setupHotspots } from "./hotspots.js";
 import { setupHover } from "./hover.js";
+import { setupLayouts } from "./layouts.js";
 import { setupNeighbours } from "./neighbours.js";
 import { MapOverlay } from "./overlay.js";
 import { setupPanel } from "./panel.js";
@@ -21,13 +22,25 @@ async function main() {
   const collection = await getJSON(root);
   document.title = `${collection.title} – mosaic`;
   document.getElementById("collection-title").textContent = collection.title;
-  const { n_rows: nRows, n_cols: nCols, cell_size: cellSize } = collection.grid;
-  const grid = new CellGrid(await getGrid(collection.grid_url), nRows, nCols, cellSize,
-    collection.n_items);
+  // Every layout of the bundle; a bundle from before layouts has the similarity map only.
+  const layouts = collection.layouts?.length ? collection.layouts : [{
+    name: "similarity", kind: "similarity", dzi: collection.dzi, grid_url: collection.grid_url,
+    grid: collection.grid, labels: [],
+  }];
+  const grids = new Map(); // layout name -> CellGrid, fetched on first use
+  async function gridOf(layout) {
+    if (!grids.has(layout.name)) {
+      const { n_rows: nRows, n_cols: nCols, cell_size: cellSize } = layout.grid;
+      grids.set(layout.name, new CellGrid(await getGrid(layout.grid_url), nRows, nCols,
+        cellSize, collection.n_items));
+    }
+    return grids.get(layout.name);
+  }
+  const grid = await gridOf(layouts[0]);
 
   const viewer = OpenSeadragon({
     element,
-    tileSources: collection.dzi,
+    tileSources: layouts[0].dzi,
     prefixUrl: "/static/openseadragon/images/",
     drawer: "canvas", // 2-D canvas works everywhere, GPU or not; the tiles are plain JPEGs
     showNavigator: true,
@@ -38,10 +51,10 @@ async function main() {
   });
 
   const app = {
-    viewer, collection, grid, root,
+    viewer, collection, grid, root, layouts,
     overlay: new MapOverlay(viewer, grid),
     events: new EventTarget(),
-    state: { item: -1, embedding: collection.embeddings[0]?.name ?? "" },
+    state: { item: -1, embedding: collection.embeddings[0]?.name ?? "", layout: layouts[0].name },
     filters: new URLSearchParams(),
     report(error) {
       console.warn(error); // eslint-disable-line no-console
@@ -54,10 +67,10 @@ async function main() {
       if (!tiledImage) return -1;
       const point = tiledImage.viewportToImageCoordinates(
         viewer.viewport.pointFromPixel(new OpenSeadragon.Point(x, y), true));
-      return grid.itemAtImagePoint(point.x, point.y);
+      return app.grid.itemAtImagePoint(point.x, point.y);
     },
     flyTo(id, margin = 3) {
-      const rect = grid.viewportRect(app.tiledImage(), id, margin);
+      const rect = app.grid.viewportRect(app.tiledImage(), id, margin);
       if (rect) viewer.viewport.fitBounds(rect);
     },
     select(id, { fly = false } = {}) {
@@ -72,6 +85,28 @@ async function main() {
       app.state.embedding = name;
       app.events.dispatchEvent(new CustomEvent("embedding"));
     },
+    currentLayout() {
+      return layouts.find((layout) => layout.name === app.state.layout) || layouts[0];
+    },
+    // Show another layout: its tiles and grid; the selection, filters and search stay
+    // (they are item ids), and the view flies to the selected item, if any.
+    async setLayout(name, { fly = true } = {}) {
+      const layout = layouts.find((candidate) => candidate.name === name);
+      if (!layout || name === app.state.layout) return;
+      const nextGrid = await gridOf(layout);
+      const opened = new Promise((resolve, reject) => {
+        viewer.addOnceHandler("open", resolve);
+        viewer.addOnceHandler("open-failed", (event) => reject(new Error(event.message)));
+      });
+      viewer.open(layout.dzi);
+      await opened;
+      app.state.layout = name;
+      app.grid = nextGrid;
+      app.overlay.setGrid(nextGrid);
+      watchLoading();
+      if (fly && app.state.item >= 0) app.flyTo(app.state.item);
+      app.events.dispatchEvent(new CustomEvent("layout"));
+    },
   };
 
   viewer.addHandler("canvas-click", (event) => {
@@ -83,9 +118,14 @@ async function main() {
   });
 
   await new Promise((resolve) => viewer.addOnceHandler("open", resolve));
-  app.tiledImage().addHandler("fully-loaded-change", (event) => {
-    element.dataset.fullyLoaded = String(event.fullyLoaded);
-  });
+  function watchLoading() {
+    element.dataset.fullyLoaded = "false";
+    element.dataset.layout = app.state.layout;
+    app.tiledImage().addHandler("fully-loaded-change", (event) => {
+      element.dataset.fullyLoaded = String(event.fullyLoaded);
+    });
+  }
+  watchLoading();
   setupPanel(app);
   setupNeighbours(app);
   setupHotspots(app);
@@ -93,6 +133,7 @@ async function main() {
   await setupSearch(app);
   setupPoster(app);
   setupSample(app);
+  setupLayouts(app);
   await setupHash(app);
   element.dataset.ready = "true";
 }
