@@ -112,3 +112,16 @@ def test_column_kinds(tmp_path):
     kinds = infer_column_kinds(read_metadata(write_csv(tmp_path, "\n".join(rows))))
     assert kinds == {"year": "year", "price": "number", "label": "facet",
                      "category": "facet", "description": "text"}
+
+
+def test_relative_list_of_folders_with_nothing_in_common_matches_by_path(tree, monkeypatch):
+    # A list file beside two folders, naming files relative to itself: the paths share
+    # no folder, and the CSV names them as the list does (same basename in both).
+    monkeypatch.chdir(tree)
+    (tree / "list.txt").write_text("a/one.jpg\nb/one.jpg\n")
+    (tree / "meta.csv").write_text("filename,title\nb/one.jpg,second\na/one.jpg,first\n")
+    inputs = collect_inputs("list.txt")
+    match = match_metadata(inputs, read_metadata("meta.csv"))
+    rows = {p: r for p, r in zip(inputs.paths, match.row_of_input)}
+    assert rows == {"a/one.jpg": 1, "b/one.jpg": 0}
+    assert match.rows_without_image == [] and match.images_without_row == []

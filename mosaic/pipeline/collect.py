@@ -102,8 +102,10 @@ def display_path(path: str) -> str:
 
 
 def _common_root(paths: list[str]) -> str | None:
+    """The deepest folder holding every path; "." for relative paths with no folder in
+    common (``images/a.jpg`` and ``copies/b.jpg``), so a CSV can still name them."""
     try:
-        return os.path.commonpath([os.path.dirname(p) or "." for p in paths])
+        return os.path.commonpath([os.path.dirname(p) or "." for p in paths]) or "."
     except ValueError:
         return None
 
