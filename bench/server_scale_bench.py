@@ -8,8 +8,9 @@ with ``--metadata``: only the metadata stage runs again, the rest is cached.
 ``run`` starts gunicorn (gthread, like ``make serve``) over the bundle folder
 and measures:
 
-- every worker's RSS after start, after the viewer's first requests, and after
-  a mix of facet, keyword, random and neighbour requests;
+- every worker's RSS (all resident pages, and the anonymous ones alone) after
+  start, after the viewer's first requests, and after a mix of facet and
+  neighbour requests;
 - the latency and size of the responses the viewer needs: the collection, the
   grid (4 bytes per cell), the facet counts, ``search?half=a&ids=all`` (the
   500k ids the dimming overlay paints), a keyword search;
@@ -80,8 +81,12 @@ def timed(base: str, path: str, repeat: int = 3) -> dict:
             "bytes": size}
 
 
-def worker_rss(master: int) -> list[int]:
-    return [round(memory_of(pid).rss / 1024) for pid in worker_pids(master)]
+def worker_rss(master: int) -> list[dict]:
+    """Per worker, MiB: all resident pages, and the anonymous ones (the worker's own heap;
+    the rest are file pages of the memory-mapped annoy index, SQLite and grid, shared
+    with the page cache and every other worker)."""
+    memory = [memory_of(pid) for pid in worker_pids(master)]
+    return [{"rss": round(m.rss / 1024), "anon": round(m.rss_anon / 1024)} for m in memory]
 
 
 def browser(base: str, cid: str) -> dict:
