@@ -24,7 +24,7 @@ def create_app(test_config: dict | None = None, out_dir: str | os.PathLike | Non
     """Build the app. Settings: ``MOSAIC_OUT`` (bundle folder; env var MOSAIC_OUT,
     default ``output``), ``MOSAIC_EXACT_MAX`` (exact neighbour search where items x
     dimensions is at most this; annoy above), ``MOSAIC_STATIC`` and ``MOSAIC_TILE_MAX_AGE``."""
-    from server import api, db, errors, files, pages, posters
+    from server import api, db, errors, files, iiif, pages, posters
 
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(
@@ -47,6 +47,7 @@ def create_app(test_config: dict | None = None, out_dir: str | os.PathLike | Non
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(iiif.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(posters.bp)
     return app

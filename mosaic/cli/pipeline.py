@@ -15,7 +15,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     d = PipelineConfig(images="")
     io = p.add_argument_group("input and output")
     io.add_argument("--images", required=True,
-                    help="a folder (searched recursively), a glob ('**' allowed) or a .txt list")
+                    help="a folder (searched recursively), a glob ('**' allowed) or a .txt list "
+                         "of image paths or of IIIF manifest/image service URLs")
+    io.add_argument("--iiif-concurrency", type=int, default=d.iiif_concurrency,
+                    help="IIIF URL lists: downloads at a time")
     io.add_argument("--metadata", help="CSV with one row per image")
     io.add_argument("--filename-column", default=d.filename_column,
                     help="CSV column holding the image file name or relative path")

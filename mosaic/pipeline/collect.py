@@ -35,6 +35,7 @@ class Inputs:
     paths: list[str]
     root: str | None = None  # folder that relative CSV filenames are resolved against
     ignored: list[str] = field(default_factory=list)  # non-image files in a folder
+    urls: list[str] = field(default_factory=list)  # a list of IIIF URLs (pipeline/iiif_in.py)
 
 
 @dataclass
@@ -78,11 +79,18 @@ def _collect_folder(folder: Path) -> Inputs:
 
 def _collect_list(list_file: Path) -> Inputs:
     base = list_file.parent
-    paths = []
+    paths, urls = [], []
     for line in list_file.read_text(encoding="utf-8").splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
+        if line.startswith(("http://", "https://")):  # IIIF manifests or image services
+            urls.append(line)
+        elif line and not line.startswith("#"):
             paths.append(str(base / line) if not os.path.isabs(line) else line)
+    if urls and paths:
+        raise UsageError(f"--images list {list_file} mixes URLs and paths: a list is either "
+                         f"IIIF manifest/image service URLs or image files")
+    if urls:
+        return Inputs(paths=[], urls=list(dict.fromkeys(urls)))
     if not paths:
         raise UsageError(f"--images list {list_file} names no files")
     return Inputs(paths=sorted(set(paths)), root=_common_root(paths))

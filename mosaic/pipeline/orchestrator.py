@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from mosaic.bundle import (
     open_vectors,
 )
 from mosaic.errors import MosaicError, UsageError
-from mosaic.pipeline import collect, grid, reduce, render
+from mosaic.pipeline import collect, grid, iiif_in, reduce, render
 from mosaic.pipeline import hotspots as clusters_mod
 from mosaic.pipeline.decode import DONE, DecodeOptions, compact, open_executor, run_decode
 from mosaic.pipeline.embed import (
@@ -99,6 +99,7 @@ class PipelineConfig:
     quality: int = 85
     n_trees: int = 20
     clusters: str = "off"
+    iiif_concurrency: int = 4  # IIIF in: downloads at a time
 
     def n_jobs(self) -> int:
         """Parallel decoders and threads: ``jobs``, or one per CPU of this machine."""
@@ -130,6 +131,7 @@ def validate(config: PipelineConfig) -> None:
         (config.tile_format in render.TILE_FORMATS, "--tile-format must be jpeg, webp or png"),
         (1 <= config.quality <= 100, "--quality must be between 1 and 100"),
         (config.n_trees >= 1, "--n-trees must be at least 1"),
+        (config.iiif_concurrency >= 1, "--iiif-concurrency must be at least 1"),
         (config.max_pixels >= 1, "--max-pixels must be positive"),
         (config.grid in grid.METHODS, f"--grid must be one of {', '.join(grid.METHODS)}"),
         (config.reducer in reduce.REDUCERS, "--reducer must be tsne or umap"),
@@ -158,16 +160,30 @@ def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> Pipelin
     validate(config)
     specs = parse_embedding_specs(config.embeddings)
     inputs = collect.collect_inputs(config.images)
+    if inputs.urls and config.metadata:
+        raise UsageError("--metadata cannot be used with a list of IIIF URLs: their labels "
+                         "and metadata are the items' metadata")
+    if inputs.urls:  # IIIF in: the title is the manifest's label, unless --title says
+        config = replace(config, title_template=config.title_template or "{label}")
     metadata = collect.read_metadata(config.metadata, config.filename_column) \
         if config.metadata else None
     columns = metadata.columns if metadata else []
+    if inputs.urls:  # the metadata is only known once fetched: the checks come then
+        columns = ["label", "manifest", *collect.template_fields(config.title_template or ""),
+                   *collect.template_fields(config.url_template or "")]
     collect.check_template("--title", config.title_template, columns)
     collect.check_template("--url", config.url_template, columns)
     directory = bundle_dir(config.out, config.collection_id())
     with bundle_lock(directory):
         (directory / MANIFEST).unlink(missing_ok=True)
         pyvips.cache_set_max(0)
+        fetch_skipped: list[dict] = []
+        if inputs.urls:
+            inputs, metadata, fetch_skipped = iiif_in.fetch_inputs(
+                inputs.urls, directory / "cache" / "iiif",
+                iiif_in.model_size(config.cell_size, config.embeddings), config.iiif_concurrency)
         run = _Run(config, specs, inputs, metadata, directory, show_progress)
+        run.fetch_skipped = fetch_skipped
         return PipelineResult(run.execute(), directory, run.cached)
 
 
@@ -184,6 +200,7 @@ class _Run:
         self.show_progress = show_progress
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
+        self.fetch_skipped: list[dict] = []  # IIIF in: what could not be fetched
 
     def stage(self, name: str, key: str, build) -> dict[str, Any]:
         """Return the fresh cache record of ``name`` or run ``build`` to make one."""
@@ -421,8 +438,9 @@ class _Run:
             "title": c.title or c.collection_id(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "parameters": parameters,
-            "counts": {"inputs": len(self.inputs.paths), "items": n_items,
-                       "skipped": len(decoded["skipped"]),
+            "counts": {"inputs": len(self.inputs.paths) + len(self.fetch_skipped),
+                       "items": n_items,
+                       "skipped": len(decoded["skipped"]) + len(self.fetch_skipped),
                        "ignored_files": len(self.inputs.ignored),
                        "metadata_rows": stored["metadata_rows"],
                        "images_without_row": len(unmatched["images_without_row"]),
@@ -443,7 +461,7 @@ class _Run:
             "columns": stored["columns"],
             "facets": [col["name"] for col in stored["columns"] if col["kind"] == "facet"],
             "hotspots": hotspots["hotspots"],
-            "skipped": decoded["skipped"],
+            "skipped": self.fetch_skipped + decoded["skipped"],
             "ignored_files": [collect.display_path(p) for p in self.inputs.ignored],
             "unmatched": unmatched,
             "timings": self.timings,
