@@ -5,18 +5,19 @@ Each chunk is one task, ``decode_chunk``, run in a worker process: a local
 process pool (``--jobs``), or the workers of a Dask cluster (``--dask``),
 through the same ``concurrent.futures`` interface. A task decodes its images,
 makes each cell, encodes it (``mosaic.bundle.encode_cell``, JPEG), computes the
-pixel embeddings (``raw``; ``vgg16`` in batches, on the worker's GPU if it has
-one) and returns everything as a few arrays. Workers never write: the
-orchestrator's process is the only writer. It stores each finished chunk as
-one file, ``chunk-<k>.npz``, atomically (temp file, fsync, rename), in any
-order. A killed run therefore loses only the chunks in flight; on resume a
-chunk file that is torn or does not match its chunk is decoded again.
+pixel embeddings (``pixels`` and ``raw``, vectorised over the chunk; ``vgg16`` in
+batches, on the worker's GPU if it has one) and returns everything as a few
+arrays. Workers never write: the orchestrator's process is the only writer. It
+stores each finished chunk as one file, ``chunk-<k>.npz``, atomically (temp
+file, fsync, rename), in any order. A killed run therefore loses only the
+chunks in flight; on resume a chunk file that is torn or does not match its
+chunk is decoded again.
 
 At the end ``compact`` reads the chunk files in order and writes the survivors
 in dense item order: the bundle's ``cells.pack`` and ``cells.idx`` and one
 ``.npy`` per pixel embedding. Nothing uncompressed and N-sized is ever written:
-cells are JPEG, ``raw`` vectors are uint8 (768 B per item) and ``vgg16``
-vectors float16.
+cells are JPEG, ``pixels`` and ``raw`` vectors are int8 and uint8 (768 B per
+item each) and ``vgg16`` vectors float16.
 
 A chunk file holds ``indices`` (int64, the chunk's inputs), ``status`` (int8,
 ``DONE`` or ``FAILED``), ``sizes`` (int64 (n, 2), width and height),
@@ -47,7 +48,13 @@ import pyvips
 from mosaic.bundle import encode_cell
 from mosaic.errors import ImageError, MosaicError, UsageError
 from mosaic.pipeline import thumbnail
-from mosaic.pipeline.embed import VECTOR_DTYPES, Vgg16Embedder, pixel_dims
+from mosaic.pipeline.embed import (
+    PIXELS_SIDE,
+    VECTOR_DTYPES,
+    Vgg16Embedder,
+    pixel_dims,
+    pixels_vectors,
+)
 
 CHUNK = 256
 VGG_BATCH = 32
@@ -67,7 +74,7 @@ class DecodeOptions:
     background: tuple[int, int, int]
     max_pixels: int
     weights: str = "none"
-    kinds: tuple[str, ...] = ()  # the pixel embeddings: "raw", "vgg16"
+    kinds: tuple[str, ...] = ()  # the pixel embeddings: "pixels", "raw", "vgg16"
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,15 @@ def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     reasons = [""] * n
     cells: list[bytes] = []
     raw: list[np.ndarray] = []
+    pictures: list[np.ndarray] = []
     model_inputs: list[np.ndarray] = []
     for position, path in enumerate(task.paths):
         try:
             image = thumbnail.decode_image(
                 path, cell_size=options.cell_size, fit=options.fit,
                 background=options.background, max_pixels=options.max_pixels,
-                model_size=vgg.input_size if vgg else None)
+                model_size=vgg.input_size if vgg else None,
+                picture_side=PIXELS_SIDE if "pixels" in options.kinds else None)
         except ImageError as error:
             reasons[position] = str(error)
             continue
@@ -127,6 +136,8 @@ def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         cells.append(encode_cell(image.cell))
         if "raw" in options.kinds:
             raw.append(thumbnail.raw_vector(image.cell))
+        if image.picture is not None:
+            pictures.append(image.picture)
         if vgg is not None:
             model_inputs.append(image.model_input)
     offsets = np.zeros(len(cells) + 1, dtype="<u8")
@@ -139,6 +150,8 @@ def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         arrays[f"vectors-{kind}"] = np.empty((len(cells), dims[kind]), VECTOR_DTYPES[kind])
     if raw:
         arrays["vectors-raw"][:] = np.stack(raw)
+    if pictures:
+        arrays["vectors-pixels"][:] = pixels_vectors(np.stack(pictures))
     for start in range(0, len(model_inputs), VGG_BATCH):
         batch = np.stack(model_inputs[start:start + VGG_BATCH])
         arrays["vectors-vgg16"][start:start + len(batch)] = vgg.embed(batch)

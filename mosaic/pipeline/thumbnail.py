@@ -40,12 +40,16 @@ class DecodedImage:
     cell: uint8 (cell_size, cell_size, 3), sRGB, upright.
     model_input: uint8 (model_size, model_size, 3) or None.
     width, height: the upright size of the source image in pixels.
+    picture: uint8 (picture_side, picture_side, 3) or None: the picture the cell
+    shows, resized to a square without letterbox bars (``fit``: squashed, its aspect
+    ignored; ``fill``: the cell's centre square), for the ``pixels`` embedding.
     """
 
     cell: np.ndarray
     model_input: np.ndarray | None
     width: int
     height: int
+    picture: np.ndarray | None = None
 
 
 def decode_image(
@@ -55,8 +59,10 @@ def decode_image(
     background: tuple[int, int, int] = (255, 255, 255),
     model_size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    picture_side: int | None = None,
 ) -> DecodedImage:
-    """Decode ``path`` once and return its cell (and model input, if asked).
+    """Decode ``path`` once and return its cell (and model input and the square
+    ``picture`` for the ``pixels`` embedding, if asked).
 
     ``fit="fit"`` letterboxes the whole image on ``background``;
     ``fit="fill"`` crops the centre square. Raises ImageError with a short
@@ -67,7 +73,7 @@ def decode_image(
     path = os.fspath(path)
     _check_file(path)
     options = dict(cell_size=cell_size, fit=fit, background=background, model_size=model_size,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels, picture_side=picture_side)
     try:
         with _ERROR_BUFFER.shared():
             return _decode(path, **options)
@@ -85,7 +91,7 @@ def decode_image(
 
 
 def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int],
-            model_size: int | None, max_pixels: int) -> DecodedImage:
+            model_size: int | None, max_pixels: int, picture_side: int | None) -> DecodedImage:
     with _vips_source(path) as source:
         header = _load(source)
         width, height = header.width, header.height
@@ -112,7 +118,14 @@ def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int
     base = base.reshape(base.shape[0], base.shape[1], 3)
     cell = square_array(base, cell_size, fit, background)
     model_input = square_array(base, model_size, fit, background) if model_size else None
-    return DecodedImage(cell=cell, model_input=model_input, width=width, height=height)
+    picture = None
+    if picture_side:
+        # fit: the whole picture squashed; fill: its centre square (the large-image path's
+        # thumbnail is already that square, the small-image path's base is not)
+        picture = resample(base, picture_side, picture_side) if fit == "fit" else \
+            square_array(base, picture_side, "fill", background)
+    return DecodedImage(cell=cell, model_input=model_input, width=width, height=height,
+                        picture=picture)
 
 
 class _SharedLock:
