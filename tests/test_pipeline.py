@@ -23,7 +23,7 @@ from mosaic.pipeline.orchestrator import run_pipeline
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-ALL_STAGES = {"decode", "vectors", "layout", "grid", "render", "index-raw", "metadata",
+ALL_STAGES = {"decode", "vectors", "layout", "grid", "render", "index-pixels", "metadata",
               "hotspots"}
 
 
@@ -219,7 +219,8 @@ def test_export_csv_and_json(bundle, tmp_path):
 def test_info_describes_the_bundle(bundle, capsys):
     assert main(["info", "--id", bundle.name, "--out", str(bundle.parent)]) == 0
     text = capsys.readouterr().out
-    assert "items 36 of 36" in text and "embedding raw" in text and "column category: facet" in text
+    assert "items 36 of 36" in text and "embedding pixels" in text
+    assert "column category: facet" in text
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -46,8 +46,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                     "tcp://10.0.0.5:8786, instead of local processes (docs/scale.md)")
     em = p.add_argument_group("embedding and layout")
     em.add_argument("--embedding", dest="embeddings", action="append",
-                    help="vgg16 | raw | file:PATH | xy:PATH; repeat for more indexes, the "
-                    "first drives the layout (default: raw)")
+                    help="pixels | raw | vgg16 | file:PATH | xy:PATH; repeat for more "
+                    "indexes, the first drives the layout (default: pixels)")
     em.add_argument("--weights", default=d.weights, help="VGG16 weights: imagenet | none | PATH")
     em.add_argument("--pca", type=int, default=d.pca,
                     help="PCA components before the layout (0 = off)")

@@ -82,7 +82,7 @@ class PipelineConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     jobs: int | None = None  # None: one per CPU (see n_jobs)
     dask: str | None = None  # a Dask scheduler's address: decode on its workers
-    embeddings: list[str] = field(default_factory=lambda: ["raw"])
+    embeddings: list[str] = field(default_factory=lambda: ["pixels"])
     weights: str = "imagenet"
     pca: int = 256
     reducer: str = "tsne"
