@@ -17,6 +17,11 @@ Parameters:
   a ``QueryError``.
 - ``<facet>=VALUE``: the item's value of that facet column equals VALUE.
   Several facets combine with AND.
+- ``<tags>=TAG`` (a ``tags`` column, e.g. ``tags=sky``): the item carries that
+  tag (one of its pipe-delimited values, exactly). Repeated
+  (``tags=sky&tags=sea``), every tag must be carried (AND), like every other
+  filter; at most ``MAX_TAGS`` tags. A tag no item carries matches nothing; it
+  is not an error.
 - ``<numeric>_min`` / ``<numeric>_max``: inclusive bounds on a ``number`` or
   ``year`` column. Items without a value never match a bound.
 - Any column may also be named ``meta.<name>`` (``meta.<name>_min``...): that
@@ -36,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mosaic.errors import QueryError
-from mosaic.store import META_PREFIX, read_columns, sql_names
+from mosaic.store import META_PREFIX, TAGS_TABLE, read_columns, sql_names
 
 RESERVED = frozenset({"q", "_searchmode", "limit", "offset"})
 NUMERIC_KINDS = frozenset({"number", "year"})
@@ -45,19 +50,23 @@ _WORD = re.compile(r"\S+")
 
 # An error names at most this many unknown parameters, then counts the rest.
 MAX_NAMED_UNKNOWN = 10
+# Tags one search may require (each is a clause; SQLite caps an expression's depth).
+MAX_TAGS = 100
 
 @dataclass(frozen=True)
 class SearchQuery:
-    """A parsed search: keyword, facet equalities and inclusive numeric ranges."""
+    """A parsed search: keyword, facet equalities, tags carried and inclusive numeric
+    ranges."""
 
     q: str | None = None
     facets: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     raw: bool = False
+    tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every tag must be carried
 
     @property
     def is_empty(self) -> bool:
-        return not (self.q or self.facets or self.ranges)
+        return not (self.q or self.facets or self.ranges or self.tags)
 
 
 def parse_search_args(
@@ -67,9 +76,12 @@ def parse_search_args(
 
     ``columns`` is ``manifest["columns"]`` (dicts with ``name`` and ``kind``).
     ``extra`` names further parameters the caller handles itself (``n``,
-    ``seed``...); any other unknown name raises QueryError.
+    ``seed``...); any other unknown name raises QueryError. A repeated ``tags``
+    parameter is read whole from a multi-valued mapping (``getlist``, as Flask's
+    ``request.args``) or from a list value.
     """
     facet_names = {c["name"] for c in columns if c["kind"] == "facet"}
+    tags_names = {c["name"] for c in columns if c["kind"] == "tags"}
     numeric_names = {c["name"] for c in columns if c["kind"] in NUMERIC_KINDS}
     allowed = RESERVED | set(extra)
     mode = (args.get("_searchmode") or "words").strip()
@@ -77,6 +89,7 @@ def parse_search_args(
         raise QueryError(f"_searchmode must be 'words' or 'raw', not {mode!r}")
 
     facets: dict[str, str] = {}
+    tags: dict[str, list[str]] = {}
     ranges: dict[str, list[float | None]] = {}
     unknown = []
     for name in args:
@@ -88,6 +101,14 @@ def parse_search_args(
         if column in facet_names:
             if value != "":
                 facets[column] = value
+            continue
+        if column in tags_names:
+            wanted = tags.setdefault(column, [])
+            for tag in _all_values(args, name):
+                if tag != "" and tag not in wanted:
+                    wanted.append(tag)
+            if sum(map(len, tags.values())) > MAX_TAGS:
+                raise QueryError(f"at most {MAX_TAGS} tags in one search")
             continue
         base, _, bound = column.rpartition("_")
         if base in numeric_names and bound in ("min", "max"):
@@ -103,12 +124,12 @@ def parse_search_args(
             shown += f" and {len(names) - MAX_NAMED_UNKNOWN} more"
         raise QueryError(
             f"unknown search parameter(s): {shown}; valid are "
-            f"q, {_describe(facet_names, numeric_names)}"
+            f"q, {_describe(facet_names | tags_names, numeric_names)}"
         )
     q = (args.get("q") or "").strip() or None
     return SearchQuery(
         q=q, facets=facets, ranges={k: (v[0], v[1]) for k, v in ranges.items()},
-        raw=mode == "raw",
+        raw=mode == "raw", tags={k: tuple(v) for k, v in tags.items() if v},
     )
 
 
@@ -123,8 +144,9 @@ def search_items(
     """
     if limit is not None and limit < 0 or offset < 0:
         raise QueryError("limit and offset must be >= 0")
-    stored = sql_names(read_columns(conn)) if query.facets or query.ranges else {}
-    unknown = sorted(set(query.facets) - set(stored) | set(query.ranges) - set(stored))
+    filtered = query.facets or query.ranges or query.tags
+    stored = sql_names(read_columns(conn)) if filtered else {}
+    unknown = sorted((set(query.facets) | set(query.ranges) | set(query.tags)) - set(stored))
     if unknown:
         raise QueryError(f"this collection has no column {', '.join(map(repr, unknown))}")
     source, where, params, column = _build_sql(query, stored)
@@ -133,7 +155,7 @@ def search_items(
         if limit == 0:
             return conn.execute(count_sql, params).fetchone()[0], []
         page = [*params, -1 if limit is None else limit, offset]
-        if query.q and (query.facets or query.ranges):
+        if query.q and filtered:
             # Keyword and filters: count in the same pass, so the full-text
             # match (the costly part) runs once.
             rows = conn.execute(f"SELECT {column}, COUNT(*) OVER () FROM {source}{where} "
@@ -171,6 +193,10 @@ def _build_sql(query: SearchQuery, stored: dict[str, str]) -> tuple[str, str, li
     for name, value in query.facets.items():
         clauses.append(f"m.{stored[name]} = ?")
         params.append(value)
+    for name, values in query.tags.items():
+        for value in values:  # the (name, value, id) index answers each one
+            clauses.append(f"m.id IN (SELECT id FROM {TAGS_TABLE} WHERE name = ? AND value = ?)")
+            params += [name, value]
     for name, (low, high) in query.ranges.items():
         if low is not None:
             clauses.append(f"m.{stored[name]} >= ?")
@@ -191,6 +217,13 @@ def _build_sql(query: SearchQuery, stored: dict[str, str]) -> tuple[str, str, li
         source, column = "items", "items.id"
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     return source, where, params, column
+
+
+def _all_values(args: Mapping, name: str) -> list[str]:
+    """Every value of a parameter: a MultiDict's ``getlist``, a list, or the one value."""
+    getlist = getattr(args, "getlist", None)
+    values = getlist(name) if getlist is not None else args[name]
+    return [str(v).strip() for v in ([values] if isinstance(values, str) else values)]
 
 
 def _parse_number(name: str, value: str) -> float:

@@ -20,6 +20,9 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 
 META_PREFIX = "meta."
+# One row per (item, tag) of each ``tags`` column (pipe-delimited in the CSV; the raw
+# string stays in ``metadata``): ``(name, value, id)``, indexed on (name, value, id).
+TAGS_TABLE = "item_tags"
 # The item's own fields in an export, before the user's columns: the CLI's, and the
 # server's (which never hands out the paths of the machine that built the bundle).
 EXPORT_FIELDS = ("id", "source", "row", "col", "x", "y", "title", "url")

@@ -26,6 +26,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                     help="display title template over CSV columns, e.g. '{Name} ({Year})'")
     io.add_argument("--url", dest="url_template",
                     help="link template over CSV columns, e.g. 'https://example.org/{Id}'")
+    io.add_argument("--tags-column", dest="tags_columns", action="append", metavar="NAME",
+                    help="CSV column of pipe-delimited tags ('red|sky|sea'), a multi-valued "
+                    "facet; repeat for more (default: a column called 'tags', any case)")
     io.add_argument("--out", default=d.out, help="folder that holds the bundles")
     io.add_argument("--id", help="collection id: letters, digits, '.', '_', '-' "
                     "(default: the image folder's name)")
@@ -59,6 +62,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     em.add_argument("--min-dist", type=float, default=d.min_dist, help="UMAP min_dist")
     em.add_argument("--metric", default=d.metric, help="distance for t-SNE/UMAP")
     em.add_argument("--random-state", type=int, default=d.random_state, help="seed")
+    em.add_argument("--label-column", metavar="COLUMN",
+                    help="supervised layout: this CSV column's values guide UMAP (its y; "
+                    "items without a value are unlabelled); needs --reducer umap "
+                    "(default: none, unsupervised)")
     em.add_argument("--grid", choices=["auto", "rasterfairy", "lap"], default=d.grid,
                     help=f"auto = lap up to {grid.LAP_AUTO_MAX_ITEMS:,} items, rasterfairy above")
     ti = p.add_argument_group("tiles and indexes")

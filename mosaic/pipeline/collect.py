@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,12 +220,56 @@ class _Blank(dict):
         return ""
 
 
-def infer_column_kinds(metadata: Metadata) -> dict[str, str]:
-    """Classify each non-filename column as number, year, facet or text."""
+TAGS_COLUMN = "tags"  # PixPlot's convention: pipe-delimited tags, any case of this name
+TAGS_SEPARATOR = "|"
+
+
+def split_tags(value: str | None) -> list[str]:
+    """A ``tags`` value's tags: split on ``|``, stripped, empties dropped, each once.
+
+    >>> split_tags("red|sky|  sea |sky||")
+    ['red', 'sky', 'sea']
+    """
+    tags = (tag.strip() for tag in (value or "").split(TAGS_SEPARATOR))
+    return list(dict.fromkeys(tag for tag in tags if tag))
+
+
+def tags_columns(metadata: Metadata, named: Iterable[str] = ()) -> list[str]:
+    """The CSV's tags columns: one called ``tags`` (any case) and those ``named``
+    (``--tags-column``, each of which must exist), in file order."""
+    named = list(named)
+    check_columns("--tags-column", named, metadata)
+    if metadata.filename_column in named:
+        raise UsageError(f"--tags-column {metadata.filename_column!r} is the filename column")
+    wanted = set(named)
+    return [c for c in metadata.columns if c != metadata.filename_column
+            and (c in wanted or c.lower() == TAGS_COLUMN)]
+
+
+def check_columns(option: str, names: Iterable[str], metadata: Metadata | None) -> None:
+    """UsageError naming the first of ``names`` that ``metadata`` (the CSV) lacks."""
+    for name in names:
+        if metadata is None:
+            raise UsageError(f"{option} {name!r} needs --metadata (a CSV with that column)")
+        if name not in metadata.columns:
+            raise UsageError(f"{option} {name!r} is not a column of the metadata CSV "
+                             f"(columns: {', '.join(metadata.columns)})")
+
+
+def infer_column_kinds(metadata: Metadata, tags: Iterable[str] = ()) -> dict[str, str]:
+    """Classify each non-filename column as number, year, facet, tags or text.
+
+    ``tags`` (``--tags-column``) names further columns of pipe-delimited tags
+    besides one called ``tags``: see ``tags_columns``.
+    """
     kinds = {}
     n_rows = max(len(metadata.rows), 1)
+    tagged = set(tags_columns(metadata, tags))
     for column in metadata.columns:
         if column == metadata.filename_column:
+            continue
+        if column in tagged:
+            kinds[column] = "tags"  # multi-valued facet: mosaic/pipeline/metadata.py
             continue
         values = [row.get(column, "") for row in metadata.rows]
         filled = [v for v in values if v != ""]

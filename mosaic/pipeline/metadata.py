@@ -2,6 +2,8 @@
 
 Schema in docs/bundle.md. The user's CSV columns are stored under positional
 names (``mosaic.store.sql_name``), their verbatim names in the ``columns`` table.
+A ``tags`` column keeps its raw pipe-delimited string in ``metadata``, and one
+``item_tags`` row per (item, tag); each distinct tag is a ``facet_values`` row.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mosaic.store import quote_ident, sql_name
+from mosaic.pipeline.collect import split_tags
+from mosaic.store import TAGS_TABLE, quote_ident, sql_name
 
-SQL_TYPES = {"number": "REAL", "year": "INTEGER", "facet": "TEXT", "text": "TEXT"}
+SQL_TYPES = {"number": "REAL", "year": "INTEGER", "facet": "TEXT", "text": "TEXT",
+             "tags": "TEXT"}
+COUNTED_KINDS = ("facet", "tags")  # their values are counted in facet_values
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,8 @@ def write_metadata_db(path: Path, items: Iterable[ItemRecord], kinds: dict[str, 
     try:
         _create_schema(conn, kinds)
         counts: dict[str, Counter] = {name: Counter() for name, k in kinds.items()
-                                      if k == "facet"}
+                                      if k in COUNTED_KINDS}
+        insert_tag = f"INSERT INTO {TAGS_TABLE} (name, value, id) VALUES (?, ?, ?)"
         stored = [sql_name(i) for i in range(len(kinds))]
         placeholders = ", ".join("?" * (len(stored) + 1))
         insert_meta = f"INSERT INTO metadata (id{''.join(', ' + s for s in stored)}) " \
@@ -57,6 +63,11 @@ def write_metadata_db(path: Path, items: Iterable[ItemRecord], kinds: dict[str, 
                     body.append(value)
                 if kind == "facet" and value:
                     counts[name][value] += 1
+                if kind == "tags" and value:
+                    tags = split_tags(value)
+                    body.extend(tags)
+                    counts[name].update(tags)
+                    conn.executemany(insert_tag, [(name, tag, item.id) for tag in tags])
             conn.execute("INSERT INTO items_fts (rowid, title, body) VALUES (?, ?, ?)",
                          (item.id, item.title or "", " ".join(body)))
         for name, counter in counts.items():
@@ -85,6 +96,10 @@ def _create_schema(conn: sqlite3.Connection, kinds: dict[str, str]) -> None:
     conn.execute("CREATE TABLE facet_values (name TEXT NOT NULL, value TEXT NOT NULL, "
                  "count INTEGER NOT NULL)")
     conn.execute("CREATE VIRTUAL TABLE items_fts USING fts5(title, body)")
+    if "tags" in kinds.values():  # only then: a CSV without tags makes the same file as ever
+        conn.execute(f"CREATE TABLE {TAGS_TABLE} (name TEXT NOT NULL, value TEXT NOT NULL, "
+                     "id INTEGER NOT NULL)")
+        conn.execute(f"CREATE INDEX {TAGS_TABLE}_value ON {TAGS_TABLE} (name, value, id)")
     for position, kind in enumerate(kinds.values()):
         if kind in ("facet", "number", "year"):
             column = sql_name(position)

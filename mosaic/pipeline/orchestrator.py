@@ -76,6 +76,7 @@ class PipelineConfig:
     filename_column: str = "filename"
     title_template: str | None = None
     url_template: str | None = None
+    tags_columns: list[str] = field(default_factory=list)  # besides a column called "tags"
     cell_size: int = 128
     fit: str = "fit"
     background: tuple[int, int, int] = (255, 255, 255)
@@ -92,6 +93,7 @@ class PipelineConfig:
     min_dist: float = 0.1
     metric: str = "euclidean"
     random_state: int = 0
+    label_column: str | None = None  # supervised UMAP: this CSV column's values as y
     grid: str = "auto"
     tile_size: int = 256
     overlap: int = 0
@@ -135,6 +137,7 @@ def validate(config: PipelineConfig) -> None:
         (config.max_pixels >= 1, "--max-pixels must be positive"),
         (config.grid in grid.METHODS, f"--grid must be one of {', '.join(grid.METHODS)}"),
         (config.reducer in reduce.REDUCERS, "--reducer must be tsne or umap"),
+        (config.label_column is None or config.reducer == "umap", reduce.LABELS_NEED_UMAP),
         (config.tsne_backend in reduce.TSNE_BACKENDS,
          "--tsne-backend must be opentsne, multicore or sklearn"),
         (config.clusters == "off" or config.clusters == "auto" or config.clusters.isdigit()
@@ -173,6 +176,11 @@ def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> Pipelin
                    *collect.template_fields(config.url_template or "")]
     collect.check_template("--title", config.title_template, columns)
     collect.check_template("--url", config.url_template, columns)
+    if config.label_column and specs[0].kind == "xy":
+        raise UsageError(f"--label-column needs a computed layout, not --embedding "
+                         f"{config.embeddings[0]} (the layout itself)")
+    if not inputs.urls:  # a IIIF list's columns are known once fetched: checked then
+        _check_user_columns(config, metadata)
     directory = bundle_dir(config.out, config.collection_id())
     with bundle_lock(directory):
         (directory / MANIFEST).unlink(missing_ok=True)
@@ -182,9 +190,23 @@ def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> Pipelin
             inputs, metadata, fetch_skipped = iiif_in.fetch_inputs(
                 inputs.urls, directory / "cache" / "iiif",
                 iiif_in.model_size(config.cell_size, config.embeddings), config.iiif_concurrency)
+            _check_user_columns(config, metadata)
         run = _Run(config, specs, inputs, metadata, directory, show_progress)
         run.fetch_skipped = fetch_skipped
         return PipelineResult(run.execute(), directory, run.cached)
+
+
+def _check_user_columns(config: PipelineConfig, metadata: collect.Metadata | None) -> None:
+    """UsageError naming a ``--label-column`` or ``--tags-column`` the CSV lacks."""
+    if config.label_column:
+        collect.check_columns("--label-column", [config.label_column], metadata)
+        if not any(row.get(config.label_column) for row in metadata.rows):
+            raise UsageError(f"--label-column {config.label_column!r} has no values in the "
+                             f"metadata CSV")
+    if metadata is not None:
+        collect.tags_columns(metadata, config.tags_columns)
+    elif config.tags_columns:
+        collect.check_columns("--tags-column", config.tags_columns, None)
 
 
 class _Run:
@@ -232,8 +254,13 @@ class _Run:
         user_files = [(s.name, _file_signature(s.path)) for s in self.specs if not s.from_pixels]
         vectors_key = cache_key(decode_key, user_files)
         self.stage("vectors", vectors_key, lambda: self.build_user_vectors(kept))
+        # A supervised layout also reads the CSV (its label column); unsupervised keys
+        # are as before.
+        supervised = [c.label_column, _file_signature(c.metadata), c.filename_column] \
+            if c.label_column else []
         layout_key = cache_key(vectors_key, c.pca, c.reducer, c.tsne_backend, c.perplexity,
-                               c.n_neighbors, c.min_dist, c.metric, c.random_state)
+                               c.n_neighbors, c.min_dist, c.metric, c.random_state,
+                               *supervised)
         layout = self.stage("layout", layout_key, self.build_layout)
         grid_key = cache_key(layout_key, c.grid)
         gridded = self.stage("grid", grid_key, self.build_grid)
@@ -244,7 +271,8 @@ class _Run:
                                                            c.random_state),
                               lambda s=s: self.build_annoy(s)) for s in self.specs]
         meta_key = cache_key(grid_key, _file_signature(c.metadata), c.filename_column,
-                             c.title_template, c.url_template)
+                             c.title_template, c.url_template,
+                             *([["tags", tagged]] if (tagged := self.tags_columns()) else []))
         stored = self.stage("metadata", meta_key, lambda: self.build_metadata(kept))
         hotspot_key = cache_key(meta_key, c.clusters)
         hotspots = self.stage("hotspots", hotspot_key, lambda: self.build_hotspots(stored))
@@ -299,10 +327,30 @@ class _Run:
             xy = reduce.scale_unit(np.asarray(vectors[:], dtype=np.float64))
         else:
             reduced = reduce.reduce_pca(vectors, c.pca, c.random_state) if c.pca else vectors
+            labels = self.label_codes() if c.label_column else None
             xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
-                                  c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs())
+                                  c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs(),
+                                  labels=labels)
         save_npy_atomic(self.path("layout.npy"), xy)
         return ["layout.npy"], {}
+
+    def tags_columns(self) -> list[str]:
+        """The CSV's ``tags`` columns (by name or ``--tags-column``); none without a CSV."""
+        return collect.tags_columns(self.metadata, self.config.tags_columns) \
+            if self.metadata else []
+
+    def label_codes(self) -> np.ndarray:
+        """``--label-column``'s value per item as UMAP's integer codes (-1: no value)."""
+        kept = np.load(self.path("cache/kept.npy"))
+        match = collect.match_metadata(self.inputs, self.metadata)
+        rows, column = self.metadata.rows, self.config.label_column
+        values = [rows[r].get(column, "") if r is not None else None
+                  for r in (match.row_of_input[i] for i in kept.tolist())]
+        codes = reduce.encode_labels(values)
+        if (codes < 0).any():
+            logger.warning("--label-column %s: %d of %d items have no value (unlabelled)",
+                           column, int((codes < 0).sum()), len(codes))
+        return codes
 
     def build_grid(self):
         xy = np.load(self.path("layout.npy"))
@@ -369,7 +417,7 @@ class _Run:
         sizes = np.load(self.path("cache/sizes.npy"))
         kinds, match, rows = {}, None, []
         if self.metadata:
-            kinds = collect.infer_column_kinds(self.metadata)
+            kinds = collect.infer_column_kinds(self.metadata, c.tags_columns)
             match = collect.match_metadata(self.inputs, self.metadata)
             rows = self.metadata.rows
 
@@ -456,10 +504,11 @@ class _Run:
             "embeddings": [record["embedding"] for record in indexes],
             "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
                        "backend": c.tsne_backend if c.reducer == "tsne" else "umap",
-                       "random_state": c.random_state},
+                       "random_state": c.random_state, "label_column": c.label_column},
             "display": {"title": c.title_template, "url": c.url_template},
             "columns": stored["columns"],
-            "facets": [col["name"] for col in stored["columns"] if col["kind"] == "facet"],
+            "facets": [col["name"] for col in stored["columns"]
+                       if col["kind"] in ("facet", "tags")],
             "hotspots": hotspots["hotspots"],
             "skipped": self.fetch_skipped + decoded["skipped"],
             "ignored_files": [collect.display_path(p) for p in self.inputs.ignored],

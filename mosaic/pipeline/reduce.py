@@ -2,11 +2,18 @@
 
 Backends sit behind one function each; a missing optional package raises an
 ImportError that says what to install.
+
+A supervised layout (``--label-column``) hands UMAP the items' labels as
+integer codes, ``fit(X, y=codes)``: items of one label are drawn together even
+where their pixels are not. An item without a label has code -1, which UMAP
+treats as unlabelled (semi-supervised: placed by its vector alone). t-SNE has
+no supervised mode, so labels need ``reducer="umap"``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,6 +27,7 @@ TSNE_BACKENDS = ("opentsne", "multicore", "sklearn")
 INCREMENTAL_PCA_VALUES = 100_000_000
 PCA_BATCH_ROWS = 20_000
 MIN_ITEMS_FOR_MANIFOLD = 10
+LABELS_NEED_UMAP = "--label-column needs --reducer umap: t-SNE has no supervised mode"
 # openTSNE is fitted on at most this many items; the others are placed at the median of
 # their nearest fitted neighbours (openTSNE's prepare_partial). Chosen by measurement:
 # docs/scale.md ("Layout at a million").
@@ -69,26 +77,51 @@ def layout_2d(
     metric: str = "euclidean",
     random_state: int = 0,
     n_jobs: int = 1,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Embed (N, D) vectors in 2-D; returns float32 (N, 2) scaled to [0, 1].
 
-    Fewer than ``MIN_ITEMS_FOR_MANIFOLD`` items are laid out by PCA alone,
-    since t-SNE and UMAP are undefined for so few points.
+    ``labels`` (int (N,), -1 = unlabelled; see ``encode_labels``) makes the
+    layout supervised; only ``reducer="umap"`` takes them. Fewer than
+    ``MIN_ITEMS_FOR_MANIFOLD`` items are laid out by PCA alone, since t-SNE and
+    UMAP are undefined for so few points (labels are then unused).
     """
     if reducer not in REDUCERS:
         raise UsageError(f"--reducer must be one of {', '.join(REDUCERS)}, not {reducer!r}")
     if tsne_backend not in TSNE_BACKENDS:
         raise UsageError(f"--tsne-backend must be one of {', '.join(TSNE_BACKENDS)}")
+    if labels is not None:
+        if reducer != "umap":
+            raise UsageError(LABELS_NEED_UMAP)
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(vectors),):
+            raise ValueError(f"labels must have shape ({len(vectors)},), not {labels.shape}")
+        if (labels < 0).all():  # nothing to supervise with: UMAP's plain layout
+            labels = None
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n_items = len(vectors)
     if n_items < MIN_ITEMS_FOR_MANIFOLD or vectors.shape[1] < 2:
         xy = _small_layout(vectors, random_state)
     elif reducer == "umap":
-        xy = _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs)
+        xy = _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs, labels)
     else:
         perplexity = min(perplexity, (n_items - 1) / 3)
         xy = _TSNE[tsne_backend](vectors, perplexity, metric, random_state, n_jobs)
     return scale_unit(np.asarray(xy, dtype=np.float64))
+
+
+def encode_labels(values: Sequence[str | None]) -> np.ndarray:
+    """Integer codes for label values, as UMAP's ``y`` wants them: int64 (N,).
+
+    Distinct non-empty values get 0..K-1 in sorted order; ``None`` or ``""``
+    (no label) gets -1, which UMAP treats as unlabelled.
+
+    >>> encode_labels(["b", "a", None, "b", ""]).tolist()
+    [1, 0, -1, 1, -1]
+    """
+    classes = sorted({v for v in values if v})
+    code = {value: index for index, value in enumerate(classes)}
+    return np.array([code[v] if v else -1 for v in values], dtype=np.int64)
 
 
 def scale_unit(xy: np.ndarray) -> np.ndarray:
@@ -158,12 +191,12 @@ def _sklearn_tsne(vectors, perplexity, metric, random_state, n_jobs):
     return tsne.fit_transform(vectors)
 
 
-def _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs):
+def _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs, labels=None):
     import umap
 
     model = umap.UMAP(n_neighbors=min(n_neighbors, len(vectors) - 1), min_dist=min_dist,
                       metric=metric, random_state=random_state)
-    return model.fit_transform(vectors)
+    return model.fit_transform(vectors, y=labels)
 
 
 _TSNE = {"opentsne": _opentsne, "multicore": _multicore_tsne, "sklearn": _sklearn_tsne}
