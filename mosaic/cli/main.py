@@ -60,7 +60,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def get_parser() -> argparse.ArgumentParser:
     """The parser of every command (imports each command's module, not the heavy libraries)."""
-    from mosaic.cli import pipeline, poster, serve
+    from mosaic.cli import pipeline, poster, publish, serve
 
     parser = ArgumentParser(prog="mosaic", formatter_class=HelpFormatter,
                             description="Turn an image collection into a zoomable "
@@ -96,6 +96,7 @@ def get_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default="demo_data", help="where the demo images are written")
     serve.configure_parser(command("serve", "serve bundles over HTTP with the viewer"))
     poster.configure_parser(command("poster", "export a print-ready poster from a bundle"))
+    publish.configure_parser(command("publish", "write a bundle as a static site (no server)"))
     return parser
 
 
@@ -151,6 +152,9 @@ def _run(args: argparse.Namespace) -> int:
         return run(args)
     if args.command == "poster":
         from mosaic.cli.poster import run
+        return run(args)
+    if args.command == "publish":
+        from mosaic.cli.publish import run
         return run(args)
     raise AssertionError(args.command)
 

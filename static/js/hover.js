@@ -1,7 +1,5 @@
 // Hovering a cell shows the item's title; titles are fetched once and cached.
 
-import { getJSON } from "./api.js";
-
 const DELAY_MS = 120;
 
 export function setupHover(app) {
@@ -35,8 +33,8 @@ export function setupHover(app) {
     }
     timer = setTimeout(async () => {
       try {
-        const item = await getJSON(`${app.root}/items/${id}`);
-        titles.set(id, item.title || `item ${id}`);
+        const [title] = await app.source.titles([id]);
+        titles.set(id, title || `item ${id}`);
         if (current === id) show(id, event.clientX, event.clientY);
       } catch (error) {
         app.report(error);

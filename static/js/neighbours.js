@@ -1,7 +1,6 @@
 // Nearest neighbours of the selected item, per embedding: a thumbnail strip
 // and outlines on the map. Clicking one flies there.
 
-import { getJSON } from "./api.js";
 import { renderStrip } from "./strip.js";
 
 const K = 20;
@@ -29,18 +28,17 @@ export function setupNeighbours(app) {
       return;
     }
     select.value = app.state.embedding;
-    const url = `${app.root}/items/${id}/neighbors?embedding=${encodeURIComponent(app.state.embedding)}&k=${K}`;
-    let body;
+    let neighbors;
     try {
-      body = await getJSON(url);
+      neighbors = await app.source.neighbours(id, app.state.embedding, K);
     } catch (error) {
       app.report(error);
       return;
     }
     if (mine !== token) return;
-    renderStrip(strip, body.neighbors, (item) => app.select(item.id, { fly: true }),
+    renderStrip(strip, neighbors, (item) => app.select(item.id, { fly: true }),
       (item) => `${item.title || "item " + item.id} (distance ${item.distance.toFixed(3)})`);
-    app.overlay.setMarkers(body.neighbors.map((item) => item.id));
+    app.overlay.setMarkers(neighbors.map((item) => item.id));
   }
 
   app.events.addEventListener("select", load);

@@ -1,8 +1,6 @@
 // The side panel for the selected item: thumbnail, title, link and metadata.
 // Metadata is untrusted, so it is only ever set as text.
 
-import { getJSON } from "./api.js";
-
 const SAFE_SCHEMES = new Set(["http:", "https:"]);
 
 export function setupPanel(app) {
@@ -24,7 +22,7 @@ export function setupPanel(app) {
     }
     let item;
     try {
-      item = await getJSON(`${app.root}/items/${id}`);
+      item = await app.source.item(id);
     } catch (error) {
       app.report(error);
       return;

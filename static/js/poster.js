@@ -1,15 +1,16 @@
 // "Download poster": the current filter (or the whole map) as an A4 poster,
-// rendered by the server; bigger posters are for `python run.py poster`.
+// rendered by the server; bigger posters are for `python run.py poster`. A published
+// static site has no server to render one: the control is hidden there.
 
 export function setupPoster(app) {
   const link = document.getElementById("poster-link");
   const format = document.getElementById("poster-format");
+  if (!app.source.server) {
+    link.closest("p").hidden = true;
+    return;
+  }
   const update = () => {
-    const params = new URLSearchParams(app.filters);
-    params.set("paper", "A4");
-    params.set("dpi", "150");
-    params.set("title", app.collection.title);
-    link.href = `${app.root}/poster.${format.value}?${params}`;
+    link.href = app.source.posterUrl(app.filters, format.value, app.collection.title);
     link.download = `${app.collection.id}-poster.${format.value}`;
   };
   format.addEventListener("change", update);

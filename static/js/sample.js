@@ -1,6 +1,5 @@
 // "Random sample": N random items (among the current matches) as a strip.
 
-import { getJSON } from "./api.js";
 import { renderStrip } from "./strip.js";
 
 const N = 24;
@@ -10,7 +9,7 @@ export function setupSample(app) {
   const button = document.getElementById("sample-button");
   async function shuffle() {
     try {
-      const body = await getJSON(`${app.root}/random?n=${N}&${app.filters || ""}`);
+      const body = await app.source.random(N, app.filters);
       renderStrip(strip, body.items, (item) => app.select(item.id, { fly: true }));
       strip.dataset.seed = String(body.seed);
     } catch (error) {

@@ -3,7 +3,6 @@
 // Filters are kept as URLSearchParams in the API's own names
 // (q, <facet>=VALUE, <number>_min, <number>_max).
 
-import { getJSON } from "./api.js";
 import { renderStrip } from "./strip.js";
 
 const RESULTS = 48;
@@ -52,7 +51,7 @@ export function setupSearch(app) {
     count.textContent = "Searching…";
     let body;
     try {
-      body = await getJSON(`${app.root}/search?${app.filters}&limit=${RESULTS}&ids=all`);
+      body = await app.source.search(app.filters, RESULTS);
     } catch (error) {
       if (mine === token) count.textContent = `Error: ${error.message}`;
       return;
@@ -140,7 +139,7 @@ export function setupSearch(app) {
     return group;
   }
 
-  return getJSON(`${app.root}/facets`).then((body) => {
+  return app.source.facets().then((body) => {
     facetBox.replaceChildren(...body.facets.map(renderFacet));
     rangeBox.replaceChildren(...body.numeric.map(renderRange));
     syncControls();

@@ -2,7 +2,7 @@
 // with the features in the sibling modules. Shared state lives on `app`,
 // which is handed to each feature; nothing is global.
 
-import { apiRoot, getGrid, getJSON } from "./api.js";
+import { setupExport } from "./export.js";
 import { CellGrid } from "./grid.js";
 import { setupHash } from "./hash.js";
 import { setupHotspots } from "./hotspots.js";
@@ -14,12 +14,13 @@ import { setupPanel } from "./panel.js";
 import { setupPoster } from "./poster.js";
 import { setupSample } from "./sample.js";
 import { setupSearch } from "./search.js";
+import { pickSource } from "./source.js";
 
 async function main() {
   const element = document.getElementById("viewer");
-  const cid = decodeURIComponent(window.location.pathname.split("/").pop());
-  const root = apiRoot(cid);
-  const collection = await getJSON(root);
+  const source = pickSource(); // the server's API, or a published site's files
+  const root = source.root;
+  const collection = await source.collection();
   document.title = `${collection.title} – mosaic`;
   document.getElementById("collection-title").textContent = collection.title;
   // Every layout of the bundle; a bundle from before layouts has the similarity map only.
@@ -31,7 +32,7 @@ async function main() {
   async function gridOf(layout) {
     if (!grids.has(layout.name)) {
       const { n_rows: nRows, n_cols: nCols, cell_size: cellSize } = layout.grid;
-      grids.set(layout.name, new CellGrid(await getGrid(layout.grid_url), nRows, nCols,
+      grids.set(layout.name, new CellGrid(await source.grid(layout.grid_url), nRows, nCols,
         cellSize, collection.n_items));
     }
     return grids.get(layout.name);
@@ -41,7 +42,7 @@ async function main() {
   const viewer = OpenSeadragon({
     element,
     tileSources: layouts[0].dzi,
-    prefixUrl: "/static/openseadragon/images/",
+    prefixUrl: `${source.assets}openseadragon/images/`,
     drawer: "canvas", // 2-D canvas works everywhere, GPU or not; the tiles are plain JPEGs
     showNavigator: true,
     navigatorPosition: "BOTTOM_LEFT",
@@ -51,7 +52,7 @@ async function main() {
   });
 
   const app = {
-    viewer, collection, grid, root, layouts,
+    viewer, collection, grid, root, source, layouts,
     overlay: new MapOverlay(viewer, grid),
     events: new EventTarget(),
     state: { item: -1, embedding: collection.embeddings[0]?.name ?? "", layout: layouts[0].name },
@@ -132,6 +133,7 @@ async function main() {
   setupHover(app);
   await setupSearch(app);
   setupPoster(app);
+  setupExport(app);
   setupSample(app);
   setupLayouts(app);
   await setupHash(app);

@@ -1,0 +1,448 @@
+"""A bundle as a static site: the viewer and its data as plain files (docs/publish.md).
+
+Read side only: the bundle is read through mosaic.bundle, mosaic.store and
+metadata.sqlite, as the server reads it. Every URL in the site is relative to
+its ``index.html``, so the folder works from any static host under any prefix.
+The viewer's ``StaticSource`` (static/js/source.js) reads what is written here::
+
+    index.html, static/          the viewer (js, css, OpenSeadragon's build)
+    data/collection.json         what the server's collection endpoint returns
+    data/facets.json             facet values, numeric bounds, the index's layout
+    data/tiles/, data/grid.i32   the map (hard links to the bundle's files)
+    data/layouts/<slug>/         every other layout's tiles and grid
+    data/titles/<k>.json         titles of items k*TITLE_SHARD ...
+    data/items/<k>.json          full items (fields + metadata), ITEM_SHARD per file
+    data/thumbs/<k>/<id>.jpg     each cell's JPEG, k = id // THUMB_FOLDER
+    data/knn/<e>/<k>.bin         top-KNN_K neighbours of KNN_SHARD items (see write_neighbors)
+    data/search/...              the sharded search index (see write_search_index)
+
+Nothing fetched before the first paint grows with N except the grid (4 bytes
+per cell), which the map needs anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mosaic.bundle import open_cells, open_vectors, read_manifest
+from mosaic.errors import UsageError
+from mosaic.knn import exact_neighbors, row_norms
+from mosaic.store import META_PREFIX, SERVER_EXPORT_FIELDS, TAGS_TABLE, iter_export_rows, sql_name
+
+log = logging.getLogger(__name__)
+
+DATA = "data"
+TITLE_SHARD = 128        # titles per titles/<k>.json (hover, strips): ~3 KB
+ITEM_SHARD = 64          # full items per items/<k>.json (the panel, CSV export)
+THUMB_FOLDER = 1000      # thumbnails per folder
+KNN_K = 50               # neighbours stored per item and embedding
+KNN_SHARD = 64           # items per knn/<e>/<k>.bin: KNN_SHARD * KNN_K * 8 bytes (25.6 KB)
+NUM_CHUNK = 16_384       # (value, id) pairs per numeric chunk: 192 KB
+TEXT_SHARD_BYTES = 64 * 1024  # postings + dictionary bytes per text shard (one big term may exceed)
+# Exact neighbours while N^2 * dim stays under this (a minute on two cores); annoy beyond.
+EXACT_WORK = 5e10
+ITEM_FIELDS = ("id", "row", "col", "x", "y", "title", "url", "filename", "width", "height")
+NUMERIC_KINDS = ("number", "year")
+_BATCH = int(np.lcm(TITLE_SHARD, ITEM_SHARD)) * 16  # items written per batch: whole shards
+
+
+def write_site(directory: str | os.PathLike, site: str | os.PathLike,
+               static: str | os.PathLike, *, thumbnails: bool = True,
+               neighbors: bool = True) -> dict[str, int]:
+    """Write the static site of the bundle ``directory`` into ``site`` (created; files
+    already there are replaced) with the viewer from ``static`` (the repository's
+    static/ folder, OpenSeadragon installed by npm). Returns bytes written per part."""
+    directory, site, static = Path(directory), Path(site), Path(static)
+    manifest = read_manifest(directory)
+    osd = static / "node_modules" / "openseadragon" / "build" / "openseadragon"
+    if not osd.is_dir():
+        raise UsageError(f"OpenSeadragon is not installed in {static}: run `npm ci` there")
+    data = site / DATA
+    data.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    sizes["viewer"] = write_viewer(static, site)
+    sizes["map"] = write_map(directory, manifest, data)
+    with sqlite3.connect(f"file:{directory / manifest['files']['metadata']}?mode=ro",
+                         uri=True) as conn:
+        sizes["items"] = write_items(conn, manifest, data)
+        sizes["search"] = write_search_index(conn, manifest, data)
+    if thumbnails:
+        sizes["thumbs"] = write_thumbnails(directory, manifest, data)
+    if neighbors:
+        sizes["knn"] = write_neighbors(directory, manifest, data)
+    sizes["collection"] = write_collection(manifest, data, neighbors=neighbors)
+    return sizes
+
+
+def write_viewer(static: Path, site: Path) -> int:
+    """The viewer page as ``index.html`` (relative URLs, the static source) and its assets."""
+    page = (static / "viewer.html").read_text(encoding="utf-8")
+    page = page.replace('href="/static/', 'href="static/').replace('src="/static/', 'src="static/')
+    page = page.replace('href="/" class="home"', 'href="./" class="home"')
+    page = page.replace("<head>", '<head>\n  <meta name="mosaic-source" content="static">', 1)
+    (site / "index.html").write_text(page, encoding="utf-8")
+    total = len(page.encode())
+    for folder in ("js", "css"):
+        total += _copy_tree(static / folder, site / "static" / folder)
+    osd = static / "node_modules" / "openseadragon" / "build" / "openseadragon"
+    total += _copy_tree(osd / "images", site / "static" / "openseadragon" / "images")
+    shutil.copyfile(osd / "openseadragon.min.js",
+                    site / "static" / "openseadragon" / "openseadragon.min.js")
+    return total + (site / "static" / "openseadragon" / "openseadragon.min.js").stat().st_size
+
+
+def write_map(directory: Path, manifest: dict, data: Path) -> int:
+    """Tiles and grid of the similarity map and of every other layout (hard links)."""
+    total = _link_tree(directory / Path(manifest["tiles"]["dzi"]).parent, data / "tiles")
+    total += _link_file(directory / manifest["files"]["grid"], data / "grid.i32")
+    for layout in _extra_layouts(manifest):
+        folder = data / "layouts" / _slug(layout["name"])
+        total += _link_tree(directory / Path(layout["dzi"]).parent, folder / "tiles")
+        total += _link_file(directory / layout["grid_file"], folder / "grid.i32")
+    return total
+
+
+def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> int:
+    """``collection.json``: the server's collection body with relative URLs."""
+    tiles = manifest["tiles"]
+    grid = {k: manifest["grid"][k] for k in ("n_rows", "n_cols", "cell_size")}
+    dzi = f"tiles/{Path(tiles['dzi']).name}"
+    layouts = []
+    extra = _extra_layouts(manifest)
+    if extra:
+        layouts.append({"name": "similarity", "kind": "similarity", "dzi": dzi,
+                        "grid_url": "grid.i32", "grid": grid, "labels": []})
+        for layout in extra:
+            slug = _slug(layout["name"])
+            layouts.append({**layout["public"],
+                            "dzi": f"layouts/{slug}/tiles/{Path(layout['dzi']).name}",
+                            "grid_url": f"layouts/{slug}/grid.i32"})
+    body = {
+        "id": manifest["id"], "title": manifest.get("title") or manifest["id"],
+        "n_items": manifest["counts"]["items"],
+        "facets": manifest.get("facets", []),
+        "dzi": dzi, "tiles": tiles, "grid": grid, "grid_url": "grid.i32",
+        "embeddings": [{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
+                       for e in manifest.get("embeddings", [])] if neighbors else [],
+        "columns": manifest.get("columns", []),
+        "hotspots": manifest.get("hotspots", []),
+        "display": manifest.get("display", {}),
+        "counts": manifest.get("counts", {}),
+        "layouts": layouts,
+        "export_fields": [*SERVER_EXPORT_FIELDS,
+                          *(META_PREFIX + c["name"] for c in manifest.get("columns", []))],
+        "static": {"title_shard": TITLE_SHARD, "item_shard": ITEM_SHARD,
+                   "thumb_folder": THUMB_FOLDER, "knn_k": KNN_K, "knn_shard": KNN_SHARD},
+    }
+    return _write_json(data / "collection.json", body)
+
+
+def write_items(conn: sqlite3.Connection, manifest: dict, data: Path) -> int:
+    """``titles/<k>.json`` (a list of titles) and ``items/<k>.json`` (a list of items as
+    the server's item endpoint has them, less the thumbnail URL), in id order."""
+    columns = manifest.get("columns", [])
+    total = 0
+    items: list[dict] = []
+    for fields, values in iter_export_rows(conn, columns, None, fields=ITEM_FIELDS):
+        item = dict(zip(ITEM_FIELDS, fields, strict=True))
+        item["metadata"] = {c["name"]: v for c, v in zip(columns, values, strict=True)}
+        items.append(item)
+        if len(items) == _BATCH:
+            total += _flush_items(items, data)
+            items = []
+    if items:
+        total += _flush_items(items, data)
+    return total
+
+
+def _flush_items(items: list[dict], data: Path) -> int:
+    """Write whole shards of ``items`` (they start on a shard boundary)."""
+    total = 0
+    for size, folder, pick in ((TITLE_SHARD, "titles", lambda i: i["title"]),
+                               (ITEM_SHARD, "items", lambda i: i)):
+        (data / folder).mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(items), size):
+            part = items[start:start + size]
+            total += _write_json(data / folder / f"{part[0]['id'] // size}.json",
+                                 [pick(i) for i in part])
+    return total
+
+
+def write_thumbnails(directory: Path, manifest: dict, data: Path) -> int:
+    """Each item's cell as ``thumbs/<id // THUMB_FOLDER>/<id>.jpg`` (its bytes as stored)."""
+    total = 0
+    with open_cells(directory, manifest) as cells:
+        for item in range(manifest["counts"]["items"]):
+            folder = data / "thumbs" / str(item // THUMB_FOLDER)
+            if item % THUMB_FOLDER == 0:
+                folder.mkdir(parents=True, exist_ok=True)
+            encoded = cells.read_encoded(item)
+            (folder / f"{item}.jpg").write_bytes(encoded)
+            total += len(encoded)
+    return total
+
+
+def write_neighbors(directory: Path, manifest: dict, data: Path) -> int:
+    """``knn/<embedding index>/<k>.bin``: for KNN_SHARD items in id order, each item's
+    KNN_K nearest (itself excluded, nearest first) as little-endian int32 ids
+    (``KNN_SHARD x KNN_K``, -1 past the end) then float32 distances (same shape),
+    annoy's distances for the embedding's metric. Exact for small collections, annoy
+    (with the manifest's ``search_k``) beyond."""
+    n = manifest["counts"]["items"]
+    total = 0
+    for e, entry in enumerate(manifest.get("embeddings", [])):
+        ids, distances = top_neighbors(directory, entry, n, KNN_K)
+        folder = data / "knn" / str(e)
+        folder.mkdir(parents=True, exist_ok=True)
+        for start in range(0, n, KNN_SHARD):
+            stop = min(start + KNN_SHARD, n)
+            body = ids[start:stop].astype("<i4").tobytes() + \
+                distances[start:stop].astype("<f4").tobytes()
+            (folder / f"{start // KNN_SHARD}.bin").write_bytes(body)
+            total += len(body)
+    return total
+
+
+def top_neighbors(directory: Path, entry: dict, n: int, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, distances)``, each ``(n, k)``: every item's ``k`` nearest, self excluded,
+    nearest first; ids -1 (distance inf) where the collection has fewer items."""
+    metric = entry.get("metric", "angular")
+    ids = np.full((n, k), -1, dtype=np.int64)
+    distances = np.full((n, k), np.inf, dtype=np.float32)
+    has_vectors = bool(entry.get("vectors")) and (directory / entry["vectors"]).is_file()
+    exact = has_vectors and metric in ("euclidean", "angular") \
+        and float(n) * n * int(entry["dim"]) <= EXACT_WORK
+    if exact:  # what the server's exact search answers, item by item
+        vectors = open_vectors(directory, entry)[:]
+        norms = row_norms(vectors)
+        for item in range(n):
+            found, dist = exact_neighbors(vectors, vectors[item], k, metric, exclude=item,
+                                          norms=norms)
+            ids[item, :len(found)] = found
+            distances[item, :len(found)] = dist
+        return ids, distances
+    from annoy import AnnoyIndex
+
+    index = AnnoyIndex(int(entry["dim"]), metric)
+    index.load(str(directory / entry["index"]))
+    search_k = int(entry.get("search_k") or -1)
+    for item in range(n):
+        found, dist = index.get_nns_by_item(item, k + 1, search_k=search_k,
+                                            include_distances=True)
+        pairs = [(i, d) for i, d in zip(found, dist, strict=True) if i != item][:k]
+        ids[item, :len(pairs)] = [p[0] for p in pairs]
+        distances[item, :len(pairs)] = [p[1] for p in pairs]
+    return ids, distances
+
+
+def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path) -> int:
+    """The sharded search index under ``search/`` and ``facets.json``, which describes it.
+
+    - facets (``facet`` and ``tags`` columns): ``search/f<c>/<v>.u32``, the sorted ids
+      of items whose column ``c`` equals (carries) value ``v`` (its position in
+      ``facets.json``, the server's order: count descending, then value);
+    - numeric columns: ``search/n<c>/<k>.bin``, the items with a value sorted by
+      (value, id), NUM_CHUNK per file: float64 values then uint32 ids;
+      ``facets.json`` has each chunk's first and last value;
+    - words: ``search/t/<k>.bin``, FTS5's own tokens (its ``fts5vocab`` of items_fts,
+      so the tokenizer is SQLite's) in sorted order, cut every TEXT_SHARD_BYTES:
+      uint32 term count, uint32 header length, a JSON header ``[[term, n_ids],...]``,
+      padding to 4 bytes, then each term's sorted uint32 ids; ``facets.json`` has
+      each shard's first term.
+    """
+    columns = manifest.get("columns", [])
+    search = data / "search"
+    if search.exists():
+        shutil.rmtree(search)
+    search.mkdir(parents=True)
+    total = 0
+    facets, numeric = [], []
+    counts: dict[str, list] = {}
+    for name, value, count in conn.execute(
+            "SELECT name, value, count FROM facet_values ORDER BY name, count DESC, value"):
+        counts.setdefault(name, []).append({"value": value, "count": count})
+    for position, column in enumerate(columns):
+        kind, name = column["kind"], column["name"]
+        if kind in ("facet", "tags"):
+            values = counts.get(name, [])
+            folder = search / f"f{position}"
+            folder.mkdir()
+            if kind == "facet":
+                rows = conn.execute(f"SELECT {sql_name(position)}, id FROM metadata "
+                                    f"WHERE {sql_name(position)} IS NOT NULL ORDER BY id")
+            else:
+                rows = conn.execute(f"SELECT value, id FROM {TAGS_TABLE} WHERE name = ? "
+                                    "ORDER BY id", (name,))
+            postings: dict[Any, list[int]] = {}
+            for value, item in rows:
+                postings.setdefault(value, []).append(item)
+            for v, entry in enumerate(values):
+                ids = sorted(set(postings.get(entry["value"], [])))
+                total += _write_ids(folder / f"{v}.u32", ids)
+            facets.append({"name": name, "kind": kind, "position": position,
+                           "values": values})
+        elif kind in NUMERIC_KINDS:
+            stored = sql_name(position)
+            rows = conn.execute(f"SELECT {stored}, id FROM metadata WHERE typeof({stored}) "
+                                f"IN ('integer', 'real') ORDER BY {stored}, id").fetchall()
+            folder = search / f"n{position}"
+            folder.mkdir()
+            chunks = []
+            for k, start in enumerate(range(0, len(rows), NUM_CHUNK)):
+                part = rows[start:start + NUM_CHUNK]
+                values = np.array([r[0] for r in part], dtype="<f8")
+                ids = np.array([r[1] for r in part], dtype="<u4")
+                body = values.tobytes() + ids.tobytes()
+                (folder / f"{k}.bin").write_bytes(body)
+                total += len(body)
+                chunks.append([float(values[0]), float(values[-1]), len(part)])
+            numeric.append({"name": name, "kind": kind, "position": position,
+                            "min": rows[0][0] if rows else None,
+                            "max": rows[-1][0] if rows else None,
+                            "count": len(rows), "chunks": chunks})
+    text = write_text_index(conn, search / "t")
+    total += text["bytes"]
+    body = {"facets": [{"name": f["name"], "values": f["values"]} for f in facets],
+            "numeric": [{k: n[k] for k in ("name", "kind", "min", "max", "count")}
+                        for n in numeric],
+            "index": {"facets": [{k: f[k] for k in ("name", "kind", "position")}
+                                 for f in facets],
+                      "numeric": [{k: n[k] for k in ("name", "position", "chunks")}
+                                  for n in numeric],
+                      "text": text["shards"]}}
+    return total + _write_json(data / "facets.json", body)
+
+
+def write_text_index(conn: sqlite3.Connection, folder: Path) -> dict:
+    """Token shards from FTS5's vocabulary (see write_search_index)."""
+    folder.mkdir(parents=True)
+    conn.execute("DROP TABLE IF EXISTS temp.publish_vocab")
+    conn.execute("CREATE VIRTUAL TABLE temp.publish_vocab "
+                 "USING fts5vocab(main, 'items_fts', 'instance')")
+    shards: list[str] = []
+    total = 0
+    pending: list[tuple[str, list[int]]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal total, size, pending
+        header = json.dumps([[t, len(ids)] for t, ids in pending],
+                            ensure_ascii=False, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 4)
+        body = struct.pack("<II", len(pending), len(header)) + header + b"".join(
+            np.array(ids, dtype="<u4").tobytes() for _, ids in pending)
+        (folder / f"{len(shards)}.bin").write_bytes(body)
+        shards.append(pending[0][0])
+        total += len(body)
+        pending, size = [], 0
+
+    term, ids = None, []
+    for token, doc in _vocab_rows(conn):
+        if token != term:
+            if term is not None:
+                pending.append((term, ids))
+                size += 4 * len(ids) + len(term.encode()) + 8
+                if size >= TEXT_SHARD_BYTES:
+                    flush()
+            term, ids = token, []
+        if not ids or ids[-1] != doc:
+            ids.append(doc)
+    if term is not None:
+        pending.append((term, ids))
+    if pending:
+        flush()
+    conn.execute("DROP TABLE temp.publish_vocab")
+    return {"shards": shards, "bytes": total}
+
+
+def _vocab_rows(conn: sqlite3.Connection) -> Iterable[tuple[str, int]]:
+    """``(term, doc)`` in term order, then doc order (fts5vocab's own order)."""
+    previous = None
+    docs: list[int] = []
+    for token, doc in conn.execute("SELECT term, doc FROM temp.publish_vocab"):
+        if token != previous:
+            yield from ((previous, d) for d in sorted(set(docs)))
+            previous, docs = token, []
+        docs.append(doc)
+    if previous is not None:
+        yield from ((previous, d) for d in sorted(set(docs)))
+
+
+def _extra_layouts(manifest: dict) -> list[dict]:
+    """The bundle's layouts other than the similarity map, each as
+    ``{name, dzi, grid_file, public}`` (``public``: what the viewer needs)."""
+    found = []
+    for entry in manifest.get("layouts") or []:
+        if entry.get("kind") == "similarity" or entry.get("name") == "similarity":
+            continue
+        tiles = entry.get("tiles") if isinstance(entry.get("tiles"), dict) else {}
+        dzi = entry.get("dzi") or tiles.get("dzi")
+        grid = entry.get("grid") if isinstance(entry.get("grid"), dict) else {}
+        grid_file = entry.get("grid_file") or (entry.get("files") or {}).get("grid") \
+            or grid.get("path") or (entry["grid"] if isinstance(entry.get("grid"), str) else None)
+        if not dzi or not grid_file:
+            log.warning("layout %s: no tiles or grid in the manifest; not published",
+                        entry.get("name"))
+            continue
+        public = {k: entry[k] for k in ("name", "kind", "labels") if k in entry}
+        public["grid"] = {k: grid.get(k, manifest["grid"][k])
+                          for k in ("n_rows", "n_cols", "cell_size")}
+        public.setdefault("labels", [])
+        found.append({"name": entry["name"], "dzi": dzi, "grid_file": grid_file,
+                      "public": public})
+    return found
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "layout"
+
+
+def _write_ids(path: Path, ids: list[int]) -> int:
+    body = np.array(ids, dtype="<u4").tobytes()
+    path.write_bytes(body)
+    return len(body)
+
+
+def _write_json(path: Path, body: Any) -> int:
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    path.write_text(text, encoding="utf-8")
+    return len(text.encode())
+
+
+def _link_file(source: Path, target: Path) -> int:
+    """Hard-link ``source`` at ``target`` (a copy across file systems); its size."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target.stat().st_size
+
+
+def _link_tree(source: Path, target: Path) -> int:
+    if target.exists():
+        shutil.rmtree(target)
+    total = 0
+    for path in source.rglob("*"):
+        if path.is_file():
+            total += _link_file(path, target / path.relative_to(source))
+    return total
+
+
+def _copy_tree(source: Path, target: Path) -> int:
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
