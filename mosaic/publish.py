@@ -380,26 +380,24 @@ def _vocab_rows(conn: sqlite3.Connection) -> Iterable[tuple[str, int]]:
 
 
 def _extra_layouts(manifest: dict) -> list[dict]:
-    """The bundle's layouts other than the similarity map, each as
-    ``{name, dzi, grid_file, public}`` (``public``: what the viewer needs)."""
+    """The bundle's layouts other than the similarity map (the manifest's ``layouts``,
+    docs/bundle.md), each as ``{name, dzi, grid_file, public}``: the bundle paths of its
+    Deep Zoom descriptor and grid, and what the viewer gets (the server's fields)."""
     found = []
     for entry in manifest.get("layouts") or []:
-        if entry.get("kind") == "similarity" or entry.get("name") == "similarity":
+        if entry.get("kind") == "similarity":
             continue
-        tiles = entry.get("tiles") if isinstance(entry.get("tiles"), dict) else {}
-        dzi = entry.get("dzi") or tiles.get("dzi")
-        grid = entry.get("grid") if isinstance(entry.get("grid"), dict) else {}
-        grid_file = entry.get("grid_file") or (entry.get("files") or {}).get("grid") \
-            or grid.get("path") or (entry["grid"] if isinstance(entry.get("grid"), str) else None)
-        if not dzi or not grid_file:
-            log.warning("layout %s: no tiles or grid in the manifest; not published",
-                        entry.get("name"))
-            continue
-        public = {k: entry[k] for k in ("name", "kind", "labels") if k in entry}
-        public["grid"] = {k: grid.get(k, manifest["grid"][k])
-                          for k in ("n_rows", "n_cols", "cell_size")}
+        slug = entry.get("slug") or _slug(entry["name"])
+        dzi = (entry.get("tiles") or {}).get("dzi") or "tiles/map.dzi"
+        if not dzi.startswith("layouts/"):
+            dzi = f"layouts/{slug}/tiles/{Path(dzi).name}"
+        public = {k: entry[k] for k in ("name", "kind", "slug", "column", "labels", "missing")
+                  if k in entry}
+        public["grid"] = {k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")}
+        public["tiles"] = {k: v for k, v in (entry.get("tiles") or {}).items() if k != "dzi"}
         public.setdefault("labels", [])
-        found.append({"name": entry["name"], "dzi": dzi, "grid_file": grid_file,
+        found.append({"name": entry["name"], "dzi": dzi,
+                      "grid_file": entry.get("grid_file") or f"layouts/{slug}/grid.i32",
                       "public": public})
     return found
 

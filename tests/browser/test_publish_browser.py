@@ -213,3 +213,57 @@ def test_random_sample_and_hotspots(page, site):
     if page.locator("#hotspots button").count():
         page.locator("#hotspots button").first.click()
         page.wait_for_selector("#panel:not([hidden])")
+
+
+@pytest.fixture(scope="module")
+def layouts_site(tmp_path_factory):
+    """A collection with a category layout, published and served under a prefix."""
+    from sample_collection import make_collection
+
+    work = tmp_path_factory.mktemp("publish-layouts")
+    make_collection(work / "images", per_cluster=8)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in (["pipeline", "--images", "images", "--metadata", "images.csv", "--id", "lay",
+                  "--title", "{name}", "--cell-size", "32", "--tile-size", "128",
+                  "--perplexity", "5", "--layout", "category"],
+                 ["publish", "--id", "lay", "--to", "www/maps/lay"]):
+        done = subprocess.run([sys.executable, str(ROOT / "run.py"), "-q", *args], cwd=work,
+                              capture_output=True, text=True, timeout=200, env=env)
+        assert done.returncode == 0, done.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1"], cwd=work / "www", stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/maps/lay/"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base, timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_every_layout_is_published(browser, layouts_site):
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    open_site(page, layouts_site)
+    assert page.locator("#layout-box").is_visible()
+    page.select_option("#layout-select", "category:category")
+    page.wait_for_selector("#viewer[data-layout='category:category']")
+    page.wait_for_selector("#viewer[data-fully-loaded=true]", timeout=20_000)
+    assert any("/data/layouts/category-category/grid.i32" in url for url in requested)
+    assert page.locator(".layout-label").count() > 0
+    page.wait_for_function("location.hash.includes('layout=category')")
+    page.screenshot(path=ARTIFACTS / "publish-layout.png")
+    page.context.close()
+    assert problems == []
