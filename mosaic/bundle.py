@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mosaic import SCHEMA_VERSION
+from mosaic import READABLE_SCHEMAS
 from mosaic.errors import BundleError, BundleNotFound, UsageError
 
 MANIFEST = "manifest.json"
@@ -77,10 +77,11 @@ def open_manifest(directory: str | Path) -> tuple[dict[str, Any], str]:
         manifest = json.loads(data)
     except ValueError as error:
         raise BundleError(f"cannot read {path}: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("schema_version") not in READABLE_SCHEMAS:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise BundleError(
-            f"{path} has schema_version {found!r}; this program reads {SCHEMA_VERSION}"
+            f"{path} has schema_version {found!r}; this program reads "
+            f"{' and '.join(str(v) for v in READABLE_SCHEMAS)}"
         )
     return manifest, hashlib.sha1(data).hexdigest()[:12]
 
@@ -327,3 +328,50 @@ def cell_ids(positions: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
     grid = np.full((n_rows, n_cols), -1, dtype=np.int32)
     grid[positions[:, 0], positions[:, 1]] = np.arange(len(positions), dtype=np.int32)
     return grid
+
+
+# Layouts (schema 4): the similarity map first, then each ``--layout``.
+
+def layout_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's ``layouts``, similarity first; a schema-3 manifest (no
+    ``layouts``) reads as its one similarity layout."""
+    if manifest.get("layouts"):
+        return manifest["layouts"]
+    files = manifest.get("files", {})
+    grid = manifest.get("grid", {})
+    return [{"name": "similarity", "kind": "similarity", "slug": "similarity",
+             "grid": {k: grid[k] for k in ("n_rows", "n_cols", "cell_size", "method")
+                      if k in grid},
+             "positions": files.get("positions", "positions.npy"),
+             "grid_file": files.get("grid", "grid.i32"),
+             "tiles": manifest.get("tiles", {}), "overview": manifest.get("overview") or {},
+             "labels": [], "missing": 0}]
+
+
+def layout_names(manifest: dict[str, Any]) -> list[str]:
+    return [entry["name"] for entry in layout_entries(manifest)]
+
+
+def layout_entry(manifest: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The ``layouts`` entry called ``name`` (None: similarity, the first).
+
+    UsageError listing the layout names for an unknown one.
+    """
+    entries = layout_entries(manifest)
+    if name is None:
+        return entries[0]
+    for entry in entries:
+        if entry["name"] == name:
+            return entry
+    raise UsageError(f"--layout {name!r} is not a layout of this bundle; it has "
+                     f"{', '.join(e['name'] for e in entries)}")
+
+
+def read_layout_positions(directory: str | Path, entry: dict[str, Any],
+                          mmap: bool = False) -> np.ndarray:
+    """int32 (N, 2) ``(row, col)`` of every item in the layout ``entry``."""
+    try:
+        return np.load(Path(directory) / entry["positions"], mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as error:
+        raise BundleError(f"cannot read the positions of layout {entry['name']!r}: "
+                          f"{error}") from None

@@ -50,6 +50,7 @@ def collection(cid: str):
         tiles=tiles,
         grid={k: bundle.grid[k] for k in ("n_rows", "n_cols", "cell_size")},
         grid_url=_collection_url(bundle, "grid.i32") + f"?v={bundle.version}",
+        layouts=[_layout(bundle, entry) for entry in bundle.layouts],
         thumbnail_url=_collection_url(bundle, "thumbs/{id}.jpg"),
         embeddings=[{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
                     for e in m.get("embeddings", [])],
@@ -72,7 +73,11 @@ def item(cid: str, item_id: int):
         abort(404, description=f"item {item_id} not in collection {cid!r}")
     # The item's own fields at the top, the CSV's columns (any names) under "metadata".
     fields = read_metadata(conn, bundle.columns, item_id)
-    return jsonify(ok=True, **dict(row), thumbnail=_thumb(bundle, item_id), metadata=fields)
+    # The item's cell in every layout, so a viewer can fly to it in any of them.
+    positions = {entry["name"]: [int(v) for v in bundle.layout_positions(entry)[item_id]]
+                 for entry in bundle.layouts}
+    return jsonify(ok=True, **dict(row), thumbnail=_thumb(bundle, item_id), metadata=fields,
+                   positions=positions)
 
 
 @bp.get("/collections/<cid>/items/<int:item_id>/neighbors")
@@ -195,6 +200,27 @@ def _summary(bundle: Bundle) -> dict:
         "overview": _collection_url(bundle, "overview.jpg") if overview.get("path") else None,
         "url": f"{request.script_root}/c/{bundle.cid}",
     }
+
+
+def _layout(bundle: Bundle, entry: dict) -> dict:
+    """One layout as the API lists it: its grid, URLs (versioned) and labels."""
+    version = f"?v={bundle.version}"
+    # The similarity layout's files are the schema-3 ones; the others' URLs are
+    # layouts/<slug>/... (server/files.py), as in the bundle.
+    base = "" if entry["kind"] == "similarity" else f"layouts/{entry['slug']}/"
+    dzi = base + "tiles/" + entry["tiles"].get("dzi", "tiles/map.dzi").rsplit("/", 1)[-1]
+    overview = (entry.get("overview") or {}).get("path")
+    body = {"name": entry["name"], "kind": entry["kind"], "slug": entry["slug"]}
+    if "column" in entry:
+        body["column"] = entry["column"]
+    body.update(
+        grid={k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")},
+        dzi=_collection_url(bundle, dzi) + version,
+        grid_url=_collection_url(bundle, base + "grid.i32") + version,
+        overview=_collection_url(bundle, base + "overview.jpg") + version if overview else None,
+        tiles={k: v for k, v in entry["tiles"].items() if k != "dzi"},
+        labels=entry.get("labels", []), missing=entry.get("missing", 0))
+    return body
 
 
 def _collection_url(bundle: Bundle, path: str) -> str:

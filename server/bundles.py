@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from mosaic.bundle import COLLECTION_ID, MANIFEST, PackedCells, open_cells, open_manifest
+import numpy as np
+
+from mosaic.bundle import (
+    COLLECTION_ID,
+    MANIFEST,
+    PackedCells,
+    layout_entries,
+    open_cells,
+    open_manifest,
+    read_layout_positions,
+)
 from mosaic.errors import BundleError, BundleNotFound
 from server.neighbors import NeighborIndex
 
@@ -34,6 +44,7 @@ class Bundle:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._indexes: dict[str, NeighborIndex] = {}
+        self._positions: dict[str, np.ndarray] = {}
 
     @property
     def n_items(self) -> int:
@@ -54,6 +65,23 @@ class Bundle:
     @property
     def embedding_names(self) -> list[str]:
         return [e["name"] for e in self.manifest.get("embeddings", [])]
+
+    @property
+    def layouts(self) -> list[dict]:
+        """The manifest's layouts, similarity first (``mosaic.bundle.layout_entries``)."""
+        return layout_entries(self.manifest)
+
+    def layout_by_slug(self, slug: str) -> dict | None:
+        return next((e for e in self.layouts if e["slug"] == slug), None)
+
+    def layout_positions(self, entry: dict) -> np.ndarray:
+        """A layout's (N, 2) positions, memory-mapped once per worker."""
+        with self._lock:
+            positions = self._positions.get(entry["name"])
+            if positions is None:
+                positions = read_layout_positions(self.path, entry, mmap=True)
+                self._positions[entry["name"]] = positions
+            return positions
 
     def file(self, key: str) -> Path:
         """A path named in ``manifest["files"]``."""

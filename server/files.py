@@ -7,6 +7,8 @@ cached for a year; others for ``MOSAIC_TILE_MAX_AGE`` seconds, with ETags.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from server.bundles import Bundle
@@ -40,6 +42,42 @@ def grid(cid: str):
     response = _send(bundle, ".", bundle.manifest["files"]["grid"])
     response.headers["X-Grid-Shape"] = f"{bundle.grid['n_rows']},{bundle.grid['n_cols']}"
     return response
+
+
+@bp.get("/layouts/<slug>/tiles/<path:filename>")
+def layout_tiles(cid: str, slug: str, filename: str):
+    """A ``--layout``'s pyramid (``manifest["layouts"][k]["tiles"]``)."""
+    bundle = get_bundle(cid)
+    entry = _layout(bundle, slug)
+    mimetype = "application/xml" if filename.endswith(".dzi") else None
+    return _send(bundle, str(Path(entry["tiles"]["dzi"]).parent), filename, mimetype)
+
+
+@bp.get("/layouts/<slug>/overview.jpg")
+def layout_overview(cid: str, slug: str):
+    bundle = get_bundle(cid)
+    path = (_layout(bundle, slug).get("overview") or {}).get("path")
+    if not path:
+        abort(404, description=f"layout {slug!r} of {cid!r} has no overview image")
+    return _send(bundle, ".", path)
+
+
+@bp.get("/layouts/<slug>/grid.i32")
+def layout_grid(cid: str, slug: str):
+    """One layout's raw int32 grid, like ``/grid.i32``; X-Grid-Shape gives its size."""
+    bundle = get_bundle(cid)
+    entry = _layout(bundle, slug)
+    response = _send(bundle, ".", entry["grid_file"])
+    response.headers["X-Grid-Shape"] = f"{entry['grid']['n_rows']},{entry['grid']['n_cols']}"
+    return response
+
+
+def _layout(bundle: Bundle, slug: str) -> dict:
+    entry = bundle.layout_by_slug(slug)
+    if entry is None:
+        abort(404, description=f"collection {bundle.cid!r} has no layout {slug!r} (layouts: "
+                               f"{', '.join(e['slug'] for e in bundle.layouts)})")
+    return entry
 
 
 @bp.get("/thumbs/<int:item_id>.jpg")

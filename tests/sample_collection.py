@@ -16,6 +16,7 @@ from mosaic.cli.main import main
 # Three well-separated colour families; each cluster's images vary in shade and texture.
 CLUSTER_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
 CATEGORIES = ["red", "green", "blue"]
+CLUSTER_PLACES = [(48.0, 2.0), (-33.0, 151.0), (40.0, -74.0)]  # (lat, lng): Paris, Sydney, NYC
 
 
 def write_image(path: Path, array: np.ndarray, **save_options) -> Path:
@@ -34,6 +35,14 @@ def cluster_image(cluster: int, index: int, size: tuple[int, int] = (48, 64)) ->
     return np.clip(shade + noise, 0, 255).astype(np.uint8)
 
 
+def _place(cluster: int, index: int) -> dict[str, str]:
+    """A position per image near its cluster's city (index 7 has none)."""
+    if index == 7:
+        return {"lat": "", "lng": ""}
+    lat, lng = CLUSTER_PLACES[cluster]
+    return {"lat": f"{lat + index * 0.1:.2f}", "lng": f"{lng + index * 0.2:.2f}"}
+
+
 def make_collection(folder: Path, per_cluster: int = 12, with_csv: bool = True) -> Path | None:
     """Write ``3 * per_cluster`` PNG/JPEG images (two subfolders) and a metadata CSV."""
     rows = []
@@ -45,7 +54,8 @@ def make_collection(folder: Path, per_cluster: int = 12, with_csv: bool = True) 
             write_image(folder / sub / name, cluster_image(cluster, index))
             rows.append({"filename": f"{sub}/{name}", "name": f"{CATEGORIES[cluster]} {index}",
                          "category": CATEGORIES[cluster], "year": str(1990 + index),
-                         "notes": f"sample number {index} of {CATEGORIES[cluster]}"})
+                         "notes": f"sample number {index} of {CATEGORIES[cluster]}",
+                         **_place(cluster, index)})
     if not with_csv:
         return None
     csv_path = folder.parent / f"{folder.name}.csv"

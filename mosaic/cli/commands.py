@@ -9,7 +9,13 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from mosaic.bundle import bundle_dir, read_manifest
+from mosaic.bundle import (
+    bundle_dir,
+    layout_entries,
+    layout_entry,
+    read_layout_positions,
+    read_manifest,
+)
 from mosaic.errors import UsageError
 from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
 from mosaic.store import EXPORT_FIELDS, export_header, iter_export_rows, read_columns
@@ -38,9 +44,15 @@ def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
 
 def export(args: argparse.Namespace) -> int:
     """One row per item, streamed: CSV (the user's columns as ``meta.<name>``) or JSON
-    (the user's columns nested under ``"metadata"``); ``-o -`` or no ``-o`` is stdout."""
+    (the user's columns nested under ``"metadata"``); ``-o -`` or no ``-o`` is stdout.
+    ``row``/``col`` are those of ``--layout`` (default: similarity)."""
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
+    entry = layout_entry(manifest, getattr(args, "layout", None))
+    # Other layouts' cells are not in metadata.sqlite: read from their positions.npy.
+    positions = None if entry["kind"] == "similarity" else \
+        read_layout_positions(directory, entry, mmap=True)
+    at_row, at_col = EXPORT_FIELDS.index("row"), EXPORT_FIELDS.index("col")
     to_stdout = args.output in (None, "-")
     if not to_stdout and not Path(args.output).parent.is_dir():
         raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
@@ -50,6 +62,9 @@ def export(args: argparse.Namespace) -> int:
     try:
         columns = read_columns(conn)
         rows = iter_export_rows(conn, columns)
+        if positions is not None:
+            rows = ((_with_cell(fields, positions, at_row, at_col), values)
+                    for fields, values in iter_export_rows(conn, columns))
         if args.format == "json":
             handle.write("[")
             for count, (fields, values) in enumerate(rows):
@@ -69,6 +84,14 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_cell(fields: tuple, positions, at_row: int, at_col: int) -> tuple:
+    """An export row's item fields with ``row``/``col`` from ``positions`` (by its id)."""
+    fields = list(fields)
+    row, col = positions[fields[0]]
+    fields[at_row], fields[at_col] = int(row), int(col)
+    return tuple(fields)
+
+
 def info(args: argparse.Namespace) -> int:
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
@@ -79,6 +102,10 @@ def info(args: argparse.Namespace) -> int:
     print(f"  items {counts['items']} of {counts['inputs']} inputs, skipped {counts['skipped']}")
     print(f"  grid {grid['n_rows']} rows x {grid['n_cols']} cols, cell {grid['cell_size']} px "
           f"({grid['method']})")
+    for entry in layout_entries(manifest)[1:]:
+        shape = entry["grid"]
+        print(f"  layout {entry['name']}: {shape['n_rows']} rows x {shape['n_cols']} cols, "
+              f"{len(entry['labels'])} blocks, {entry['missing']} items without a value")
     print(f"  tiles {tiles['width']} x {tiles['height']} px, {tiles['levels']} levels, "
           f"{tiles['tile_size']} px {tiles['format']}")
     for embedding in manifest["embeddings"]:

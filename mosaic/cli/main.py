@@ -91,6 +91,9 @@ def get_parser() -> argparse.ArgumentParser:
             sub.add_argument("--format", choices=["csv", "json"], default="csv")
             sub.add_argument("-o", "--output",
                              help="file to write, or - for standard output (default: -)")
+            sub.add_argument("--layout", metavar="NAME",
+                             help="whose row and col to write: a --layout value of the "
+                             "pipeline, e.g. category:category (default: similarity)")
     demo = command("demo", "build the demo collection (scikit-learn's digits)")
     demo.add_argument("--out", default=DEFAULT_OUT, help="folder that holds the bundles")
     demo.add_argument("--data", default="demo_data", help="where the demo images are written")

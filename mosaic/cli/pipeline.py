@@ -68,6 +68,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                     "(default: none, unsupervised)")
     em.add_argument("--grid", choices=["auto", "rasterfairy", "lap"], default=d.grid,
                     help=f"auto = lap up to {grid.LAP_AUTO_MAX_ITEMS:,} items, rasterfairy above")
+    em.add_argument("--layout", dest="layouts", action="append", metavar="SPEC",
+                    help="another layout in the bundle, each with its own grid and tiles: "
+                    "date[:COLUMN] (default column year, else date), category[:COLUMN] "
+                    "(default category), geo[:LATCOL,LNGCOL] (default lat/lng), xy:PATH (a CSV "
+                    "of filename, x, y); repeat for more; similarity (the map above) is "
+                    "always the first")
     ti = p.add_argument_group("tiles and indexes")
     ti.add_argument("--tile-size", type=int, default=d.tile_size)
     ti.add_argument("--overlap", type=int, default=d.overlap)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyvips
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
+from mosaic.bundle import DEFAULT_OUT, bundle_dir, layout_entry, read_manifest
 from mosaic.colour import parse_colour
 from mosaic.errors import BundleError
 from mosaic.poster.compose import (
@@ -71,6 +71,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                          help="numeric column <= N")
     content.add_argument("--random", metavar="N", help="a random sample of N (matching) items")
     content.add_argument("--seed", default="0", help="seed for --random and --arrange random")
+    content.add_argument("--layout", metavar="NAME",
+                         help="which of the bundle's layouts to print, a --layout value of "
+                         "the pipeline, e.g. date:year (default: similarity)")
     content.add_argument("--arrange", default="layout",
                          help=f"subset order: {' | '.join(ARRANGEMENTS)} (layout = re-grid "
                          "the stored 2-D layout, similar items together)")
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = read_manifest(directory)
     except BundleError as error:
         raise PosterError(str(error)) from None
+    layout = layout_entry(manifest, args.layout)["name"]  # an unknown name: one Error line
     page = resolve_page(
         paper=args.paper, landscape=args.landscape, width=args.width, height=args.height,
         dpi=None if args.dpi is None else _number(args.dpi, "--dpi", float),
@@ -123,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
     search = search_args(args.q, args.where, args.min, args.max)
     try:
         ids = select_items(directory, manifest, search, random_n, seed)
-        cell_grid = arrange_items(directory, manifest, ids, args.arrange, seed)
+        cell_grid = arrange_items(directory, manifest, ids, args.arrange, seed, layout)
         selection = {"filters": search, "random": random_n, "seed": seed,
-                     "arrange": args.arrange if ids is not None else "stored"}
+                     "arrange": args.arrange if ids is not None else "stored",
+                     "layout": layout}
         record = render_poster(directory, manifest, cell_grid, options, output,
                                preview=args.preview, selection=selection)
     except (pyvips.Error, OSError) as error:

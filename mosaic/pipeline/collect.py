@@ -298,3 +298,12 @@ def _as_number(value: str) -> float | None:
     except ValueError:
         return None
     return number if number == number and abs(number) != float("inf") else None
+
+
+def item_values(metadata: Metadata, match: Match, kept: Iterable[int], column: str
+                ) -> list[str | None]:
+    """``column``'s raw value for each kept input (in item-id order); None where the
+    image has no CSV row (an empty cell stays ``""``)."""
+    rows = metadata.rows
+    return [rows[r].get(column, "") if r is not None else None
+            for r in (match.row_of_input[i] for i in kept)]

@@ -171,8 +171,12 @@ def _import_keras():
     return keras
 
 
-def read_user_vectors(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:
-    """Load ``file:``/``xy:`` vectors as float32 (len(paths), dim), in input order."""
+def read_user_vectors(spec: EmbeddingSpec, paths: list[str], missing_ok: bool = False
+                      ) -> np.ndarray:
+    """Load ``file:``/``xy:`` vectors as float32 (len(paths), dim), in input order.
+
+    ``missing_ok`` (``--layout xy:``): an image without a CSV row gets a NaN row
+    instead of an error."""
     assert spec.path is not None
     if spec.path.endswith(".npy"):
         try:
@@ -185,16 +189,18 @@ def read_user_vectors(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:
                 f"({len(paths)}, dim): one row per input image in sorted path order"
             )
     else:
-        vectors = _read_vector_csv(spec, paths)
+        vectors = _read_vector_csv(spec, paths, missing_ok)
     vectors = np.asarray(vectors, dtype=np.float32)
     if spec.kind == "xy" and vectors.shape[1] != 2:
         raise UsageError(f"--embedding xy:{spec.path} must have 2 columns, not {vectors.shape[1]}")
-    if not np.isfinite(vectors).all():
+    found = ~np.isnan(vectors).all(axis=1) if missing_ok else slice(None)
+    if not np.isfinite(vectors[found]).all():
         raise UsageError(f"--embedding {spec.kind}:{spec.path} contains NaN or infinite values")
     return vectors
 
 
-def _read_vector_csv(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:
+def _read_vector_csv(spec: EmbeddingSpec, paths: list[str], missing_ok: bool = False
+                     ) -> np.ndarray:
     with open(spec.path, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
     if not rows or rows[0][0].strip() != "filename":
@@ -208,9 +214,13 @@ def _read_vector_csv(spec: EmbeddingSpec, paths: list[str]) -> np.ndarray:
     vectors = []
     for path in paths:
         vector = by_name.get(path) or by_name.get(os.path.basename(path))
-        if vector is None:
+        if vector is None and not missing_ok:
             raise UsageError(f"{spec.path} has no row for image {path}")
         vectors.append(vector)
-    if len({len(v) for v in vectors}) != 1:
+    if len({len(v) for v in vectors if v is not None}) > 1:
         raise UsageError(f"{spec.path}: rows have different lengths")
-    return np.array(vectors, dtype=np.float32)
+    dim = next((len(v) for v in vectors if v is not None), 0)
+    if not dim:
+        raise UsageError(f"{spec.path} has no row for any image")
+    return np.array([v if v is not None else [np.nan] * dim for v in vectors],
+                    dtype=np.float32)

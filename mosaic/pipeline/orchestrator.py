@@ -36,7 +36,7 @@ from mosaic.bundle import (
     open_vectors,
 )
 from mosaic.errors import MosaicError, UsageError
-from mosaic.pipeline import collect, grid, iiif_in, reduce, render
+from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, render
 from mosaic.pipeline import hotspots as clusters_mod
 from mosaic.pipeline.decode import DONE, DecodeOptions, compact, open_executor, run_decode
 from mosaic.pipeline.embed import (
@@ -95,6 +95,7 @@ class PipelineConfig:
     random_state: int = 0
     label_column: str | None = None  # supervised UMAP: this CSV column's values as y
     grid: str = "auto"
+    layouts: list[str] = field(default_factory=list)  # --layout: besides similarity (first)
     tile_size: int = 256
     overlap: int = 0
     tile_format: str = "jpeg"
@@ -181,6 +182,7 @@ def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> Pipelin
                          f"{config.embeddings[0]} (the layout itself)")
     if not inputs.urls:  # a IIIF list's columns are known once fetched: checked then
         _check_user_columns(config, metadata)
+        layouts = _check_layouts(config.layouts, metadata, inputs)
     directory = bundle_dir(config.out, config.collection_id())
     with bundle_lock(directory):
         (directory / MANIFEST).unlink(missing_ok=True)
@@ -191,7 +193,9 @@ def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> Pipelin
                 inputs.urls, directory / "cache" / "iiif",
                 iiif_in.model_size(config.cell_size, config.embeddings), config.iiif_concurrency)
             _check_user_columns(config, metadata)
+            layouts = _check_layouts(config.layouts, metadata, inputs)
         run = _Run(config, specs, inputs, metadata, directory, show_progress)
+        run.layouts = layouts
         run.fetch_skipped = fetch_skipped
         return PipelineResult(run.execute(), directory, run.cached)
 
@@ -209,6 +213,51 @@ def _check_user_columns(config: PipelineConfig, metadata: collect.Metadata | Non
         collect.check_columns("--tags-column", config.tags_columns, None)
 
 
+def _check_layouts(values: list[str], metadata: collect.Metadata | None,
+                   inputs: collect.Inputs) -> list[arrange.LayoutSpec]:
+    """The ``--layout`` specs resolved (similarity first); one UsageError naming the
+    layout and its column for a missing column or one without any usable value."""
+    specs = arrange.resolve_layout_specs(values, metadata.columns if metadata else None)
+    for spec in specs[1:]:
+        if spec.kind == "xy":
+            coords = _read_layout_xy(spec, inputs.paths)
+            if not np.isfinite(coords).all(axis=1).any():
+                raise UsageError(f"--layout {spec.name}: no image has a row in {spec.path}")
+            continue
+        values = [[row.get(column, "") for row in metadata.rows] for column in spec.columns]
+        usable = _layout_values(spec, values)
+        ok = (np.isfinite(usable).any() if spec.kind == "date"
+              else np.isfinite(usable).all(axis=1).any() if spec.kind == "geo"
+              else any(v is not None for v in usable))
+        if not ok:
+            what = {"date": "a year or an ISO date", "category": "a value",
+                    "geo": "a latitude and longitude in range"}[spec.kind]
+            raise UsageError(f"--layout {spec.name}: column "
+                             f"{' / '.join(repr(c) for c in spec.columns)} has no usable value "
+                             f"({what}) in the CSV")
+    return specs
+
+
+def _layout_values(spec: arrange.LayoutSpec, values: list[list[str | None]]):
+    """A column layout's per-item values from its columns' raw strings."""
+    if spec.kind == "date":
+        return arrange.parse_years(values[0])
+    if spec.kind == "geo":
+        return arrange.parse_coordinates(values[0], values[1])
+    return arrange.category_values(values[0])
+
+
+def _read_layout_xy(spec: arrange.LayoutSpec, paths: list[str]) -> np.ndarray:
+    """``--layout xy:PATH``'s (x, y) per input through ``--embedding xy:``'s reader; NaN
+    rows for images it has no row for."""
+    if not os.path.isfile(spec.path):
+        raise UsageError(f"--layout {spec.name}: no such file {spec.path!r} (a CSV of "
+                         f"filename, x, y, or a .npy of (n_images, 2))")
+    vectors = read_user_vectors(EmbeddingSpec(spec.slug, "xy", spec.path), paths,
+                                missing_ok=True)
+    return np.asarray(vectors, dtype=np.float64)
+
+
 class _Run:
     """One pipeline run over one bundle folder (held under its lock)."""
 
@@ -223,6 +272,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
         self.fetch_skipped: list[dict] = []  # IIIF in: what could not be fetched
+        self.layouts: list[arrange.LayoutSpec] = [arrange.LayoutSpec("similarity")]
 
     def stage(self, name: str, key: str, build) -> dict[str, Any]:
         """Return the fresh cache record of ``name`` or run ``build`` to make one."""
@@ -267,6 +317,19 @@ class _Run:
         render_key = cache_key(grid_key, decode_key, c.tile_size, c.overlap, c.tile_format,
                                c.quality, c.background)
         tiles = self.stage("render", render_key, lambda: self.build_render(gridded))
+        extra_layouts = []
+        for spec in self.layouts[1:]:
+            source = [_file_signature(spec.path)] if spec.kind == "xy" else \
+                [_file_signature(c.metadata), c.filename_column]
+            key = cache_key(grid_key, spec.name, source, arrange.ARRANGE_VERSION)
+            placed = self.stage(f"layout-{spec.slug}", key,
+                                lambda spec=spec: self.build_arrangement(spec, kept))
+            key = cache_key(key, decode_key, c.tile_size, c.overlap, c.tile_format, c.quality,
+                            c.background)
+            rendered = self.stage(f"render-{spec.slug}", key,
+                                  lambda spec=spec, placed=placed: self.build_render(
+                                      placed, f"layouts/{spec.slug}/"))
+            extra_layouts.append((spec, placed, rendered))
         indexes = [self.stage(f"index-{s.name}", cache_key(vectors_key, s.name, c.n_trees,
                                                            c.random_state),
                               lambda s=s: self.build_annoy(s)) for s in self.specs]
@@ -277,6 +340,7 @@ class _Run:
         hotspot_key = cache_key(meta_key, c.clusters)
         hotspots = self.stage("hotspots", hotspot_key, lambda: self.build_hotspots(stored))
         manifest = self.manifest(decoded, layout, gridded, tiles, indexes, stored, hotspots)
+        manifest["layouts"] = self.layout_entries(gridded, tiles, extra_layouts)
         write_json_atomic(self.path(MANIFEST), manifest)
         return manifest
 
@@ -363,23 +427,54 @@ class _Run:
         return ["positions.npy", "grid.i32"], {"n_rows": n_rows, "n_cols": n_cols,
                                                "method": method}
 
-    def build_render(self, gridded: dict):
+    def build_arrangement(self, spec: arrange.LayoutSpec, kept: np.ndarray):
+        """A ``--layout``'s positions and grid (``layouts/<slug>/``), from the CSV or file."""
+        xy = np.load(self.path("layout.npy"))
+        if spec.kind == "xy":
+            coords = _read_layout_xy(spec, self.inputs.paths)[kept]
+            positions, (n_rows, n_cols), labels = arrange.arrange_xy(
+                coords, xy, self.config.random_state)
+        else:
+            match = collect.match_metadata(self.inputs, self.metadata)
+            values = _layout_values(spec, [collect.item_values(self.metadata, match,
+                                                               kept.tolist(), column)
+                                           for column in spec.columns])
+            arrange_kind = {"date": arrange.arrange_date, "category": arrange.arrange_category,
+                            "geo": arrange.arrange_geo}[spec.kind]
+            positions, (n_rows, n_cols), labels = arrange_kind(values, xy)
+        folder = f"layouts/{spec.slug}/"
+        save_npy_atomic(self.path(folder + "positions.npy"), positions)
+        cells = grid.cell_ids(positions, n_rows, n_cols)
+        write_bytes_atomic(self.path(folder + "grid.i32"), cells.astype("<i4").tobytes())
+        missing = sum(label["count"] for label in labels if label["text"] in arrange.MISSING)
+        if missing:
+            logger.warning("--layout %s: %d of %d items have no usable value (%s)",
+                           spec.name, missing, len(positions), labels[-1]["text"])
+        return [folder + "positions.npy", folder + "grid.i32"], {
+            "n_rows": n_rows, "n_cols": n_cols, "method": spec.kind, "labels": labels,
+            "missing": missing, "positions": folder + "positions.npy",
+            "grid_file": folder + "grid.i32"}
+
+    def build_render(self, gridded: dict, folder: str = ""):
+        """The pyramid and overview of one layout: the similarity map (``folder`` "") or
+        ``layouts/<slug>/``'s, from the stored cells (no image is decoded again)."""
         c = self.config
-        positions = np.load(self.path("positions.npy"))
+        positions = np.load(self.path(gridded.get("positions", "positions.npy")))
         cells = open_cells(self.directory, {"cells": cells_entry(len(positions), c.cell_size)})
         # The matrix is streamed into dzsave a row of cells at a time; no file holds it.
-        with Progress(gridded["n_rows"], "render", self.show_progress) as bar:
-            matrix = render.stream_matrix(cells, positions, gridded["n_rows"],
-                                          gridded["n_cols"], c.background, bar.update)
-            tiles = render.cut_tiles(matrix, self.path("tiles"), c.tile_size, c.overlap,
-                                     c.tile_format, c.quality)
+        with Progress(gridded["n_rows"], f"render {folder or 'map'}", self.show_progress) as bar:
+            tiles, overview = render.render_grid(
+                cells, positions, gridded["n_rows"], gridded["n_cols"],
+                self.path(folder + "tiles"), c.background, c.tile_size, c.overlap,
+                c.tile_format, c.quality, bar.update)
         cells.close()
-        overview = render.render_overview(self.path("tiles"), tiles)
-        write_bytes_atomic(self.path("overview.jpg"), overview.jpegsave_buffer(Q=85))
-        overview_info = {"path": "overview.jpg", "width": overview.width,
+        tiles["dzi"] = folder + tiles["dzi"]
+        write_bytes_atomic(self.path(folder + "overview.jpg"), overview.jpegsave_buffer(Q=85))
+        overview_info = {"path": folder + "overview.jpg", "width": overview.width,
                          "height": overview.height}
         self.path("cache/matrix.tif").unlink(missing_ok=True)  # left by a killed older version
-        return ["tiles/map.dzi", "overview.jpg"], {"tiles": tiles, "overview": overview_info}
+        return [folder + "tiles/map.dzi", folder + "overview.jpg"], {
+            "tiles": tiles, "overview": overview_info}
 
     def vectors(self, spec: EmbeddingSpec):
         """An embedding's stored vectors, read as float32 rows (``mosaic.bundle``)."""
@@ -473,6 +568,32 @@ class _Run:
         return [], {"hotspots": clusters_mod.describe_hotspots(labels, xy, positions, categories)}
 
     # -- manifest -----------------------------------------------------------
+    def layout_entries(self, gridded, tiles, extra) -> list[dict]:
+        """The manifest's ``layouts``: similarity first (the schema-3 files), then each
+        ``--layout`` under ``layouts/<slug>/``."""
+        cell_size = self.config.cell_size
+        entries = [{"name": "similarity", "kind": "similarity", "slug": "similarity",
+                    "grid": {"n_rows": gridded["n_rows"], "n_cols": gridded["n_cols"],
+                             "cell_size": cell_size, "method": gridded["method"]},
+                    "positions": "positions.npy", "grid_file": "grid.i32",
+                    "tiles": tiles["tiles"], "overview": tiles["overview"],
+                    "labels": [], "missing": 0}]
+        for spec, placed, rendered in extra:
+            entry = {"name": spec.name, "kind": spec.kind, "slug": spec.slug}
+            if spec.kind == "xy":
+                entry["path"] = spec.path
+            else:
+                entry["column"] = spec.columns[0] if len(spec.columns) == 1 \
+                    else list(spec.columns)
+            entry.update(
+                grid={"n_rows": placed["n_rows"], "n_cols": placed["n_cols"],
+                      "cell_size": cell_size, "method": placed["method"]},
+                positions=placed["positions"], grid_file=placed["grid_file"],
+                tiles=rendered["tiles"], overview=rendered["overview"],
+                labels=placed["labels"], missing=placed["missing"])
+            entries.append(entry)
+        return entries
+
     def manifest(self, decoded, layout, gridded, tiles, indexes, stored, hotspots) -> dict:
         c = self.config
         n_items = decoded["n_items"]

@@ -278,3 +278,23 @@ def render_overview(tiles_dir: Path, tiles: dict, size: int = OVERVIEW_SIZE) -> 
     # are narrower, so cropping the joined image to the level's size is exact.
     joined = pyvips.Image.arrayjoin(pieces, across=across)
     return joined.crop(0, 0, level_width, level_height).copy_memory()
+
+
+def render_grid(
+    cells,
+    positions: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    tiles_dir: Path,
+    background: tuple[int, int, int] = (255, 255, 255),
+    tile_size: int = 256,
+    overlap: int = 0,
+    tile_format: str = "jpeg",
+    quality: int = 85,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict, pyvips.Image]:
+    """One layout's pyramid from the stored cells: ``stream_matrix`` -> ``cut_tiles`` ->
+    ``render_overview``. Returns the tile info and the overview image (not written)."""
+    matrix = stream_matrix(cells, positions, n_rows, n_cols, background, progress)
+    tiles = cut_tiles(matrix, tiles_dir, tile_size, overlap, tile_format, quality)
+    return tiles, render_overview(tiles_dir, tiles)

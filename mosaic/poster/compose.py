@@ -32,7 +32,7 @@ import pyvips
 from threadpoolctl import threadpool_limits
 
 from mosaic import __version__
-from mosaic.bundle import cell_ids, grid_shape
+from mosaic.bundle import cell_ids, grid_shape, layout_entry, read_layout_positions
 from mosaic.poster.cells import CellFetcher
 from mosaic.poster.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
 from mosaic.poster.pdf import PDF_COMPRESSIONS, write_pdf
@@ -143,7 +143,7 @@ def select_items(
 
 def arrange_items(
     bundle_dir: Path, manifest: dict, ids: np.ndarray | None, arrange: str = "layout",
-    seed: int = 0,
+    seed: int = 0, layout: str | None = None,
 ) -> np.ndarray:
     """int (n_rows, n_cols) of item ids (-1 empty): the grid to print.
 
@@ -153,13 +153,27 @@ def arrange_items(
     keeps them in the reading order of their cells on the stored map, packed
     row by row (no layout computed: what the server uses), and ``"random"``
     shuffles them into the grid with ``seed``.
+
+    ``layout`` names one of the bundle's layouts (``manifest["layouts"]``; None:
+    similarity). In another layout than similarity, ``layout`` and ``map`` both
+    keep the items in their cells of that layout (blocks, date columns, the
+    map), the grid cropped to the rows and columns they cover.
     """
     if arrange not in ARRANGEMENTS:
         raise PosterError(f"--arrange must be one of {', '.join(ARRANGEMENTS)}, not {arrange!r}")
+    entry = layout_entry(manifest, layout)
     if ids is None:
-        positions = np.load(bundle_dir / manifest["files"]["positions"])
-        return cell_ids(positions, manifest["grid"]["n_rows"], manifest["grid"]["n_cols"])
+        positions = read_layout_positions(bundle_dir, entry)
+        return cell_ids(positions, entry["grid"]["n_rows"], entry["grid"]["n_cols"])
     ids = np.asarray(ids, dtype=np.int64)
+    if entry["kind"] != "similarity" and arrange != "random":
+        cells = np.asarray(read_layout_positions(bundle_dir, entry, mmap=True)[ids],
+                           dtype=np.int64)
+        low = cells.min(axis=0)
+        n_rows, n_cols = (cells.max(axis=0) - low + 1).tolist()
+        grid = np.full((n_rows, n_cols), -1, dtype=np.int64)
+        grid[cells[:, 0] - low[0], cells[:, 1] - low[1]] = ids
+        return grid
     if arrange in ("random", "map"):
         if arrange == "random":
             order = np.random.default_rng(seed).permutation(ids)
