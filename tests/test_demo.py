@@ -70,3 +70,19 @@ def _label_values(bundle: Path, manifest: dict) -> list:
         body = client.get(f"/api/collections/digits/items/{item}").get_json()
         values.append(body["metadata"]["label"])
     return values
+
+
+def test_the_demo_has_a_block_per_digit(demo_bundle):
+    manifest = json.loads((demo_bundle / "manifest.json").read_text())
+    assert [entry["name"] for entry in manifest["layouts"]] == ["similarity", "category:label"]
+    entry = manifest["layouts"][1]
+    positions = np.load(demo_bundle / entry["positions"])
+    labels = [str(int(float(v))) for v in _label_values(demo_bundle, manifest)]
+    assert sorted(label["text"] for label in entry["labels"]) == [str(d) for d in range(10)]
+    for label in entry["labels"]:  # every block holds exactly the digits of its label
+        inside = ((positions[:, 0] >= label["row"])
+                  & (positions[:, 0] < label["row"] + label["n_rows"])
+                  & (positions[:, 1] >= label["col"])
+                  & (positions[:, 1] < label["col"] + label["n_cols"]))
+        assert {labels[i] for i in np.flatnonzero(inside)} == {label["text"]}
+        assert inside.sum() == label["count"]

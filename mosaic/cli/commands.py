@@ -123,7 +123,8 @@ def demo(args: argparse.Namespace, quiet: bool) -> int:
     images, metadata = write_digits(Path(args.data))
     config = PipelineConfig(images=str(images), metadata=str(metadata), out=args.out,
                             id="digits", title="Handwritten digits (scikit-learn)",
-                            title_template="Digit {label} (#{index})", clusters="auto")
+                            title_template="Digit {label} (#{index})", clusters="auto",
+                            layouts=["category:label"])
     result = run_pipeline(config, show_progress=not quiet)
     if not quiet:
         print_summary(result.manifest, result.directory, result.cached_stages)

@@ -72,7 +72,7 @@ class LabelOverlays {
   resize() {
     for (const element of this.elements) {
       const width = element.clientWidth || 0;
-      const px = Math.min(LABEL_MAX_PX, width / (0.62 * Math.max(element.textContent.length, 3)));
+      const px = Math.min(LABEL_MAX_PX, width / (0.75 * Math.max(element.textContent.length, 3)));
       element.style.visibility = px < LABEL_MIN_PX ? "hidden" : "visible";
       element.style.fontSize = `${Math.max(px, LABEL_MIN_PX).toFixed(1)}px`;
     }
