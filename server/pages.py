@@ -1,7 +1,9 @@
 """HTML pages and the viewer's static files.
 
 ``/`` lists the collections and ``/c/<cid>`` opens one; both pages fetch the
-JSON API. OpenSeadragon is served from the npm package pinned in
+JSON API. ``/mirador?manifest=URL`` opens a IIIF manifest (ours: ``/iiif/<cid>/
+manifest.json``, or anyone's) in Mirador, the IIIF community's viewer.
+OpenSeadragon and Mirador are served from the npm packages pinned in
 static/package.json (``cd static && npm ci``), never from a copy.
 """
 
@@ -17,6 +19,7 @@ bp = Blueprint("pages", __name__)
 
 ASSET_FOLDERS = ("js", "css")
 OSD_BUILD = Path("node_modules", "openseadragon", "build", "openseadragon")
+MIRADOR_BUILD = Path("node_modules", "mirador", "dist")
 
 
 def _static() -> Path:
@@ -46,4 +49,17 @@ def openseadragon(filename: str):
     build = _static() / OSD_BUILD
     if not build.is_dir():
         abort(404, description="OpenSeadragon is not installed: run `npm ci` in static/")
+    return send_from_directory(build, filename, max_age=86400)
+
+
+@bp.get("/mirador")
+def mirador():
+    return send_from_directory(_static(), "mirador.html", max_age=0)
+
+
+@bp.get("/static/mirador/<path:filename>")
+def mirador_build(filename: str):
+    build = _static() / MIRADOR_BUILD
+    if not build.is_dir():
+        abort(404, description="Mirador is not installed: run `npm ci` in static/")
     return send_from_directory(build, filename, max_age=86400)
