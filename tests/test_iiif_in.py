@@ -122,3 +122,53 @@ def test_a_list_mixing_urls_and_paths_is_a_usage_error(tmp_path):
     (tmp_path / "list.txt").write_text("https://example.org/m.json\nphoto.jpg\n")
     result = _pipeline(tmp_path, "--images", "list.txt")
     assert result.returncode == 2 and result.stderr.startswith("Error: ")
+
+
+def test_round_trip_through_a_published_site(server_bundle, tmp_path):
+    """Publish a collection as a static site with its IIIF files, serve it with
+    ``python -m http.server`` under a prefix, and build a new collection from the
+    site's per-item manifests: every item arrives with its title and columns."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/pub/test/"
+    published = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-q", "publish", "--id", "test",
+         "--out", str(server_bundle.parent), "--to", "www/pub/test", "--base-url", base],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert published.returncode == 0, published.stderr
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "-d", "www"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                site = json.loads(_get(f"{base}iiif/manifest.json"))
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "http.server did not come up"
+                time.sleep(0.2)
+        n_items = json.loads((server_bundle / "manifest.json").read_text())["counts"]["items"]
+        assert site["id"] == f"{base}iiif/manifest.json"
+        lines = [f"{base}iiif/items/{i}/manifest.json" for i in range(n_items)]
+        (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+        result = _pipeline(tmp_path, "--images", "list.txt", "--id", "again")
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    bundle = tmp_path / "out" / "again"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["counts"]["items"] == n_items and manifest["skipped"] == []
+    conn = sqlite3.connect(server_bundle / "metadata.sqlite")
+    original = sorted(t for (t,) in conn.execute("SELECT title FROM items"))
+    conn.close()
+    conn = sqlite3.connect(bundle / "metadata.sqlite")
+    got = sorted(t for (t,) in conn.execute("SELECT title FROM items"))
+    conn.close()
+    assert got == original
+    assert {"category", "year"} <= {c["name"] for c in manifest["columns"]}
