@@ -46,9 +46,14 @@ def asset(folder: str, filename: str):
 
 @bp.get("/static/openseadragon/<path:filename>")
 def openseadragon(filename: str):
-    build = _static() / OSD_BUILD
+    return _npm_build(OSD_BUILD, filename, "OpenSeadragon")
+
+
+def _npm_build(folder: Path, filename: str, package: str):
+    """A file of an npm package's build, pinned in static/package.json."""
+    build = _static() / folder
     if not build.is_dir():
-        abort(404, description="OpenSeadragon is not installed: run `npm ci` in static/")
+        abort(404, description=f"{package} is not installed: run `npm ci` in static/")
     return send_from_directory(build, filename, max_age=86400)
 
 
@@ -59,7 +64,4 @@ def mirador():
 
 @bp.get("/static/mirador/<path:filename>")
 def mirador_build(filename: str):
-    build = _static() / MIRADOR_BUILD
-    if not build.is_dir():
-        abort(404, description="Mirador is not installed: run `npm ci` in static/")
-    return send_from_directory(build, filename, max_age=86400)
+    return _npm_build(MIRADOR_BUILD, filename, "Mirador")

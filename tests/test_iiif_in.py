@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from static_host import free_port, static_host
 
 from mosaic.pipeline import iiif_in
 
@@ -128,39 +129,21 @@ def test_round_trip_through_a_published_site(server_bundle, tmp_path):
     """Publish a collection as a static site with its IIIF files, serve it with
     ``python -m http.server`` under a prefix, and build a new collection from the
     site's per-item manifests: every item arrives with its title and columns."""
-    import socket
-    import time
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}/pub/test/"
     published = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-q", "publish", "--id", "test",
          "--out", str(server_bundle.parent), "--to", "www/pub/test", "--base-url", base],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert published.returncode == 0, published.stderr
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1", "-d", "www"], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                site = json.loads(_get(f"{base}iiif/manifest.json"))
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "http.server did not come up"
-                time.sleep(0.2)
+    with static_host(tmp_path / "www", "pub/test/iiif/manifest.json", port):
+        site = json.loads(_get(f"{base}iiif/manifest.json"))
         n_items = json.loads((server_bundle / "manifest.json").read_text())["counts"]["items"]
         assert site["id"] == f"{base}iiif/manifest.json"
         lines = [f"{base}iiif/items/{i}/manifest.json" for i in range(n_items)]
         (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
         result = _pipeline(tmp_path, "--images", "list.txt", "--id", "again")
         assert result.returncode == 0, result.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     bundle = tmp_path / "out" / "again"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["counts"]["items"] == n_items and manifest["skipped"] == []

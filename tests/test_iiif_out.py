@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from static_host import free_port, static_host
 
 from mosaic import iiif
 from mosaic.bundle import open_cells, read_manifest
@@ -206,16 +207,10 @@ def test_iiif_validator_passes_at_level_0(live_server, identifier):
 def test_iiif_validator_passes_on_the_published_site(server_bundle, tmp_path):
     """The same validator against a published site's static level-0 map and an item,
     served by ``python -m http.server`` under a prefix (no server code)."""
-    import socket
-    import time
-    import urllib.request
-
     script = shutil.which("iiif-validate.py", path=str(Path(sys.executable).parent))
     if script is None:
         pytest.skip("iiif-validator is not installed (pip install iiif-validator==1.0.5)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "run.py"), "-q", "publish", "--id", "test", "--out",
@@ -223,19 +218,7 @@ def test_iiif_validator_passes_on_the_published_site(server_bundle, tmp_path):
          f"http://127.0.0.1:{port}/pub/test/"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1", "-d", "www"], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/pub/test/iiif/map/info.json",
-                                       timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "http.server did not come up"
-                time.sleep(0.2)
+    with static_host(tmp_path / "www", "pub/test/iiif/map/info.json", port):
         for prefix, identifier in (("pub/test/iiif", "map"), ("pub/test/iiif/items", "3")):
             result = subprocess.run(
                 [sys.executable, script, "-s", f"127.0.0.1:{port}", "-p", prefix,
@@ -244,6 +227,3 @@ def test_iiif_validator_passes_on_the_published_site(server_bundle, tmp_path):
                 capture_output=True, text=True, timeout=120)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "FAIL" not in result.stdout.upper().replace("FAILED 0", ""), result.stdout
-    finally:
-        server.terminate()
-        server.wait(timeout=10)

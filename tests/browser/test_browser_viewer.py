@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from bundle_sql import col
 from server_data import XSS_NAME
+from viewer_page import cell_centre, overlay_alpha, view_of
 
 pytest_plugins = ["server_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -56,36 +57,6 @@ def open_viewer(page, hash_: str = "") -> None:
     page.wait_for_selector("#viewer[data-ready=true]", timeout=20_000)
     page.wait_for_selector("#viewer[data-fully-loaded=true]", timeout=20_000)
     page.wait_for_function("location.hash.includes('view=')")
-
-
-def view_of(page) -> tuple[float, float, float]:
-    params = parse_qs(urlsplit(page.url).fragment)
-    x, y, zoom = (float(v) for v in params["view"][0].split(","))
-    return x, y, zoom
-
-
-def cell_centre(page, layout, item_id: int) -> tuple[float, float]:
-    """Where an item's cell is on screen, from the view the page wrote to its hash."""
-    cx, cy, zoom = view_of(page)
-    box = page.locator("#viewer").bounding_box()
-    scale = box["width"] * zoom  # screen pixels per viewport unit (image width = 1)
-    row, col = layout["positions"][item_id]
-    size = layout["grid"]["cell_size"] / layout["tiles"]["width"]
-    vx, vy = (col + 0.5) * size, (row + 0.5) * size
-    return (box["x"] + box["width"] / 2 + (vx - cx) * scale,
-            box["y"] + box["height"] / 2 + (vy - cy) * scale)
-
-
-def overlay_alpha(page, x: float, y: float) -> int:
-    """Alpha of the dimming overlay at page point (x, y)."""
-    return page.evaluate("""([x, y]) => {
-        const canvas = document.querySelector("canvas.mosaic-overlay");
-        const box = canvas.getBoundingClientRect();
-        const r = canvas.width / box.width;
-        const data = canvas.getContext("2d")
-            .getImageData(Math.floor((x - box.left) * r), Math.floor((y - box.top) * r), 1, 1).data;
-        return data[3];
-    }""", [x, y])
 
 
 def screen_brightness(page, x: float, y: float) -> float:

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from static_host import static_host
+from viewer_page import cell_centre, overlay_alpha, view_of
 
 pytest_plugins = ["server_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -40,24 +40,8 @@ def site(server_bundle):
         cwd=work, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        cwd=work / "www", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/sub/site/"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base, timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with static_host(work / "www", "sub/site/") as root:
+        yield root + "sub/site/"
 
 
 @pytest.fixture
@@ -93,33 +77,6 @@ def open_site(page, site: str, hash_: str = "") -> None:
     page.wait_for_selector("#viewer[data-ready=true]", timeout=20_000)
     page.wait_for_selector("#viewer[data-fully-loaded=true]", timeout=20_000)
     page.wait_for_function("location.hash.includes('view=')")
-
-
-def view_of(page) -> tuple[float, float, float]:
-    x, y, zoom = (float(v) for v in parse_qs(urlsplit(page.url).fragment)["view"][0].split(","))
-    return x, y, zoom
-
-
-def cell_centre(page, layout, item_id: int) -> tuple[float, float]:
-    cx, cy, zoom = view_of(page)
-    box = page.locator("#viewer").bounding_box()
-    scale = box["width"] * zoom
-    row, col = layout["positions"][item_id]
-    size = layout["grid"]["cell_size"] / layout["tiles"]["width"]
-    vx, vy = (col + 0.5) * size, (row + 0.5) * size
-    return (box["x"] + box["width"] / 2 + (vx - cx) * scale,
-            box["y"] + box["height"] / 2 + (vy - cy) * scale)
-
-
-def overlay_alpha(page, x: float, y: float) -> int:
-    return page.evaluate("""([x, y]) => {
-        const canvas = document.querySelector("canvas.mosaic-overlay");
-        const box = canvas.getBoundingClientRect();
-        const r = canvas.width / box.width;
-        return canvas.getContext("2d")
-            .getImageData(Math.floor((x - box.left) * r), Math.floor((y - box.top) * r), 1, 1)
-            .data[3];
-    }""", [x, y])
 
 
 def test_tiles_paint_and_a_click_opens_the_item(page, site, layout, live_server):
@@ -230,24 +187,8 @@ def layouts_site(tmp_path_factory):
         done = subprocess.run([sys.executable, str(ROOT / "run.py"), "-q", *args], cwd=work,
                               capture_output=True, text=True, timeout=200, env=env)
         assert done.returncode == 0, done.stderr
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1"], cwd=work / "www", stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/maps/lay/"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base, timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with static_host(work / "www", "maps/lay/") as root:
+        yield root + "maps/lay/"
 
 
 def test_every_layout_is_published(browser, layouts_site):
