@@ -17,10 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mosaic import iiif
-from mosaic.bundle import open_cells, read_manifest
+from mosaic.bundle import layout_entry, open_cells, read_layout_positions, read_manifest
 from mosaic.pipeline import render
 
 
@@ -32,25 +30,17 @@ def write_map_image(directory: str | os.PathLike, folder: str | os.PathLike, bas
     manifest = read_manifest(directory)
     tiles, gridded = manifest["tiles"], manifest["grid"]
     background = tuple(manifest["parameters"].get("background") or (255, 255, 255))
-    positions = np.load(directory / manifest["files"]["positions"])
+    positions = read_layout_positions(directory, layout_entry(manifest))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     with open_cells(directory, manifest) as cells:
         matrix = render.stream_matrix(cells, positions, gridded["n_rows"], gridded["n_cols"],
                                       background)
-        sources = render._stream_sources(matrix)
-        try:
-            # dzsave writes <tmp>/image/{info.json, region/size/0/default.jpg}.
-            matrix.dzsave(str(tmp / "image"), tile_size=tiles["tile_size"], overlap=0,
-                          suffix=f".jpg[Q={tiles['quality']},strip]", layout="iiif3",
-                          id="http://localhost")
-        finally:
-            for source in sources:
-                source.close()
-        failed = next((s.error for s in sources if s.error), None)
-        if failed is not None:
-            raise failed
+        # dzsave writes <tmp>/image/{info.json, region/size/0/default.jpg}.
+        render.dzsave_streamed(matrix, tmp / "image", tile_size=tiles["tile_size"], overlap=0,
+                               suffix=f".jpg[Q={tiles['quality']},strip]", layout="iiif3",
+                               id="http://localhost")
     image = tmp / "image"
     (image / "vips-properties.xml").unlink(missing_ok=True)
     written = json.loads((image / "info.json").read_text())

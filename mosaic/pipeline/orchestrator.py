@@ -8,6 +8,7 @@ last, so its presence always means a complete bundle.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from mosaic.bundle import (
     MANIFEST,
     bundle_dir,
     cells_entry,
+    layout_entries,
     open_cells,
     open_vectors,
 )
@@ -340,7 +342,7 @@ class _Run:
         hotspot_key = cache_key(meta_key, c.clusters)
         hotspots = self.stage("hotspots", hotspot_key, lambda: self.build_hotspots(stored))
         manifest = self.manifest(decoded, layout, gridded, tiles, indexes, stored, hotspots)
-        manifest["layouts"] = self.layout_entries(gridded, tiles, extra_layouts)
+        manifest["layouts"] = self.layout_entries(manifest, extra_layouts)
         write_json_atomic(self.path(MANIFEST), manifest)
         return manifest
 
@@ -403,14 +405,17 @@ class _Run:
         return collect.tags_columns(self.metadata, self.config.tags_columns) \
             if self.metadata else []
 
+    @functools.cached_property
+    def match(self) -> collect.Match:
+        """Which CSV row belongs to each input (matched once per run)."""
+        return collect.match_metadata(self.inputs, self.metadata)
+
     def label_codes(self) -> np.ndarray:
         """``--label-column``'s value per item as UMAP's integer codes (-1: no value)."""
         kept = np.load(self.path("cache/kept.npy"))
-        match = collect.match_metadata(self.inputs, self.metadata)
-        rows, column = self.metadata.rows, self.config.label_column
-        values = [rows[r].get(column, "") if r is not None else None
-                  for r in (match.row_of_input[i] for i in kept.tolist())]
-        codes = reduce.encode_labels(values)
+        column = self.config.label_column
+        codes = reduce.encode_labels(collect.item_values(self.metadata, self.match,
+                                                         kept.tolist(), column))
         if (codes < 0).any():
             logger.warning("--label-column %s: %d of %d items have no value (unlabelled)",
                            column, int((codes < 0).sum()), len(codes))
@@ -421,11 +426,16 @@ class _Run:
         positions, (n_rows, n_cols) = grid.assign_grid(xy, self.config.grid,
                                                        self.config.random_state)
         method = grid.resolve_method(self.config.grid, len(xy))
-        save_npy_atomic(self.path("positions.npy"), positions)
+        return self.write_grid("", positions, n_rows, n_cols), {
+            "n_rows": n_rows, "n_cols": n_cols, "method": method}
+
+    def write_grid(self, folder: str, positions: np.ndarray, n_rows: int, n_cols: int
+                   ) -> list[str]:
+        """A layout's ``positions.npy`` and ``grid.i32`` under ``folder``; their paths."""
+        save_npy_atomic(self.path(folder + "positions.npy"), positions)
         cells = grid.cell_ids(positions, n_rows, n_cols)
-        write_bytes_atomic(self.path("grid.i32"), cells.astype("<i4").tobytes())
-        return ["positions.npy", "grid.i32"], {"n_rows": n_rows, "n_cols": n_cols,
-                                               "method": method}
+        write_bytes_atomic(self.path(folder + "grid.i32"), cells.astype("<i4").tobytes())
+        return [folder + "positions.npy", folder + "grid.i32"]
 
     def build_arrangement(self, spec: arrange.LayoutSpec, kept: np.ndarray):
         """A ``--layout``'s positions and grid (``layouts/<slug>/``), from the CSV or file."""
@@ -435,22 +445,19 @@ class _Run:
             positions, (n_rows, n_cols), labels = arrange.arrange_xy(
                 coords, xy, self.config.random_state)
         else:
-            match = collect.match_metadata(self.inputs, self.metadata)
-            values = _layout_values(spec, [collect.item_values(self.metadata, match,
+            values = _layout_values(spec, [collect.item_values(self.metadata, self.match,
                                                                kept.tolist(), column)
                                            for column in spec.columns])
             arrange_kind = {"date": arrange.arrange_date, "category": arrange.arrange_category,
                             "geo": arrange.arrange_geo}[spec.kind]
             positions, (n_rows, n_cols), labels = arrange_kind(values, xy)
         folder = f"layouts/{spec.slug}/"
-        save_npy_atomic(self.path(folder + "positions.npy"), positions)
-        cells = grid.cell_ids(positions, n_rows, n_cols)
-        write_bytes_atomic(self.path(folder + "grid.i32"), cells.astype("<i4").tobytes())
+        written = self.write_grid(folder, positions, n_rows, n_cols)
         missing = sum(label["count"] for label in labels if label["text"] in arrange.MISSING)
         if missing:
             logger.warning("--layout %s: %d of %d items have no usable value (%s)",
                            spec.name, missing, len(positions), labels[-1]["text"])
-        return [folder + "positions.npy", folder + "grid.i32"], {
+        return written, {
             "n_rows": n_rows, "n_cols": n_cols, "method": spec.kind, "labels": labels,
             "missing": missing, "positions": folder + "positions.npy",
             "grid_file": folder + "grid.i32"}
@@ -513,7 +520,7 @@ class _Run:
         kinds, match, rows = {}, None, []
         if self.metadata:
             kinds = collect.infer_column_kinds(self.metadata, c.tags_columns)
-            match = collect.match_metadata(self.inputs, self.metadata)
+            match = self.match
             rows = self.metadata.rows
 
         def records():
@@ -568,16 +575,12 @@ class _Run:
         return [], {"hotspots": clusters_mod.describe_hotspots(labels, xy, positions, categories)}
 
     # -- manifest -----------------------------------------------------------
-    def layout_entries(self, gridded, tiles, extra) -> list[dict]:
-        """The manifest's ``layouts``: similarity first (the schema-3 files), then each
-        ``--layout`` under ``layouts/<slug>/``."""
+    def layout_entries(self, manifest: dict, extra) -> list[dict]:
+        """The manifest's ``layouts``: similarity first (its entry read from the schema-3
+        fields, as ``mosaic.bundle`` reads an older bundle), then each ``--layout``
+        under ``layouts/<slug>/``."""
         cell_size = self.config.cell_size
-        entries = [{"name": "similarity", "kind": "similarity", "slug": "similarity",
-                    "grid": {"n_rows": gridded["n_rows"], "n_cols": gridded["n_cols"],
-                             "cell_size": cell_size, "method": gridded["method"]},
-                    "positions": "positions.npy", "grid_file": "grid.i32",
-                    "tiles": tiles["tiles"], "overview": tiles["overview"],
-                    "labels": [], "missing": 0}]
+        entries = layout_entries(manifest)
         for spec, placed, rendered in extra:
             entry = {"name": spec.name, "kind": spec.kind, "slug": spec.slug}
             if spec.kind == "xy":

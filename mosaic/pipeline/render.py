@@ -203,6 +203,26 @@ def _stream_sources(matrix: pyvips.Image) -> list[StreamSource]:
     return [s for s in getattr(matrix, "_references", []) if isinstance(s, StreamSource)]
 
 
+def dzsave_streamed(matrix: pyvips.Image, target: Path, **options) -> None:
+    """``matrix.dzsave(target, **options)`` for a matrix streamed from the cells: the
+    stream's sources are closed afterwards, and a failure inside them (e.g. a cell
+    that cannot be read) is raised as itself, never as a map cut short."""
+    sources = _stream_sources(matrix)
+    try:
+        matrix.dzsave(str(target), **options)
+    except pyvips.Error as error:
+        cause = next((s.error for s in sources if s.error), None)
+        if cause is not None:
+            raise cause from error
+        raise
+    finally:
+        for source in sources:
+            source.close()
+    cause = next((s.error for s in sources if s.error), None)
+    if cause is not None:  # not expected (fail_on), but a map cut short is no map
+        raise cause
+
+
 def cut_tiles(
     matrix: pyvips.Image,
     out_dir: Path,
@@ -224,21 +244,8 @@ def cut_tiles(
     suffix = _SUFFIX[tile_format]
     if tile_format != "png":
         suffix += f"[Q={quality},strip]" if tile_format == "jpeg" else f"[Q={quality}]"
-    sources = _stream_sources(matrix)
-    try:
-        matrix.dzsave(str(tmp / "map"), tile_size=tile_size, overlap=overlap,
-                      suffix=suffix, layout="dz", depth="onepixel")
-    except pyvips.Error as error:
-        cause = next((s.error for s in sources if s.error), None)  # e.g. a failed cell read
-        if cause is not None:
-            raise cause from error
-        raise
-    finally:
-        for source in sources:
-            source.close()
-    cause = next((s.error for s in sources if s.error), None)
-    if cause is not None:  # not expected (fail_on), but a map cut short is no map
-        raise cause
+    dzsave_streamed(matrix, tmp / "map", tile_size=tile_size, overlap=overlap, suffix=suffix,
+                    layout="dz", depth="onepixel")
     # libvips's metadata sidecar holds a timestamp and nothing a viewer needs.
     (tmp / "map_files" / "vips-properties.xml").unlink(missing_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
