@@ -205,19 +205,17 @@ def _summary(bundle: Bundle) -> dict:
 def _layout(bundle: Bundle, entry: dict) -> dict:
     """One layout as the API lists it: its grid, URLs (versioned) and labels."""
     version = f"?v={bundle.version}"
-    # The similarity layout's files are the schema-3 ones; the others' URLs are
-    # layouts/<slug>/... (server/files.py), as in the bundle.
-    base = "" if entry["kind"] == "similarity" else f"layouts/{entry['slug']}/"
-    dzi = base + "tiles/" + entry["tiles"].get("dzi", "tiles/map.dzi").rsplit("/", 1)[-1]
+    # A layout's files are served at their bundle paths (server/files.py): the
+    # similarity map's schema-3 files, the others' under layouts/<slug>/.
     overview = (entry.get("overview") or {}).get("path")
     body = {"name": entry["name"], "kind": entry["kind"], "slug": entry["slug"]}
     if "column" in entry:
         body["column"] = entry["column"]
     body.update(
         grid={k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")},
-        dzi=_collection_url(bundle, dzi) + version,
-        grid_url=_collection_url(bundle, base + "grid.i32") + version,
-        overview=_collection_url(bundle, base + "overview.jpg") + version if overview else None,
+        dzi=_collection_url(bundle, entry["tiles"].get("dzi", "tiles/map.dzi")) + version,
+        grid_url=_collection_url(bundle, entry["grid_file"]) + version,
+        overview=_collection_url(bundle, overview) + version if overview else None,
         tiles={k: v for k, v in entry["tiles"].items() if k != "dzi"},
         labels=entry.get("labels", []), missing=entry.get("missing", 0))
     return body
