@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mosaic.bundle import open_cells, open_vectors, read_manifest
+from mosaic.bundle import layout_entries, open_cells, open_vectors, read_manifest
 from mosaic.errors import UsageError
 from mosaic.knn import exact_neighbors, row_norms
 from mosaic.store import META_PREFIX, SERVER_EXPORT_FIELDS, TAGS_TABLE, iter_export_rows, sql_name
@@ -102,13 +102,12 @@ def write_viewer(static: Path, site: Path) -> int:
 
 
 def write_map(directory: Path, manifest: dict, data: Path) -> int:
-    """Tiles and grid of the similarity map and of every other layout (hard links)."""
-    total = _link_tree(directory / Path(manifest["tiles"]["dzi"]).parent, data / "tiles")
-    total += _link_file(directory / manifest["files"]["grid"], data / "grid.i32")
-    for layout in _extra_layouts(manifest):
-        folder = data / "layouts" / _slug(layout["name"])
-        total += _link_tree(directory / Path(layout["dzi"]).parent, folder / "tiles")
-        total += _link_file(directory / layout["grid_file"], folder / "grid.i32")
+    """Tiles and grid of every layout (hard links), at their bundle paths under ``data``."""
+    total = 0
+    for entry in layout_entries(manifest):
+        tiles = Path(entry["tiles"]["dzi"]).parent
+        total += _link_tree(directory / tiles, data / tiles)
+        total += _link_file(directory / entry["grid_file"], data / entry["grid_file"])
     return total
 
 
@@ -116,22 +115,21 @@ def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> i
     """``collection.json``: the server's collection body with relative URLs."""
     tiles = manifest["tiles"]
     grid = {k: manifest["grid"][k] for k in ("n_rows", "n_cols", "cell_size")}
-    dzi = f"tiles/{Path(tiles['dzi']).name}"
-    layouts = []
-    extra = _extra_layouts(manifest)
-    if extra:
-        layouts.append({"name": "similarity", "kind": "similarity", "dzi": dzi,
-                        "grid_url": "grid.i32", "grid": grid, "labels": []})
-        for layout in extra:
-            slug = _slug(layout["name"])
-            layouts.append({**layout["public"],
-                            "dzi": f"layouts/{slug}/tiles/{Path(layout['dzi']).name}",
-                            "grid_url": f"layouts/{slug}/grid.i32"})
+    dzi = tiles["dzi"]
+    entries = layout_entries(manifest)
+    # The layouts as the server lists them, their URLs their paths (write_map).
+    layouts = [{**{k: entry[k] for k in ("name", "kind", "slug", "column", "missing")
+                   if k in entry},
+                "grid": {k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")},
+                "tiles": {k: v for k, v in entry["tiles"].items() if k != "dzi"},
+                "labels": entry.get("labels", []),
+                "dzi": entry["tiles"]["dzi"], "grid_url": entry["grid_file"]}
+               for entry in entries] if len(entries) > 1 else []
     body = {
         "id": manifest["id"], "title": manifest.get("title") or manifest["id"],
         "n_items": manifest["counts"]["items"],
         "facets": manifest.get("facets", []),
-        "dzi": dzi, "tiles": tiles, "grid": grid, "grid_url": "grid.i32",
+        "dzi": dzi, "tiles": tiles, "grid": grid, "grid_url": entries[0]["grid_file"],
         "embeddings": [{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
                        for e in manifest.get("embeddings", [])] if neighbors else [],
         "columns": manifest.get("columns", []),
@@ -377,33 +375,6 @@ def _vocab_rows(conn: sqlite3.Connection) -> Iterable[tuple[str, int]]:
         docs.append(doc)
     if previous is not None:
         yield from ((previous, d) for d in sorted(set(docs)))
-
-
-def _extra_layouts(manifest: dict) -> list[dict]:
-    """The bundle's layouts other than the similarity map (the manifest's ``layouts``,
-    docs/bundle.md), each as ``{name, dzi, grid_file, public}``: the bundle paths of its
-    Deep Zoom descriptor and grid, and what the viewer gets (the server's fields)."""
-    found = []
-    for entry in manifest.get("layouts") or []:
-        if entry.get("kind") == "similarity":
-            continue
-        slug = entry.get("slug") or _slug(entry["name"])
-        dzi = (entry.get("tiles") or {}).get("dzi") or "tiles/map.dzi"
-        if not dzi.startswith("layouts/"):
-            dzi = f"layouts/{slug}/tiles/{Path(dzi).name}"
-        public = {k: entry[k] for k in ("name", "kind", "slug", "column", "labels", "missing")
-                  if k in entry}
-        public["grid"] = {k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")}
-        public["tiles"] = {k: v for k, v in (entry.get("tiles") or {}).items() if k != "dzi"}
-        public.setdefault("labels", [])
-        found.append({"name": entry["name"], "dzi": dzi,
-                      "grid_file": entry.get("grid_file") or f"layouts/{slug}/grid.i32",
-                      "public": public})
-    return found
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "layout"
 
 
 def _write_ids(path: Path, ids: list[int]) -> int:
