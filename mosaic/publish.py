@@ -124,7 +124,7 @@ def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> i
                 "tiles": {k: v for k, v in entry["tiles"].items() if k != "dzi"},
                 "labels": entry.get("labels", []),
                 "dzi": entry["tiles"]["dzi"], "grid_url": entry["grid_file"]}
-               for entry in entries] if len(entries) > 1 else []
+               for entry in entries]
     body = {
         "id": manifest["id"], "title": manifest.get("title") or manifest["id"],
         "n_items": manifest["counts"]["items"],

@@ -23,11 +23,9 @@ async function main() {
   const collection = await source.collection();
   document.title = `${collection.title} – mosaic`;
   document.getElementById("collection-title").textContent = collection.title;
-  // Every layout of the bundle; a bundle from before layouts has the similarity map only.
-  const layouts = collection.layouts?.length ? collection.layouts : [{
-    name: "similarity", kind: "similarity", dzi: collection.dzi, grid_url: collection.grid_url,
-    grid: collection.grid, labels: [],
-  }];
+  // Every layout of the bundle, similarity first (the server and a published site
+  // list them all, an older bundle's one map included).
+  const layouts = collection.layouts;
   const grids = new Map(); // layout name -> CellGrid, fetched on first use
   async function gridOf(layout) {
     if (!grids.has(layout.name)) {
