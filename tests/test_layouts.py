@@ -202,16 +202,13 @@ def test_geo_keeps_west_east_and_north_south_order():
     assert not keeps_order(rng.permutation(positions))  # negative control
 
 
-def test_geo_is_not_quadratic_on_a_crowd():
-    import time
-
+def test_geo_places_a_crowd_on_one_spot():
+    # Its speed (not quadratic in N) is measured in bench/layouts_bench.py.
     rng = np.random.default_rng(5)
     n = 60_000  # half of them on one spot
     latlng = np.column_stack([rng.uniform(-60, 60, n), rng.uniform(-170, 170, n)])
     latlng[: n // 2] = (48.85, 2.35)
-    started = time.perf_counter()
     positions, shape, _ = arrange.arrange_geo(latlng, rng.random((n, 2)))
-    assert time.perf_counter() - started < 20
     assert_bijection(positions, shape, n)
 
 
