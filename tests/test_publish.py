@@ -78,7 +78,7 @@ def expected(bundle: Path, query: str) -> list[int]:
 
 def test_static_search_equals_the_servers(site, server_bundle, tmp_path):
     if shutil.which("node") is None:
-        pytest.skip("needs node to run static/js/source.js")
+        pytest.fail("needs node (make install installs the npm packages with it)")
     folder, base = site
     script = tmp_path / "search.mjs"
     script.write_text(NODE_SCRIPT % (ROOT / "static" / "js" / "source.js").as_uri())
