@@ -58,10 +58,15 @@ _BATCH = int(np.lcm(TITLE_SHARD, ITEM_SHARD)) * 16  # items written per batch: w
 
 def write_site(directory: str | os.PathLike, site: str | os.PathLike,
                static: str | os.PathLike, *, thumbnails: bool = True,
-               neighbors: bool = True) -> dict[str, int]:
+               neighbors: bool = True, num_chunk: int = NUM_CHUNK,
+               text_shard_bytes: int = TEXT_SHARD_BYTES) -> dict[str, int]:
     """Write the static site of the bundle ``directory`` into ``site`` (created; files
     already there are replaced) with the viewer from ``static`` (the repository's
-    static/ folder, OpenSeadragon installed by npm). Returns bytes written per part."""
+    static/ folder, OpenSeadragon installed by npm). Returns bytes written per part.
+
+    ``num_chunk`` and ``text_shard_bytes`` size the search index's files (see
+    write_search_index); the viewer reads the cuts from ``facets.json``, so any sizes
+    give the same answers (tests publish a small bundle into many shards)."""
     directory, site, static = Path(directory), Path(site), Path(static)
     manifest = read_manifest(directory)
     osd = static / "node_modules" / "openseadragon" / "build" / "openseadragon"
@@ -75,7 +80,8 @@ def write_site(directory: str | os.PathLike, site: str | os.PathLike,
     with sqlite3.connect(f"file:{directory / manifest['files']['metadata']}?mode=ro",
                          uri=True) as conn:
         sizes["items"] = write_items(conn, manifest, data)
-        sizes["search"] = write_search_index(conn, manifest, data)
+        sizes["search"] = write_search_index(conn, manifest, data, num_chunk=num_chunk,
+                                             text_shard_bytes=text_shard_bytes)
     if thumbnails:
         sizes["thumbs"] = write_thumbnails(directory, manifest, data)
     if neighbors:
@@ -244,17 +250,19 @@ def top_neighbors(directory: Path, entry: dict, n: int, k: int
     return ids, distances
 
 
-def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path) -> int:
+def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path, *,
+                       num_chunk: int = NUM_CHUNK,
+                       text_shard_bytes: int = TEXT_SHARD_BYTES) -> int:
     """The sharded search index under ``search/`` and ``facets.json``, which describes it.
 
     - facets (``facet`` and ``tags`` columns): ``search/f<c>/<v>.u32``, the sorted ids
       of items whose column ``c`` equals (carries) value ``v`` (its position in
       ``facets.json``, the server's order: count descending, then value);
     - numeric columns: ``search/n<c>/<k>.bin``, the items with a value sorted by
-      (value, id), NUM_CHUNK per file: float64 values then uint32 ids;
+      (value, id), ``num_chunk`` per file: float64 values then uint32 ids;
       ``facets.json`` has each chunk's first and last value;
     - words: ``search/t/<k>.bin``, FTS5's own tokens (its ``fts5vocab`` of items_fts,
-      so the tokenizer is SQLite's) in sorted order, cut every TEXT_SHARD_BYTES:
+      so the tokenizer is SQLite's) in sorted order, cut every ``text_shard_bytes``:
       uint32 term count, uint32 header length, a JSON header ``[[term, n_ids],...]``,
       padding to 4 bytes, then each term's sorted uint32 ids; ``facets.json`` has
       each shard's first term.
@@ -297,8 +305,8 @@ def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path) -> 
             folder = search / f"n{position}"
             folder.mkdir()
             chunks = []
-            for k, start in enumerate(range(0, len(rows), NUM_CHUNK)):
-                part = rows[start:start + NUM_CHUNK]
+            for k, start in enumerate(range(0, len(rows), num_chunk)):
+                part = rows[start:start + num_chunk]
                 values = np.array([r[0] for r in part], dtype="<f8")
                 ids = np.array([r[1] for r in part], dtype="<u4")
                 body = values.tobytes() + ids.tobytes()
@@ -309,7 +317,7 @@ def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path) -> 
                             "min": rows[0][0] if rows else None,
                             "max": rows[-1][0] if rows else None,
                             "count": len(rows), "chunks": chunks})
-    text = write_text_index(conn, search / "t")
+    text = write_text_index(conn, search / "t", shard_bytes=text_shard_bytes)
     total += text["bytes"]
     body = {"facets": [{"name": f["name"], "values": f["values"]} for f in facets],
             "numeric": [{k: n[k] for k in ("name", "kind", "min", "max", "count")}
@@ -322,7 +330,8 @@ def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path) -> 
     return total + _write_json(data / "facets.json", body)
 
 
-def write_text_index(conn: sqlite3.Connection, folder: Path) -> dict:
+def write_text_index(conn: sqlite3.Connection, folder: Path, *,
+                     shard_bytes: int = TEXT_SHARD_BYTES) -> dict:
     """Token shards from FTS5's vocabulary (see write_search_index)."""
     folder.mkdir(parents=True)
     conn.execute("DROP TABLE IF EXISTS temp.publish_vocab")
@@ -351,7 +360,7 @@ def write_text_index(conn: sqlite3.Connection, folder: Path) -> dict:
             if term is not None:
                 pending.append((term, ids))
                 size += 4 * len(ids) + len(term.encode()) + 8
-                if size >= TEXT_SHARD_BYTES:
+                if size >= shard_bytes:
                     flush()
             term, ids = token, []
         if not ids or ids[-1] != doc:
