@@ -1,11 +1,14 @@
 """The browser for the browser tests: Debian chromium, headless, through Playwright.
 
-Skipped (with the reason) only where /usr/bin/chromium or playwright is missing;
-`make test` installs both. Never a browser download.
+A missing /usr/bin/chromium or playwright package fails every browser test with
+what to install (`make browser` installs chromium, `make venv` playwright; `make
+test` runs both): never a skip, so a run without a browser cannot pass as green.
+Never a browser download.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,13 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian chromium at /usr/bin/chromium "
-                    "(apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="browser tests need the playwright package")
+        pytest.fail(f"browser tests need Debian chromium at {CHROMIUM}: `make browser` "
+                    "installs it (apt-get install chromium)", pytrace=False)
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError as error:
+        pytest.fail(f"browser tests need the playwright package ({error}): `make venv` "
+                    "installs it from requirements-dev.txt", pytrace=False)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(

@@ -1,8 +1,8 @@
 """The viewer in a real browser: Debian chromium driven by Playwright, headless.
 
-Runs under plain ``pytest``; skipped (with the reason) only where
-/usr/bin/chromium or the playwright package is missing. Screenshots go to
-test-artifacts/.
+Runs under plain ``pytest``; fails, saying what to install, where
+/usr/bin/chromium or the playwright package is missing (tests/browser/conftest.py).
+Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
