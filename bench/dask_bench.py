@@ -51,7 +51,6 @@ def same_bundle(a: Path, b: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--distinct", type=int, default=100_000)
     parser.add_argument("--work", type=Path, required=True)
     args = parser.parse_args()
     from distributed import LocalCluster
@@ -60,9 +59,8 @@ def main() -> int:
     results = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        results.append(run(args.work, args.n, args.distinct,
-                           ["--dask", cluster.scheduler_address], "-dask"))
-    results.append(run(args.work, args.n, args.distinct, [], "-local"))
+        results.append(run(args.work, args.n, ["--dask", cluster.scheduler_address], "-dask"))
+    results.append(run(args.work, args.n, [], "-local"))
     out = args.work / "out"
     same_bundle(out / f"scale-{args.n}-dask", out / f"scale-{args.n}-local")
     with open(args.work / "results.jsonl", "a", encoding="utf-8") as handle:

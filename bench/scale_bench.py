@@ -1,21 +1,23 @@
 """Scale benchmark: the whole pipeline at 100k, 300k and 1M images on this machine.
 
-Inputs are generated, not trivially small: ``--distinct`` photo-like files of
-100-600 px a side (every fifth one PNG, the rest JPEG at Q 75-95), each a
-random crop, resize, colour shift and flip of one of 2,000 base pictures
-(``cell_codec_bench.photo_like``). A run of N > distinct images lists every
-distinct file under N / distinct names (hard links; every name is decoded as
-its own item).
+Inputs are ``bench/distinct_images.py``'s collection: N images that are all distinct
+(no two with equal pixels, no links, no repeated files; ``--verify`` checks it), JPEG
+and PNG, some greyscale, some with alpha, some with an EXIF orientation, 256-800 px on
+the long side plus 1% of 2-12 Mpx photos, in 100 scene classes (``labels.csv``). Image i
+depends only on (seed, i), so a run at N uses the first N images of one collection
+generated at the largest N. (Runs before issue 17 listed 100,000 distinct files under 10
+names each, hard links, to make 1M items: 9 pixel-identical twins per item. That mode is
+gone; its figures in docs/benchmarks.md are of those inputs.)
 
-Each run is ``python run.py pipeline`` with the default flags (128-px cells,
-raw embedding, openTSNE, rasterfairy, 256-px JPEG tiles) and a relative
+Each run is ``python run.py pipeline`` with the default flags (128-px cells, the
+``pixels`` embedding, openTSNE, rasterfairy, 256-px JPEG tiles) and a relative
 ``--out``, cold. A monitor samples, every second, the RSS summed over the
 orchestrator and its worker processes, and the bundle folder's size (and its
 ``cache/`` alone: the scratch). Reported: wall time per stage (the manifest's
 ``timings``), peak RSS of the process tree, peak scratch disk, and the final
 bundle by kind.
 
-    python bench/scale_bench.py generate --distinct 100000 --work /work/scale
+    python bench/scale_bench.py generate --n 1000000 --work /work/scale
     python bench/scale_bench.py run --n 100000 --work /work/scale
 
 Each run appends one JSON line to ``WORK/results.jsonl`` (docs/benchmarks.md).
@@ -31,98 +33,37 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import distinct_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BASES = 2_000
-PER_FOLDER = 1_000
+COLLECTION = "distinct"  # the collection's folder in WORK
 
 
-def distinct_path(work: Path, index: int) -> Path:
-    suffix = ".png" if index % 5 == 0 else ".jpg"
-    return work / "images" / f"d{index // PER_FOLDER:04d}" / f"img_{index:07d}{suffix}"
-
-
-def _write_batch(args: tuple[str, int, int]) -> int:
-    """Write distinct images [start, stop) from the base pictures; returns bytes written."""
-    import pyvips
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cell_codec_bench import photo_like
-
-    work, start, stop = Path(args[0]), args[1], args[2]
-    bases = work / "bases"
-    written = 0
-    for index in range(start, stop):
-        path = distinct_path(work, index)
-        if path.exists():
-            continue
-        rng = np.random.default_rng(index)
-        base_path = bases / f"base_{int(rng.integers(BASES)):05d}.png"
-        if not base_path.exists():
-            base_rng = np.random.default_rng(10_000_000 + int(base_path.stem[5:]))
-            tmp = base_path.with_name(f".{base_path.name}.{os.getpid()}.tmp")
-            pyvips.Image.new_from_array(photo_like(base_rng), interpretation="srgb") \
-                .pngsave(str(tmp), compression=1)
-            os.replace(tmp, base_path)
-        base = pyvips.Image.new_from_file(str(base_path))
-        fraction = rng.uniform(0.6, 1.0)
-        width, height = max(8, int(base.width * fraction)), max(8, int(base.height * fraction))
-        left = int(rng.integers(0, base.width - width + 1))
-        top = int(rng.integers(0, base.height - height + 1))
-        image = base.crop(left, top, width, height)
-        target_w, target_h = int(rng.integers(100, 601)), int(rng.integers(100, 601))
-        image = image.resize(target_w / width, vscale=target_h / height)
-        gain = rng.uniform(0.8, 1.2, 3).tolist()
-        image = (image.linear(gain, rng.uniform(-20, 20, 3).tolist())).cast("uchar")
-        if rng.random() < 0.5:
-            image = image.fliphor()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        if path.suffix == ".png":
-            image.pngsave(str(tmp), compression=1)
-        else:
-            image.jpegsave(str(tmp), Q=int(rng.integers(75, 96)))
-        os.replace(tmp, path)
-        written += path.stat().st_size
-    return written
-
-
-def generate(work: Path, distinct: int, jobs: int) -> None:
-    (work / "bases").mkdir(parents=True, exist_ok=True)
+def generate(work: Path, n: int, seed: int, jobs: int) -> None:
+    """Generate (or finish) the distinct collection of ``n`` images in WORK/distinct."""
     started = time.perf_counter()
-    batches = [(str(work), s, min(distinct, s + 500)) for s in range(0, distinct, 500)]
-    total = 0
-    with ProcessPoolExecutor(jobs) as pool:
-        for done, written in enumerate(pool.map(_write_batch, batches), start=1):
-            total += written
-            if done % 20 == 0:
-                print(f"  {done * 500:,} images, {time.perf_counter() - started:.0f} s",
-                      flush=True)
-    print(f"generated {distinct:,} distinct images in {time.perf_counter() - started:.0f} s")
+    manifest = distinct_images.generate(work / COLLECTION, n, seed=seed, jobs=jobs)
+    print(f"generated {n:,} distinct images ({manifest['bytes'] / 1e9:.2f} GB) in "
+          f"{time.perf_counter() - started:.0f} s")
 
 
-def write_list(work: Path, n: int, distinct: int) -> Path:
-    """A list file of n names: the distinct files, then hard links under copies/<k>/."""
+def write_list(work: Path, n: int) -> Path:
+    """A list file of the collection's first ``n`` images (all distinct files)."""
     target = work / f"list-{n}.txt"
     if target.exists():
         return target
-    names = []
-    for k in range((n + distinct - 1) // distinct):
-        for index in range(min(distinct, n - k * distinct)):
-            source = distinct_path(work, index)
-            if k == 0:
-                names.append(source.relative_to(work).as_posix())
-                continue
-            link = work / "copies" / str(k) / source.relative_to(work / "images")
-            if not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                os.link(source, link)
-            names.append(link.relative_to(work).as_posix())
-    target.write_text("\n".join(names) + "\n")
+    rows = distinct_images.read_labels(work / COLLECTION)
+    if len(rows) < n:
+        raise SystemExit(f"{work / COLLECTION} holds {len(rows):,} images, fewer than "
+                         f"{n:,}: run generate --n {n} first")
+    names = [f"{COLLECTION}/images/{row['filename']}" for row in rows[:n]]
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text("\n".join(names) + "\n")
+    os.replace(temporary, target)
     return target
 
 
@@ -174,8 +115,8 @@ def kind_of(relative: str) -> str:
     return "other"
 
 
-def run(work: Path, n: int, distinct: int, extra: list[str], tag: str = "") -> dict:
-    list_file = write_list(work, n, distinct)
+def run(work: Path, n: int, extra: list[str], tag: str = "") -> dict:
+    list_file = write_list(work, n)
     cid = f"scale-{n}{tag}"
     out = work / "out"
     bundle = out / cid
@@ -208,7 +149,7 @@ def run(work: Path, n: int, distinct: int, extra: list[str], tag: str = "") -> d
             kind = kind_of(path.relative_to(bundle).as_posix())
             by_kind[kind] = by_kind.get(kind, 0) + path.stat().st_size
     items = manifest["counts"]["items"]
-    return {"n": n, "tag": tag, "distinct": min(n, distinct), "items": items,
+    return {"n": n, "tag": tag, "inputs": "distinct_images", "items": items,
             "wall_s": round(wall, 1),
             "timings": manifest["timings"], "peak_rss_mb": round(peaks["rss"] / 2**20),
             "peak_bundle_mb": round(peaks["bundle"] / 2**20),
@@ -223,13 +164,13 @@ def run(work: Path, n: int, distinct: int, extra: list[str], tag: str = "") -> d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate")
-    gen.add_argument("--distinct", type=int, default=100_000)
+    gen = sub.add_parser("generate", help="the distinct collection, in WORK/distinct")
+    gen.add_argument("--n", type=int, default=1_000_000)
+    gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--work", type=Path, required=True)
     gen.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    go = sub.add_parser("run")
+    go = sub.add_parser("run", help="the pipeline on the collection's first N images")
     go.add_argument("--n", type=int, required=True)
-    go.add_argument("--distinct", type=int, default=100_000)
     go.add_argument("--work", type=Path, required=True)
     go.add_argument("--results", type=Path, default=None,
                     help="append the result as a JSON line (default: WORK/results.jsonl)")
@@ -238,9 +179,9 @@ def main() -> int:
     go.add_argument("extra", nargs="*", help="more pipeline flags, after --")
     args = parser.parse_args()
     if args.command == "generate":
-        generate(args.work, args.distinct, args.jobs)
+        generate(args.work, args.n, args.seed, args.jobs)
         return 0
-    result = run(args.work, args.n, args.distinct, args.extra, args.tag)
+    result = run(args.work, args.n, args.extra, args.tag)
     print(json.dumps(result, indent=1))
     with open(args.results or args.work / "results.jsonl", "a") as handle:
         handle.write(json.dumps(result) + "\n")
