@@ -52,12 +52,20 @@ def matrix_rows(
     read_rows = getattr(cells, "read_rows", None) or (lambda ids: cells[ids])
     order = np.lexsort((positions[:, 1], positions[:, 0]))
     row_starts = np.searchsorted(positions[order, 0], np.arange(n_rows + 1))
+    columns = positions[order, 1].tolist()
     strip = np.empty((cell, n_cols * cell, 3), dtype=np.uint8)
+    blank = None  # a background row, made for the first row with gaps (often the last only)
+    occupied = np.zeros((n_rows, n_cols), dtype=bool)
+    occupied[positions[:, 0], positions[:, 1]] = True
+    full = occupied.all(axis=1).tolist()
     for row in range(n_rows):
-        strip[:] = background
-        items = order[row_starts[row]:row_starts[row + 1]]
-        for item, image in zip(items, read_rows(items)):
-            col = positions[item, 1]
+        start, stop = row_starts[row], row_starts[row + 1]
+        if not full[row]:  # background under the gaps; a full row is all cells
+            if blank is None:
+                blank = np.empty_like(strip)
+                blank[:] = background
+            np.copyto(strip, blank)
+        for col, image in zip(columns[start:stop], read_rows(order[start:stop])):
             strip[:, col * cell:(col + 1) * cell] = image
         yield strip
         if progress is not None:

@@ -1,5 +1,8 @@
-"""Thumbnail stage: decode each image once with libvips into a square cell.
+"""Thumbnail stage: decode each image once into a square cell.
 
+libvips decodes every image, except small 8-bit PNGs (at most
+``DIRECT_DECODE_PIXELS``), which Pillow decodes to the very same pixels: libvips's
+fixed cost per file is several times a 64-px PNG's decode (``_small_png_pixels``).
 The same decode also yields the model input for pixel-based embeddings, so no
 image is ever read twice in one pass. Files that must not reach libvips (links
 that loop or dangle, FIFOs, devices, empty or unreadable files) are refused
@@ -10,8 +13,10 @@ that its reason is not mixed with other threads' libvips messages.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,6 +97,28 @@ def decode_image(
 
 def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int],
             model_size: int | None, max_pixels: int, picture_side: int | None) -> DecodedImage:
+    base = _small_png_pixels(path, background, max_pixels)
+    if base is not None:
+        height, width = base.shape[:2]
+    else:
+        base, width, height = _vips_pixels(path, cell_size, fit, background, model_size,
+                                           max_pixels)
+    cell = square_array(base, cell_size, fit, background)
+    model_input = square_array(base, model_size, fit, background) if model_size else None
+    picture = None
+    if picture_side:
+        # fit: the whole picture squashed; fill: its centre square (the large-image path's
+        # thumbnail is already that square, the small-image path's base is not)
+        picture = resample(base, picture_side, picture_side) if fit == "fit" else \
+            square_array(base, picture_side, "fill", background)
+    return DecodedImage(cell=cell, model_input=model_input, width=width, height=height,
+                        picture=picture)
+
+
+def _vips_pixels(path: str, cell_size: int, fit: str, background: tuple[int, int, int],
+                 model_size: int | None, max_pixels: int) -> tuple[np.ndarray, int, int]:
+    """The picture decoded by libvips as uint8 (h, w, 3) sRGB on ``background``, upright,
+    whole or shrunk on load to at least the cell's box; and the upright source size."""
     with _vips_source(path) as source:
         header = _load(source)
         width, height = header.width, header.height
@@ -109,23 +136,61 @@ def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int
             shrink = _jpeg_shrink(header, box, fit)
             if shrink > 1:
                 header = _load(source, shrink=shrink)
-            upright = header.autorot() if _orientation(header) != 1 else header
-            base = _to_srgb(upright, background).numpy()
+            if _orientation(header) != 1:
+                base = _pixels(_to_srgb(header.autorot(), background))
+            else:
+                base = _srgb_pixels(header, background)
         else:
             # Large image: shrink-on-load keeps memory bounded (e.g. 30000 x 30000 JPEGs).
             base = _thumbnail(source, box, crop="centre" if fit == "fill" else "none")
-            base = _to_srgb(base, background).numpy()
-    base = base.reshape(base.shape[0], base.shape[1], 3)
-    cell = square_array(base, cell_size, fit, background)
-    model_input = square_array(base, model_size, fit, background) if model_size else None
-    picture = None
-    if picture_side:
-        # fit: the whole picture squashed; fill: its centre square (the large-image path's
-        # thumbnail is already that square, the small-image path's base is not)
-        picture = resample(base, picture_side, picture_side) if fit == "fit" else \
-            square_array(base, picture_side, "fill", background)
-    return DecodedImage(cell=cell, model_input=model_input, width=width, height=height,
-                        picture=picture)
+            base = _pixels(_to_srgb(base, background))
+    return base, width, height
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour types whose 8-bit samples Pillow decodes to the values libvips gives:
+# 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA (tests/test_decode_fast_path.py).
+_PIL_PNG_COLOUR_TYPES = {2, 3, 4, 6}
+
+
+def _small_png_pixels(path: str, background: tuple[int, int, int],
+                      max_pixels: int) -> np.ndarray | None:
+    """A small 8-bit PNG decoded by Pillow, as libvips would give it: uint8 (h, w, 3)
+    on ``background``; None for anything else (libvips decodes it then).
+
+    libvips costs about 0.5-1 ms of fixed setup per file (loader, libspng, pipeline),
+    several times what decoding a 64-px PNG takes; Pillow decodes one in about
+    0.2 ms. PNG is lossless, so both give the same samples: the path is taken only
+    for the colour types and depths where tests/test_decode_fast_path.py checks that
+    they do (bit-identical pixels), never for 16-bit, low-bit grey, grey with a
+    transparent colour, or a file with EXIF (libvips applies its orientation). A file
+    Pillow cannot read goes to libvips too, which gives the reason it is skipped.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(26)
+        if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+            return None
+        width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+        if (colour not in _PIL_PNG_COLOUR_TYPES or (depth != 8 and colour != 3)
+                or width * height > min(DIRECT_DECODE_PIXELS, max_pixels)):
+            return None
+        with Image.open(path, formats=("PNG",)) as image:
+            image.load()
+            if "exif" in image.info or image.size != (width, height):
+                return None
+            if image.mode == "RGB" and "transparency" not in image.info:
+                return np.asarray(image)
+            if image.mode not in ("RGB", "RGBA", "P", "LA"):
+                return None
+            if image.mode != "RGBA":
+                has_alpha = image.mode == "LA" or "transparency" in image.info
+                image = image.convert("RGBA" if has_alpha else "RGB")
+                if not has_alpha:
+                    return np.asarray(image)
+            return flatten_alpha(np.asarray(image), background)
+    except Exception:  # noqa: BLE001 -- libvips decodes it again and says why it fails
+        return None
 
 
 class _SharedLock:
@@ -267,6 +332,63 @@ def _to_srgb(image: pyvips.Image, background: tuple[int, int, int]) -> pyvips.Im
     return image if image.format == "uchar" else image.cast("uchar")
 
 
+def _pixels(image: pyvips.Image) -> np.ndarray:
+    """A 3-band 8-bit libvips image computed into a new uint8 (h, w, 3) array.
+
+    ``write_to_memory`` with the shape known: the same bytes as ``image.numpy()``
+    without its per-call format look-ups, which cost more than a small image's decode.
+    """
+    return np.frombuffer(image.write_to_memory(), dtype=np.uint8).reshape(
+        image.height, image.width, 3)
+
+
+def _srgb_pixels(image: pyvips.Image, background: tuple[int, int, int]) -> np.ndarray:
+    """``_pixels(_to_srgb(image, background))``, the same bytes, with one libvips call
+    for the commonest kinds of small image (8-bit sRGB, with or without alpha),
+    computed in the calling thread.
+
+    Those are decoded as they are and flattened here, exactly as libvips's ``flatten``
+    does for 8-bit pixels: ``(value * alpha + background * (255 - alpha)) // 255``
+    (tests/test_pipeline.py compares the two on every value, alpha and several
+    backgrounds). Each libvips operation called from Python costs about 0.2 ms of
+    setup, more than decoding a 64-px PNG; anything else goes through ``_to_srgb``.
+    """
+    bands = image.bands
+    if bands not in (3, 4) or image.format != "uchar" or image.interpretation != "srgb":
+        return _pixels(_to_srgb(image, background))
+    width, height = image.width, image.height
+    # A region computes in this thread; write_to_memory hands the work to a libvips
+    # worker thread and waits for it, which costs more than the decode here.
+    pixels = np.frombuffer(pyvips.Region.new(image).fetch(0, 0, width, height),
+                           dtype=np.uint8).reshape(height, width, bands)
+    if bands == 3:
+        return pixels
+    return flatten_alpha(pixels, background)
+
+
+def flatten_alpha(pixels: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (h, w, 4) RGBA on ``background`` -> a new uint8 (h, w, 3), rounding as
+    libvips's ``flatten`` does for 8-bit images (integer division, no rounding up).
+
+    Through a table per band of every (alpha, value) pair: a lookup is cheaper than the
+    arithmetic on small images."""
+    table = _flatten_table(tuple(int(c) for c in background))
+    index = pixels[..., 3].astype(np.uint16) << 8
+    flat = np.empty(pixels.shape[:2] + (3,), dtype=np.uint8)
+    for band in range(3):
+        np.take(table[band], index | pixels[..., band], out=flat[..., band])
+    return flat
+
+
+@functools.lru_cache(maxsize=8)
+def _flatten_table(background: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (3, 65536): band b's flattened value at ``alpha << 8 | value``."""
+    alpha = np.arange(256, dtype=np.uint32)[:, None]
+    value = np.arange(256, dtype=np.uint32)[None, :]
+    return np.stack([((value * alpha + c * (255 - alpha)) // 255).astype(np.uint8).ravel()
+                     for c in background])
+
+
 def square_array(image: np.ndarray, size: int, fit: str,
                  background: tuple[int, int, int]) -> np.ndarray:
     """An (h, w, 3) uint8 image as a ``size`` square: letterboxed on ``background``
@@ -279,6 +401,8 @@ def square_array(image: np.ndarray, size: int, fit: str,
     scale = size / max(height, width)
     new_height = min(size, max(1, round(height * scale)))
     new_width = min(size, max(1, round(width * scale)))
+    if new_height == new_width == size:  # a square picture: no bars to draw
+        return resample(image, size, size)
     square = np.empty((size, size, 3), dtype=np.uint8)
     square[:] = background
     top, left = (size - new_height) // 2, (size - new_width) // 2
