@@ -55,9 +55,7 @@ def matrix_rows(
     columns = positions[order, 1].tolist()
     strip = np.empty((cell, n_cols * cell, 3), dtype=np.uint8)
     blank = None  # a background row, made for the first row with gaps (often the last only)
-    occupied = np.zeros((n_rows, n_cols), dtype=bool)
-    occupied[positions[:, 0], positions[:, 1]] = True
-    full = occupied.all(axis=1).tolist()
+    full = (np.diff(row_starts) == n_cols).tolist()  # one item per cell: a full row
     for row in range(n_rows):
         start, stop = row_starts[row], row_starts[row + 1]
         if not full[row]:  # background under the gaps; a full row is all cells
