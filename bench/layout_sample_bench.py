@@ -1,109 +1,137 @@
-"""Layout at scale: a full openTSNE fit against fit-on-a-sample plus placement.
+"""Layout at scale: a full openTSNE fit against the large-collection method, by grid P@10.
 
-Above ``reduce.TSNE_FIT_MAX`` items the pipeline fits openTSNE on a seeded
-sample and places every other item with ``prepare_partial`` (at the median of
-its nearest fitted neighbours). This measures what that costs, on the PCA
-vectors of a real bundle (``scale_bench.py``'s images, raw embedding), at the
-same sample fraction as 100k of 1M (default 10%):
+Above ``--layout-sample`` items (``reduce.LAYOUT_SAMPLE``) the pipeline fits
+openTSNE on a seeded sample, places every other item with ``prepare_partial``
+and then optimises all items together (``reduce.tsne_sample_place_refine``).
+This measures each variant on the vectors of a real bundle (a ``pipeline`` run
+with default flags on ``bench/distinct_images.py``'s pictures), the first ``--n``
+items, with the pipeline's own PCA (``manifest.layout.pca``):
 
-- seconds of each variant;
-- kNN preservation: for 2,000 query items, the share of their 10 nearest
-  neighbours in PCA space that are among their 10 nearest on the 2-D layout;
-- the same on a random layout (the negative control: about 10 / N).
+- layout seconds (the 2-D fit alone, PCA excluded) and peak RSS of the process;
+- **grid P@10** (``mosaic.quality``) of the layout snapped by the grid the
+  pipeline would use at that N (RasterFairy above 1,000 items), in PCA-50 space;
+- kNN preservation of the continuous layout (the same P@10 on the 2-D points
+  instead of grid cells), which shows what the snapping loses;
+- with ``--labels`` (the collection's labels.csv), label agreement of the grid;
+- a random placement as the negative control.
 
-    python bench/layout_sample_bench.py --bundle /work/scale/out/scale-100000 --n 100000
+    python bench/layout_sample_bench.py --bundle /work/bench-data/out/distinct-300000 \\
+        --n 300000 --variant full --variant refine:100000:250 \\
+        --results docs/data/layout_sample.jsonl
+
+A variant is ``full``, ``place:SAMPLE`` (sample + place, no refinement) or
+``refine:SAMPLE:ITER[:EXAG]`` (sample + place + ITER plain iterations on all
+items, after EXAG exaggerated ones). Each variant runs in its own process, so
+its peak RSS is its own; the PCA vectors are cached in ``--cache``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from mosaic import quality  # noqa: E402
 from mosaic.bundle import open_vectors, read_manifest  # noqa: E402
-from mosaic.pipeline import reduce  # noqa: E402
-
-K = 10
-QUERIES = 2_000
+from mosaic.pipeline import grid, reduce  # noqa: E402
 
 
-def knn_preservation(high: np.ndarray, xy: np.ndarray, queries: np.ndarray) -> float:
-    """Mean share of each query's K nearest neighbours in ``high`` kept among its K on ``xy``."""
-    from sklearn.neighbors import NearestNeighbors
+def pca_vectors(bundle: Path, n: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(the pipeline's PCA of the first ``n`` layout vectors, their PCA-50), cached."""
+    cache.mkdir(parents=True, exist_ok=True)
+    high_path, feat_path = cache / f"pca-{n}.npy", cache / f"pca50-{n}.npy"
+    if not high_path.exists():
+        manifest = read_manifest(bundle)
+        entry = next(e for e in manifest["embeddings"]
+                     if e["name"] == manifest["layout"]["embedding"])
+        vectors = open_vectors(bundle, entry)[:n]
+        pca = manifest["layout"]["pca"] or vectors.shape[1]
+        np.save(high_path, reduce.reduce_pca(vectors, pca))
+        np.save(feat_path, reduce.reduce_pca(vectors, quality.FEATURE_DIMS))
+    return np.load(high_path, mmap_mode="r"), np.load(feat_path, mmap_mode="r")
 
-    def neighbours(points: np.ndarray) -> np.ndarray:
-        index = NearestNeighbors(n_neighbors=K + 1).fit(points)
-        return index.kneighbors(points[queries], return_distance=False)[:, 1:]
 
-    a, b = neighbours(high), neighbours(xy)
-    return float(np.mean([len(set(x) & set(y)) / K for x, y in zip(a, b)]))
+def layout(variant: str, high: np.ndarray, jobs: int) -> np.ndarray:
+    kind, *numbers = variant.split(":")
+    high = np.ascontiguousarray(high, dtype=np.float32)
+    if kind == "full":
+        return reduce.layout_2d(high, n_jobs=jobs, sample=None)
+    if kind == "random":
+        return np.random.default_rng(2).random((len(high), 2))
+    sample = int(numbers[0])
+    refine_iter = int(numbers[1]) if kind == "refine" else 0
+    exaggerated = int(numbers[2]) if len(numbers) > 2 else 0
+    return reduce.tsne_sample_place_refine(high, sample, n_jobs=jobs, refine_iter=refine_iter,
+                                           refine_exaggeration_iter=exaggerated)
 
 
-def refine(high: np.ndarray, jobs: int) -> np.ndarray:
-    """Sample + place (as the pipeline does, at ``reduce.TSNE_FIT_MAX``), then all items
-    optimised from that start."""
-    from openTSNE import TSNEEmbedding, affinity, initialization
+def measure(args: argparse.Namespace) -> dict:
+    """One variant, in this process."""
+    high, features = pca_vectors(args.bundle, args.n, args.cache)
+    started = time.perf_counter()
+    xy = layout(args.one, high, args.jobs)
+    seconds = time.perf_counter() - started
+    positions, _ = grid.assign_grid(reduce.scale_unit(np.asarray(xy, np.float64)), "auto")
+    features = np.ascontiguousarray(features)
+    result = {"variant": args.one, "n": args.n, "jobs": args.jobs,
+              "layout_s": round(seconds, 1),
+              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+              "grid_p10": round(quality.grid_precision(features, positions), 3),
+              "layout_p10": round(quality.grid_precision(features, xy), 3)}
+    if args.labels:
+        codes = class_codes(args.labels, args.n)
+        result["label_agreement"] = round(quality.label_agreement(codes, positions), 3)
+    return result
 
-    placed = reduce._opentsne(high, 30.0, "euclidean", 0, jobs)
-    affinities = affinity.PerplexityBasedNN(high, perplexity=30, n_jobs=jobs, random_state=0)
-    embedding = TSNEEmbedding(initialization.rescale(placed), affinities, n_jobs=jobs,
-                              random_state=0)
-    embedding.optimize(n_iter=125, exaggeration=12, momentum=0.5, inplace=True)
-    embedding.optimize(n_iter=250, momentum=0.8, inplace=True)
-    return np.asarray(embedding)
+
+def class_codes(labels: Path, n: int) -> np.ndarray:
+    """The ``class`` column of a distinct_images labels.csv, first ``n`` rows, as codes.
+
+    The pipeline's ids follow the sorted input list, which is the labels' order."""
+    import csv
+
+    with open(labels, newline="") as handle:
+        values = [row["class"] for _, row in zip(range(n), csv.DictReader(handle))]
+    return reduce.encode_labels(values)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--n", type=int, default=100_000, help="items to use (the first N)")
-    parser.add_argument("--fraction", type=float, default=0.1, help="sample share to fit")
+    parser.add_argument("--n", type=int, required=True, help="items to use (the first N)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="full | place:SAMPLE | refine:SAMPLE:ITER[:EXAG] | random")
+    parser.add_argument("--labels", type=Path, help="labels.csv with a class column")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--refine", action="store_true",
-                        help="instead: sample + place, then optimise all items from there "
-                             "(openTSNE's large-data recipe: affinities on all, "
-                             "125 exaggerated + 250 plain iterations)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/layout-sample-cache"))
+    parser.add_argument("--results", type=Path, help="append one JSON line per variant")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a single variant, in-process
     args = parser.parse_args()
-
-    manifest = read_manifest(args.bundle)
-    entry = next(e for e in manifest["embeddings"] if e["name"] == manifest["layout"]["embedding"])
-    vectors = open_vectors(args.bundle, entry)
-    n = min(args.n, vectors.shape[0])
-    started = time.perf_counter()
-    high = reduce.reduce_pca(vectors[:n], manifest["layout"]["pca"] or vectors.shape[1])
-    pca_s = time.perf_counter() - started
-    queries = np.random.default_rng(1).choice(n, QUERIES, replace=False)
-    results = {"bundle": str(args.bundle), "n": n, "dims": high.shape[1],
-               "pca_s": round(pca_s, 1), "variants": {}}
-
-    def record(label: str, fit_max: int, layout) -> None:
-        reduce.TSNE_FIT_MAX = fit_max
-        started = time.perf_counter()
-        xy = layout()
-        seconds = time.perf_counter() - started
-        results["variants"][label] = {"fit_items": min(n, fit_max), "seconds": round(seconds, 1),
-                                      "knn_preservation": round(knn_preservation(high, xy,
-                                                                                 queries), 3)}
-        print(label, results["variants"][label], flush=True)
-
-    sample = int(n * args.fraction)
-    if args.refine:
-        record(f"sample {args.fraction:.0%} + place + refine all", sample,
-               lambda: refine(high, args.jobs))
-    else:
-        pipeline_layout = lambda: reduce.layout_2d(high, n_jobs=args.jobs)  # noqa: E731
-        record(f"sample {args.fraction:.0%} + place", sample, pipeline_layout)
-        record("full fit", n, pipeline_layout)
-    random_xy = np.random.default_rng(2).random((n, 2))
-    results["variants"]["random layout (control)"] = {
-        "knn_preservation": round(knn_preservation(high, random_xy, queries), 3)}
-    print(json.dumps(results, indent=1))
+    if args.one:
+        print(json.dumps(measure(args)), flush=True)
+        return 0
+    pca_vectors(args.bundle, args.n, args.cache)  # once, before the timed variants
+    for variant in args.variant or ["full", f"refine:{reduce.LAYOUT_SAMPLE}:"
+                                    f"{reduce.REFINE_ITER}", "random"]:
+        command = [sys.executable, __file__, "--bundle", str(args.bundle), "--n", str(args.n),
+                   "--jobs", str(args.jobs), "--cache", str(args.cache), "--one", variant]
+        if args.labels:
+            command += ["--labels", str(args.labels)]
+        line = subprocess.run(command, check=True, capture_output=True,
+                              text=True).stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        if args.results:
+            with open(args.results, "a") as handle:
+                handle.write(line + "\n")
     return 0
 
 

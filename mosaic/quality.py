@@ -12,7 +12,7 @@ With labels, ``label_agreement`` is the share of an item's 10 nearest cells
 that hold an item of its own label.
 
 Both are pure functions of arrays: the pipeline reports grid P@10 in the
-manifest (``layouts[].quality``) and bench/ compares methods on the same items.
+manifest (``grid.quality``, ``grid_report``) and bench/ compares methods on the same items.
 """
 
 from __future__ import annotations
@@ -70,8 +70,28 @@ def grid_precision(features: np.ndarray, positions: np.ndarray, k: int = K,
     """
     queries = query_ids(len(positions), n_queries, random_state)
     near = feature_neighbours(features, queries, k)
+    return neighbour_precision(near, positions, queries, random_state)
+
+
+def neighbour_precision(near: np.ndarray, positions: np.ndarray, queries: np.ndarray,
+                        random_state: int = 0) -> float:
+    """Grid P@k from precomputed feature neighbours ``near`` (Q, k) of ``queries``: the
+    second half of ``grid_precision``, for callers that keep ``near`` between runs (the
+    pipeline computes it with the layout and scores the grid after)."""
+    k = near.shape[1]
     cells = grid_neighbours(positions, queries, k, random_state)
     return _overlap(near, cells, k)
+
+
+def grid_report(near: np.ndarray, positions: np.ndarray, queries: np.ndarray,
+                random_state: int = 0) -> dict:
+    """The pipeline's quality record of a grid: its P@k and the same for a seeded random
+    permutation of its cells (the negative control), rounded to 4 places."""
+    shuffled = np.random.default_rng(random_state).permutation(positions)
+    return {"grid_p10": round(neighbour_precision(near, positions, queries, random_state), 4),
+            "random_p10": round(neighbour_precision(near, shuffled, queries, random_state), 4),
+            "queries": int(len(queries)), "k": int(near.shape[1]),
+            "feature_dims": int(FEATURE_DIMS)}
 
 
 def label_agreement(labels: np.ndarray, positions: np.ndarray, k: int = K,

@@ -27,6 +27,10 @@ def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
     print(f"Built {directory}: {counts['items']} items from {counts['inputs']} inputs, "
           f"{counts['skipped']} skipped, grid {grid['n_rows']} x {grid['n_cols']} "
           f"at {grid['cell_size']} px")
+    if grid.get("quality"):
+        score = grid["quality"]
+        print(f"  map quality: grid P@10 {score['grid_p10']:.3f} (a random grid: "
+              f"{score['random_p10']:.3f}; docs/bundle.md)")
     for entry in manifest["skipped"][:10]:
         print(f"  skipped {entry['source']}: {entry['reason']}")
     if counts["skipped"] > 10:

@@ -58,6 +58,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     em.add_argument("--tsne-backend", choices=["opentsne", "multicore", "sklearn"],
                     default=d.tsne_backend)
     em.add_argument("--perplexity", type=float, default=d.perplexity)
+    em.add_argument("--layout-sample", type=int, default=d.layout_sample, metavar="N",
+                    help="t-SNE (openTSNE) on more than N items: fit on a seeded sample of N, "
+                    "place the others near their nearest fitted items, then refine all "
+                    "together (faster; docs/scale.md measures the quality); 0 = always fit "
+                    f"all (default: {d.layout_sample:,})")
     em.add_argument("--n-neighbors", type=int, default=d.n_neighbors, help="UMAP n_neighbors")
     em.add_argument("--min-dist", type=float, default=d.min_dist, help="UMAP min_dist")
     em.add_argument("--metric", default=d.metric, help="distance for t-SNE/UMAP")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from mosaic import SCHEMA_VERSION, __version__
+from mosaic import SCHEMA_VERSION, __version__, quality
 from mosaic.bundle import (
     CELL_CODEC,
     CELL_QUALITY,
@@ -64,6 +64,9 @@ from mosaic.progress import Progress
 from mosaic.store import sql_names
 
 logger = logging.getLogger(__name__)
+# The grid P@10 reference (quality.py): each query item's nearest neighbours in the
+# layout vectors, written with the layout and scored against the grid.
+QUALITY_NEIGHBOURS = "cache/quality-neighbours.npy"
 
 
 @dataclass
@@ -91,6 +94,7 @@ class PipelineConfig:
     reducer: str = "tsne"
     tsne_backend: str = "opentsne"
     perplexity: float = 30.0
+    layout_sample: int = reduce.LAYOUT_SAMPLE  # openTSNE: fit a sample above this; 0 = all
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"
@@ -129,6 +133,8 @@ def validate(config: PipelineConfig) -> None:
         (config.jobs is None or config.jobs >= 1, "--jobs must be at least 1"),
         (config.pca >= 0, "--pca must be 0 (off) or positive"),
         (config.perplexity > 0, "--perplexity must be positive"),
+        (config.layout_sample == 0 or config.layout_sample >= reduce.MIN_ITEMS_FOR_MANIFOLD,
+         f"--layout-sample must be 0 (fit all) or at least {reduce.MIN_ITEMS_FOR_MANIFOLD}"),
         (config.n_neighbors >= 2, "--n-neighbors must be at least 2"),
         (0 <= config.min_dist <= 1, "--min-dist must be between 0 and 1"),
         (16 <= config.tile_size <= 4096, "--tile-size must be between 16 and 4096"),
@@ -312,7 +318,7 @@ class _Run:
             if c.label_column else []
         layout_key = cache_key(vectors_key, c.pca, c.reducer, c.tsne_backend, c.perplexity,
                                c.n_neighbors, c.min_dist, c.metric, c.random_state,
-                               *supervised)
+                               *supervised, *self.layout_method_key())
         layout = self.stage("layout", layout_key, self.build_layout)
         grid_key = cache_key(layout_key, c.grid)
         gridded = self.stage("grid", grid_key, self.build_grid)
@@ -396,9 +402,33 @@ class _Run:
             labels = self.label_codes() if c.label_column else None
             xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
                                   c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs(),
-                                  labels=labels)
+                                  labels=labels, sample=c.layout_sample)
+            if len(xy) > quality.K + 1:
+                # The map-quality yardstick's reference: each query item's nearest
+                # neighbours in PCA-50 of the layout vectors, scored against the grid.
+                features = reduced if reduced.shape[1] <= quality.FEATURE_DIMS else (
+                    reduced[:, :quality.FEATURE_DIMS] if c.pca
+                    else reduce.reduce_pca(vectors, quality.FEATURE_DIMS, c.random_state))
+                queries = quality.query_ids(len(xy), random_state=c.random_state)
+                near = quality.feature_neighbours(np.asarray(features, dtype=np.float32),
+                                                  queries)
+                save_npy_atomic(self.path(QUALITY_NEIGHBOURS), near)
+                save_npy_atomic(self.path("layout.npy"), xy)
+                return ["layout.npy", QUALITY_NEIGHBOURS], {}
         save_npy_atomic(self.path("layout.npy"), xy)
         return ["layout.npy"], {}
+
+    def layout_method_key(self) -> list:
+        """What else decides the similarity layout: the large-collection method's
+        parameters, where it runs (openTSNE above ``--layout-sample`` items); nothing
+        otherwise, so smaller layouts keep their cache keys."""
+        c = self.config
+        n_items = len(np.load(self.path("cache/kept.npy"), mmap_mode="r"))
+        if c.reducer == "tsne" and c.tsne_backend == "opentsne" and c.layout_sample \
+                and n_items > c.layout_sample:
+            return ["sample-place-refine", c.layout_sample, reduce.PLACE_K,
+                    reduce.REFINE_EXAGGERATION_ITER, reduce.REFINE_ITER]
+        return []
 
     def tags_columns(self) -> list[str]:
         """The CSV's ``tags`` columns (by name or ``--tags-column``); none without a CSV."""
@@ -426,8 +456,13 @@ class _Run:
         positions, (n_rows, n_cols) = grid.assign_grid(xy, self.config.grid,
                                                        self.config.random_state)
         method = grid.resolve_method(self.config.grid, len(xy))
+        report = None
+        if os.path.exists(self.path(QUALITY_NEIGHBOURS)):
+            near = np.load(self.path(QUALITY_NEIGHBOURS))
+            queries = quality.query_ids(len(xy), random_state=self.config.random_state)
+            report = quality.grid_report(near, positions, queries, self.config.random_state)
         return self.write_grid("", positions, n_rows, n_cols), {
-            "n_rows": n_rows, "n_cols": n_cols, "method": method}
+            "n_rows": n_rows, "n_cols": n_cols, "method": method, "quality": report}
 
     def write_grid(self, folder: str, positions: np.ndarray, n_rows: int, n_cols: int
                    ) -> list[str]:
@@ -618,7 +653,8 @@ class _Run:
                        "images_without_row": len(unmatched["images_without_row"]),
                        "rows_without_image": len(unmatched["rows_without_image"])},
             "grid": {"n_rows": gridded["n_rows"], "n_cols": gridded["n_cols"],
-                     "cell_size": c.cell_size, "fit": c.fit, "method": gridded["method"]},
+                     "cell_size": c.cell_size, "fit": c.fit, "method": gridded["method"],
+                     "quality": gridded.get("quality")},
             "tiles": tiles["tiles"],
             "overview": tiles["overview"],
             "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
@@ -628,6 +664,7 @@ class _Run:
             "embeddings": [record["embedding"] for record in indexes],
             "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
                        "backend": c.tsne_backend if c.reducer == "tsne" else "umap",
+                       "sample": c.layout_sample if self.layout_method_key() else None,
                        "random_state": c.random_state, "label_column": c.label_column},
             "display": {"title": c.title_template, "url": c.url_template},
             "columns": stored["columns"],

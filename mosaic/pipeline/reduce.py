@@ -28,12 +28,17 @@ INCREMENTAL_PCA_VALUES = 100_000_000
 PCA_BATCH_ROWS = 20_000
 MIN_ITEMS_FOR_MANIFOLD = 10
 LABELS_NEED_UMAP = "--label-column needs --reducer umap: t-SNE has no supervised mode"
-# openTSNE is fitted on at most this many items; the others are placed at the median of
-# their nearest fitted neighbours (openTSNE's prepare_partial). Chosen by measurement:
-# docs/scale.md ("Layout at a million").
-TSNE_FIT_MAX = 100_000
+# The large-collection layout (openTSNE): above LAYOUT_SAMPLE items (--layout-sample),
+# t-SNE is fitted on a seeded sample of that many, every other item is placed at the
+# median of its nearest fitted neighbours (openTSNE's prepare_partial), and then all
+# items are optimised together from there (REFINE_ITER plain iterations on affinities of
+# all items), which restores the local order that placement alone loses. Chosen by
+# measurement: docs/scale.md ("Layout at a million").
+LAYOUT_SAMPLE = 100_000
 PLACE_K = 10
 PLACE_BATCH = 50_000
+REFINE_EXAGGERATION_ITER = 0
+REFINE_ITER = 250
 
 
 def reduce_pca(vectors: np.ndarray, n_components: int, random_state: int = 0) -> np.ndarray:
@@ -78,8 +83,13 @@ def layout_2d(
     random_state: int = 0,
     n_jobs: int = 1,
     labels: np.ndarray | None = None,
+    sample: int | None = LAYOUT_SAMPLE,
 ) -> np.ndarray:
     """Embed (N, D) vectors in 2-D; returns float32 (N, 2) scaled to [0, 1].
+
+    ``sample`` (openTSNE only): above this many items, fit on a seeded sample of
+    ``sample`` items, place the rest and refine all (``tsne_sample_place_refine``);
+    ``None`` or 0 fits all items whatever their number.
 
     ``labels`` (int (N,), -1 = unlabelled; see ``encode_labels``) makes the
     layout supervised; only ``reducer="umap"`` takes them. Fewer than
@@ -106,7 +116,11 @@ def layout_2d(
         xy = _umap(vectors, n_neighbors, min_dist, metric, random_state, n_jobs, labels)
     else:
         perplexity = min(perplexity, (n_items - 1) / 3)
-        xy = _TSNE[tsne_backend](vectors, perplexity, metric, random_state, n_jobs)
+        if tsne_backend == "opentsne" and sample and n_items > sample:
+            xy = tsne_sample_place_refine(vectors, sample, perplexity, metric, random_state,
+                                          n_jobs)
+        else:
+            xy = _TSNE[tsne_backend](vectors, perplexity, metric, random_state, n_jobs)
     return scale_unit(np.asarray(xy, dtype=np.float64))
 
 
@@ -149,16 +163,52 @@ def _opentsne(vectors, perplexity, metric, random_state, n_jobs):
 
     tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
                 n_jobs=n_jobs, verbose=False)
-    if len(vectors) <= TSNE_FIT_MAX:
-        return np.asarray(tsne.fit(vectors))
-    fitted, rest = split_sample(len(vectors), TSNE_FIT_MAX, random_state)
+    return np.asarray(tsne.fit(vectors))
+
+
+def tsne_sample_place_refine(
+    vectors: np.ndarray,
+    sample: int,
+    perplexity: float = 30.0,
+    metric: str = "euclidean",
+    random_state: int = 0,
+    n_jobs: int = 1,
+    refine_iter: int = REFINE_ITER,
+    refine_exaggeration_iter: int = REFINE_EXAGGERATION_ITER,
+) -> np.ndarray:
+    """The large-collection t-SNE: float64 (N, 2), not yet scaled.
+
+    openTSNE is fitted on a seeded sample of ``sample`` items (the map's regions);
+    every other item is placed at the median of its ``PLACE_K`` nearest fitted
+    items, in batches of ``PLACE_BATCH``; then affinities are computed on all items
+    and the whole map is optimised from the placed start for ``refine_iter``
+    iterations (after ``refine_exaggeration_iter`` exaggerated ones), so that the
+    placed items are ordered among themselves too. ``refine_iter=0`` stops after
+    placement.
+    """
+    from openTSNE import TSNE, TSNEEmbedding, affinity, initialization
+
+    tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
+                n_jobs=n_jobs, verbose=False)
+    fitted, rest = split_sample(len(vectors), sample, random_state)
     embedding = tsne.fit(vectors[fitted])
     xy = np.empty((len(vectors), 2), dtype=np.float64)
     xy[fitted] = np.asarray(embedding)
     for start in range(0, len(rest), PLACE_BATCH):
         batch = rest[start:start + PLACE_BATCH]
         xy[batch] = np.asarray(embedding.prepare_partial(vectors[batch], k=PLACE_K))
-    return xy
+    del embedding
+    if refine_iter <= 0:
+        return xy
+    affinities = affinity.PerplexityBasedNN(vectors, perplexity=perplexity, metric=metric,
+                                            n_jobs=n_jobs, random_state=random_state)
+    refined = TSNEEmbedding(initialization.rescale(xy), affinities, n_jobs=n_jobs,
+                            random_state=random_state)
+    if refine_exaggeration_iter > 0:
+        refined.optimize(n_iter=refine_exaggeration_iter, exaggeration=12, momentum=0.5,
+                         inplace=True)
+    refined.optimize(n_iter=refine_iter, momentum=0.8, inplace=True)
+    return np.asarray(refined)
 
 
 def split_sample(n_items: int, size: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
