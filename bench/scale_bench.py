@@ -10,15 +10,16 @@ names each, hard links, to make 1M items: 9 pixel-identical twins per item. That
 gone; its figures in docs/benchmarks.md are of those inputs.)
 
 Each run is ``python run.py pipeline`` with the default flags (128-px cells, the
-``pixels`` embedding, openTSNE, rasterfairy, 256-px JPEG tiles) and a relative
-``--out``, cold. A monitor samples, every second, the RSS summed over the
+``pixels`` embedding, openTSNE, rasterfairy + grid refinement, 256-px JPEG tiles) and
+a relative ``--out``; ``--cold`` drops the page cache first (needs root; the result
+says whether it was dropped). A monitor samples, every second, the RSS summed over the
 orchestrator and its worker processes, and the bundle folder's size (and its
 ``cache/`` alone: the scratch). Reported: wall time per stage (the manifest's
 ``timings``), peak RSS of the process tree, peak scratch disk, and the final
-bundle by kind.
+bundle by kind, and the map's grid P@10 with its random control (``grid.quality``).
 
     python bench/scale_bench.py generate --n 1000000 --work /work/scale
-    python bench/scale_bench.py run --n 100000 --work /work/scale
+    python bench/scale_bench.py run --n 100000 --work /work/scale --cold
 
 Each run appends one JSON line to ``WORK/results.jsonl`` (docs/benchmarks.md).
 """
@@ -115,7 +116,17 @@ def kind_of(relative: str) -> str:
     return "other"
 
 
-def run(work: Path, n: int, extra: list[str], tag: str = "") -> dict:
+def drop_page_cache() -> bool:
+    """Write dirty pages and drop the page cache (Linux, root); False where not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def run(work: Path, n: int, extra: list[str], tag: str = "", cold: bool = False) -> dict:
     list_file = write_list(work, n)
     cid = f"scale-{n}{tag}"
     out = work / "out"
@@ -124,6 +135,10 @@ def run(work: Path, n: int, extra: list[str], tag: str = "") -> dict:
     command = [sys.executable, str(ROOT / "run.py"), "pipeline", "--images", list_file.name,
                "--out", "out", "--id", cid, *extra]
     peaks = {"rss": 0, "bundle": 0, "scratch": 0}
+    dropped = drop_page_cache() if cold else False
+    if cold and not dropped:
+        print("warning: could not drop the page cache (needs root): this run is not cold",
+              file=sys.stderr)
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -150,6 +165,7 @@ def run(work: Path, n: int, extra: list[str], tag: str = "") -> dict:
             by_kind[kind] = by_kind.get(kind, 0) + path.stat().st_size
     items = manifest["counts"]["items"]
     return {"n": n, "tag": tag, "inputs": "distinct_images", "items": items,
+            "page_cache": "dropped before the run" if dropped else "warm (not dropped)",
             "wall_s": round(wall, 1),
             "timings": manifest["timings"], "peak_rss_mb": round(peaks["rss"] / 2**20),
             "peak_bundle_mb": round(peaks["bundle"] / 2**20),
@@ -176,12 +192,14 @@ def main() -> int:
                     help="append the result as a JSON line (default: WORK/results.jsonl)")
     go.add_argument("--tag", default="",
                     help="suffix of the bundle id, to keep variant runs at one N apart")
+    go.add_argument("--cold", action="store_true",
+                    help="drop the page cache first (root): the inputs are read from disk")
     go.add_argument("extra", nargs="*", help="more pipeline flags, after --")
     args = parser.parse_args()
     if args.command == "generate":
         generate(args.work, args.n, args.seed, args.jobs)
         return 0
-    result = run(args.work, args.n, args.extra, args.tag)
+    result = run(args.work, args.n, args.extra, args.tag, args.cold)
     print(json.dumps(result, indent=1))
     with open(args.results or args.work / "results.jsonl", "a") as handle:
         handle.write(json.dumps(result) + "\n")

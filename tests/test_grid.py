@@ -94,3 +94,73 @@ def test_unknown_method_and_bad_layout_are_refused():
         assign_grid(np.zeros((3, 2)), "hilbert")
     with pytest.raises(UsageError):
         assign_grid(np.array([[0.0, np.nan]]), "rasterfairy")
+
+
+# -- refine_grid: swaps that bring neighbours into the surrounding cells ------------------
+
+def _structured(n: int = 900, seed: int = 0):
+    """Points in 12-D whose first two coordinates are a smooth 2-D sheet, a noisy 2-D
+    layout of them (what t-SNE would give, with its local errors), and their 30 nearest
+    neighbours in 12-D."""
+    from mosaic import quality
+    from mosaic.knn import exact_knn_of_rows
+
+    rng = np.random.default_rng(seed)
+    sheet = rng.random((n, 2))
+    features = np.column_stack([sheet, 0.02 * rng.normal(size=(n, 10))])
+    layout = sheet + rng.normal(0, 0.03, size=sheet.shape)
+    found = exact_knn_of_rows(features, np.arange(n), 31, "euclidean")
+    graph = np.array([[j for j in row if j != i][:30] for i, row in enumerate(found)])
+    return features, layout, graph, quality
+
+
+@pytest.mark.parametrize("method", ["rasterfairy", "lap"])
+def test_refinement_raises_grid_precision_and_stays_a_bijection(method):
+    from mosaic.pipeline.grid import refine_grid
+
+    features, layout, graph, quality = _structured()
+    positions, (n_rows, n_cols) = assign_grid(layout, method)
+    refined = refine_grid(positions, n_rows, n_cols, graph, sweeps=100)
+    assert refined.shape == positions.shape and refined.dtype == np.int32
+    assert len({tuple(p) for p in refined}) == len(refined)  # one item per cell
+    assert (refined >= 0).all() and (refined[:, 0] < n_rows).all() and \
+        (refined[:, 1] < n_cols).all()
+    before = quality.grid_precision(features, positions)
+    after = quality.grid_precision(features, refined)
+    assert after > before + 0.03, (before, after)
+
+
+def test_refinement_with_a_random_graph_does_not_help():
+    """Negative control: the gain comes from the neighbours, not from moving cells."""
+    from mosaic.pipeline.grid import refine_grid
+
+    features, layout, graph, quality = _structured()
+    positions, (n_rows, n_cols) = assign_grid(layout, "rasterfairy")
+    noise = np.random.default_rng(1).integers(0, len(layout), size=graph.shape)
+    refined = refine_grid(positions, n_rows, n_cols, noise, sweeps=100)
+    assert quality.grid_precision(features, refined) < \
+        quality.grid_precision(features, positions)
+
+
+def test_refinement_repeats_for_a_seed_and_keeps_empty_cells_empty():
+    from mosaic.pipeline.grid import refine_grid
+
+    _, layout, graph, _ = _structured(n=500)
+    positions, (n_rows, n_cols) = assign_grid(layout, "rasterfairy")
+    assert n_rows * n_cols > 500  # some cells are empty: moves into them are allowed
+    first = refine_grid(positions, n_rows, n_cols, graph, sweeps=20, random_state=3)
+    again = refine_grid(positions, n_rows, n_cols, graph, sweeps=20, random_state=3)
+    other = refine_grid(positions, n_rows, n_cols, graph, sweeps=20, random_state=4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert len({tuple(p) for p in first}) == 500
+    np.testing.assert_array_equal(refine_grid(positions, n_rows, n_cols, graph, sweeps=0),
+                                  positions)
+
+
+def test_default_sweeps_shrink_with_n_within_bounds():
+    from mosaic.pipeline import grid
+
+    assert grid.default_sweeps(1_000) == grid.MAX_SWEEPS
+    assert grid.default_sweeps(1_000_000) * 1_000_000 <= grid.MOVE_BUDGET
+    assert grid.default_sweeps(10**9) == grid.MIN_SWEEPS

@@ -65,3 +65,19 @@ def test_unknown_reducer_or_backend_is_refused():
         reduce.layout_2d(np.zeros((20, 3)), reducer="pca")
     with pytest.raises(UsageError, match="--tsne-backend"):
         reduce.layout_2d(np.zeros((20, 3)), tsne_backend="cuda")
+
+
+@pytest.mark.parametrize("n", [1, 5, 400])
+def test_neighbour_graph_finds_near_items_never_itself(n):
+    from mosaic.knn import exact_knn_of_rows
+
+    vectors = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    graph = reduce.neighbour_graph(vectors, k=10)
+    assert graph.shape == (n, 10) and graph.dtype == np.int32
+    if n == 1:
+        return
+    assert not (graph == np.arange(n)[:, None]).any()
+    if n > 11:
+        exact = exact_knn_of_rows(vectors, np.arange(n), 11, "euclidean")[:, 1:]
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(graph, exact)])
+        assert recall > 0.9

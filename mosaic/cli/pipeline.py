@@ -73,6 +73,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                     "(default: none, unsupervised)")
     em.add_argument("--grid", choices=["auto", "rasterfairy", "lap"], default=d.grid,
                     help=f"auto = lap up to {grid.LAP_AUTO_MAX_ITEMS:,} items, rasterfairy above")
+    em.add_argument("--grid-sweeps", type=int, default=d.grid_sweeps, metavar="N",
+                    help="after the grid: N passes of swaps that bring each item's nearest "
+                    "neighbours into the cells around it (raises grid P@10; docs/benchmarks.md); "
+                    f"0 = none (default: {grid.MAX_SWEEPS}, fewer above "
+                    f"{grid.MOVE_BUDGET // grid.MAX_SWEEPS:,} items, {grid.MIN_SWEEPS} at least)")
     em.add_argument("--layout", dest="layouts", action="append", metavar="SPEC",
                     help="another layout in the bundle, each with its own grid and tiles: "
                     "date[:COLUMN] (default column year, else date), category[:COLUMN] "

@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 # The grid P@10 reference (quality.py): each query item's nearest neighbours in the
 # layout vectors, written with the layout and scored against the grid.
 QUALITY_NEIGHBOURS = "cache/quality-neighbours.npy"
+# Each item's nearest items in the layout vectors (reduce.neighbour_graph), written with
+# the layout: what the grid refinement (grid.refine_grid) keeps together.
+LAYOUT_GRAPH = "cache/layout-graph.npy"
 
 
 @dataclass
@@ -101,6 +104,7 @@ class PipelineConfig:
     random_state: int = 0
     label_column: str | None = None  # supervised UMAP: this CSV column's values as y
     grid: str = "auto"
+    grid_sweeps: int | None = None  # grid.refine_grid passes; None = grid.default_sweeps(N)
     layouts: list[str] = field(default_factory=list)  # --layout: besides similarity (first)
     tile_size: int = 256
     overlap: int = 0
@@ -145,6 +149,8 @@ def validate(config: PipelineConfig) -> None:
         (config.iiif_concurrency >= 1, "--iiif-concurrency must be at least 1"),
         (config.max_pixels >= 1, "--max-pixels must be positive"),
         (config.grid in grid.METHODS, f"--grid must be one of {', '.join(grid.METHODS)}"),
+        (config.grid_sweeps is None or config.grid_sweeps >= 0,
+         "--grid-sweeps must be 0 (no refinement) or positive"),
         (config.reducer in reduce.REDUCERS, "--reducer must be tsne or umap"),
         (config.label_column is None or config.reducer == "umap", reduce.LABELS_NEED_UMAP),
         (config.tsne_backend in reduce.TSNE_BACKENDS,
@@ -320,7 +326,7 @@ class _Run:
                                c.n_neighbors, c.min_dist, c.metric, c.random_state,
                                *supervised, *self.layout_method_key())
         layout = self.stage("layout", layout_key, self.build_layout)
-        grid_key = cache_key(layout_key, c.grid)
+        grid_key = cache_key(layout_key, c.grid, *self.grid_refine_key())
         gridded = self.stage("grid", grid_key, self.build_grid)
         render_key = cache_key(grid_key, decode_key, c.tile_size, c.overlap, c.tile_format,
                                c.quality, c.background)
@@ -413,8 +419,11 @@ class _Run:
                 near = quality.feature_neighbours(np.asarray(features, dtype=np.float32),
                                                   queries)
                 save_npy_atomic(self.path(QUALITY_NEIGHBOURS), near)
+                graph = reduce.neighbour_graph(reduced, reduce.GRAPH_K, c.metric,
+                                               c.random_state, c.n_jobs())
+                save_npy_atomic(self.path(LAYOUT_GRAPH), graph)
                 save_npy_atomic(self.path("layout.npy"), xy)
-                return ["layout.npy", QUALITY_NEIGHBOURS], {}
+                return ["layout.npy", QUALITY_NEIGHBOURS, LAYOUT_GRAPH], {}
         save_npy_atomic(self.path("layout.npy"), xy)
         return ["layout.npy"], {}
 
@@ -451,18 +460,39 @@ class _Run:
                            column, int((codes < 0).sum()), len(codes))
         return codes
 
+    def grid_refine_key(self) -> list:
+        """What else decides the similarity grid: the refinement's sweeps and weights,
+        where it runs (a layout with a neighbour graph); nothing otherwise."""
+        sweeps = self.grid_sweeps()
+        return ["refine", sweeps, reduce.GRAPH_K, grid.CLOSE_NEIGHBOURS, grid.FAR_WEIGHT,
+                grid.START_TEMPERATURE, grid.END_TEMPERATURE] if sweeps else []
+
+    def grid_sweeps(self) -> int:
+        """The refinement's sweeps at this N (0 without a neighbour graph: ``xy:``)."""
+        if self.specs[0].kind == "xy":
+            return 0
+        if self.config.grid_sweeps is not None:
+            return self.config.grid_sweeps
+        return grid.default_sweeps(len(np.load(self.path("cache/kept.npy"), mmap_mode="r")))
+
     def build_grid(self):
         xy = np.load(self.path("layout.npy"))
         positions, (n_rows, n_cols) = grid.assign_grid(xy, self.config.grid,
                                                        self.config.random_state)
         method = grid.resolve_method(self.config.grid, len(xy))
+        sweeps = self.grid_sweeps() if os.path.exists(self.path(LAYOUT_GRAPH)) else 0
+        if sweeps:
+            positions = grid.refine_grid(positions, n_rows, n_cols,
+                                         np.load(self.path(LAYOUT_GRAPH)), sweeps,
+                                         self.config.random_state)
         report = None
         if os.path.exists(self.path(QUALITY_NEIGHBOURS)):
             near = np.load(self.path(QUALITY_NEIGHBOURS))
             queries = quality.query_ids(len(xy), random_state=self.config.random_state)
             report = quality.grid_report(near, positions, queries, self.config.random_state)
         return self.write_grid("", positions, n_rows, n_cols), {
-            "n_rows": n_rows, "n_cols": n_cols, "method": method, "quality": report}
+            "n_rows": n_rows, "n_cols": n_cols, "method": method, "sweeps": sweeps,
+            "quality": report}
 
     def write_grid(self, folder: str, positions: np.ndarray, n_rows: int, n_cols: int
                    ) -> list[str]:
@@ -654,7 +684,7 @@ class _Run:
                        "rows_without_image": len(unmatched["rows_without_image"])},
             "grid": {"n_rows": gridded["n_rows"], "n_cols": gridded["n_cols"],
                      "cell_size": c.cell_size, "fit": c.fit, "method": gridded["method"],
-                     "quality": gridded.get("quality")},
+                     "sweeps": gridded.get("sweeps", 0), "quality": gridded.get("quality")},
             "tiles": tiles["tiles"],
             "overview": tiles["overview"],
             "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",

@@ -39,6 +39,8 @@ PLACE_K = 10
 PLACE_BATCH = 50_000
 REFINE_EXAGGERATION_ITER = 0
 REFINE_ITER = 250
+# The grid refinement's graph (neighbour_graph): each item's this many nearest items.
+GRAPH_K = 30
 
 
 def reduce_pca(vectors: np.ndarray, n_components: int, random_state: int = 0) -> np.ndarray:
@@ -209,6 +211,26 @@ def tsne_sample_place_refine(
                          inplace=True)
     refined.optimize(n_iter=refine_iter, momentum=0.8, inplace=True)
     return np.asarray(refined)
+
+
+def neighbour_graph(vectors: np.ndarray, k: int = GRAPH_K, metric: str = "euclidean",
+                    random_state: int = 0, n_jobs: int = 1) -> np.ndarray:
+    """Each item's ``k`` approximate nearest other items, int32 (N, k), nearest first
+    (openTSNE's Annoy search, as its affinities use): the graph that the grid
+    refinement (``grid.refine_grid``) keeps together. With ``k`` or fewer other items,
+    each row holds all of them, repeated."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n_items = len(vectors)
+    if n_items <= k + 1:
+        if n_items < 2:
+            return np.zeros((n_items, k), dtype=np.int32)
+        return np.array([np.resize(np.delete(np.arange(n_items), i), k)
+                         for i in range(n_items)], dtype=np.int32)
+    from openTSNE.nearest_neighbors import Annoy
+
+    found, _ = Annoy(vectors, k, metric=metric, n_jobs=n_jobs,
+                     random_state=random_state).build()
+    return found.astype(np.int32)
 
 
 def split_sample(n_items: int, size: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
