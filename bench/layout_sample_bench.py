@@ -7,9 +7,12 @@ This measures each variant on the vectors of a real bundle (a ``pipeline`` run
 with default flags on ``bench/distinct_images.py``'s pictures), the first ``--n``
 items, with the pipeline's own PCA (``manifest.layout.pca``):
 
-- layout seconds (the 2-D fit alone, PCA excluded) and peak RSS of the process;
-- **grid P@10** (``mosaic.quality``) of the layout snapped by the grid the
-  pipeline would use at that N (RasterFairy above 1,000 items), in PCA-50 space;
+- layout seconds (the 2-D fit alone, PCA excluded) and peak RSS of the process
+  up to then;
+- **grid P@10** (``mosaic.quality``, features = the first 50 components of the
+  pipeline's PCA, as its ``grid.quality``) of the layout on the default grid:
+  RasterFairy above 1,000 items, then the refinement with its default sweeps and
+  the pipeline's neighbour graph (``unrefined_grid_p10``: before the refinement);
 - kNN preservation of the continuous layout (the same P@10 on the 2-D points
   instead of grid cells), which shows what the snapping loses;
 - with ``--labels`` (the collection's labels.csv), label agreement of the grid;
@@ -19,9 +22,11 @@ items, with the pipeline's own PCA (``manifest.layout.pca``):
         --n 300000 --variant full --variant refine:100000:250 \\
         --results docs/data/layout_sample.jsonl
 
-A variant is ``full``, ``place:SAMPLE`` (sample + place, no refinement) or
+A variant is ``full``, ``place:SAMPLE`` (sample + place, no refinement),
 ``refine:SAMPLE:ITER[:EXAG]`` (sample + place + ITER plain iterations on all
-items, after EXAG exaggerated ones). Each variant runs in its own process, so
+items, after EXAG exaggerated ones) or ``fast:TREES:ITER`` (a full fit with
+Annoy at TREES trees instead of openTSNE's 50 and ITER plain iterations after
+the usual 250 exaggerated ones, instead of 500). Each variant runs in its own process, so
 its peak RSS is its own; the PCA vectors are cached in ``--cache``.
 """
 
@@ -45,19 +50,23 @@ from mosaic.bundle import open_vectors, read_manifest  # noqa: E402
 from mosaic.pipeline import grid, reduce  # noqa: E402
 
 
-def pca_vectors(bundle: Path, n: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(the pipeline's PCA of the first ``n`` layout vectors, their PCA-50), cached."""
+def pca_vectors(bundle: Path, n: int, cache: Path, jobs: int = 2
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the pipeline's PCA of the first ``n`` layout vectors, their first 50 components
+    as the pipeline's quality report takes them, the grid refinement's graph), cached."""
     cache.mkdir(parents=True, exist_ok=True)
-    high_path, feat_path = cache / f"pca-{n}.npy", cache / f"pca50-{n}.npy"
-    if not high_path.exists():
+    high_path, graph_path = cache / f"pca-{n}.npy", cache / f"graph-{n}.npy"
+    if not graph_path.exists():
         manifest = read_manifest(bundle)
         entry = next(e for e in manifest["embeddings"]
                      if e["name"] == manifest["layout"]["embedding"])
         vectors = open_vectors(bundle, entry)[:n]
         pca = manifest["layout"]["pca"] or vectors.shape[1]
-        np.save(high_path, reduce.reduce_pca(vectors, pca))
-        np.save(feat_path, reduce.reduce_pca(vectors, quality.FEATURE_DIMS))
-    return np.load(high_path, mmap_mode="r"), np.load(feat_path, mmap_mode="r")
+        high = reduce.reduce_pca(vectors, pca)
+        np.save(high_path, high)
+        np.save(graph_path, reduce.neighbour_graph(high, reduce.GRAPH_K, n_jobs=jobs))
+    high = np.load(high_path, mmap_mode="r")
+    return high, high[:, :quality.FEATURE_DIMS], np.load(graph_path)
 
 
 def layout(variant: str, high: np.ndarray, jobs: int) -> np.ndarray:
@@ -67,6 +76,12 @@ def layout(variant: str, high: np.ndarray, jobs: int) -> np.ndarray:
         return reduce.layout_2d(high, n_jobs=jobs, sample=None)
     if kind == "random":
         return np.random.default_rng(2).random((len(high), 2))
+    if kind == "fast":  # a full fit with a cheaper kNN and fewer plain iterations
+        from openTSNE import TSNE
+
+        trees, n_iter = int(numbers[0]), int(numbers[1])
+        return np.asarray(TSNE(n_iter=n_iter, n_jobs=jobs, random_state=0,
+                               knn_kwargs={"n_trees": trees}).fit(high))
     sample = int(numbers[0])
     refine_iter = int(numbers[1]) if kind == "refine" else 0
     exaggerated = int(numbers[2]) if len(numbers) > 2 else 0
@@ -76,20 +91,24 @@ def layout(variant: str, high: np.ndarray, jobs: int) -> np.ndarray:
 
 def measure(args: argparse.Namespace) -> dict:
     """One variant, in this process."""
-    high, features = pca_vectors(args.bundle, args.n, args.cache)
+    high, features, graph = pca_vectors(args.bundle, args.n, args.cache, args.jobs)
     started = time.perf_counter()
     xy = layout(args.one, high, args.jobs)
     seconds = time.perf_counter() - started
-    positions, _ = grid.assign_grid(reduce.scale_unit(np.asarray(xy, np.float64)), "auto")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    positions, (n_rows, n_cols) = grid.assign_grid(
+        reduce.scale_unit(np.asarray(xy, np.float64)), "auto")
+    refined = grid.refine_grid(positions, n_rows, n_cols, graph,
+                               grid.default_sweeps(len(positions)))
     features = np.ascontiguousarray(features)
     result = {"variant": args.one, "n": args.n, "jobs": args.jobs,
-              "layout_s": round(seconds, 1),
-              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-              "grid_p10": round(quality.grid_precision(features, positions), 3),
+              "layout_s": round(seconds, 1), "peak_rss_gb": round(rss, 2),
+              "grid_p10": round(quality.grid_precision(features, refined), 3),
+              "unrefined_grid_p10": round(quality.grid_precision(features, positions), 3),
               "layout_p10": round(quality.grid_precision(features, xy), 3)}
     if args.labels:
         codes = class_codes(args.labels, args.n)
-        result["label_agreement"] = round(quality.label_agreement(codes, positions), 3)
+        result["label_agreement"] = round(quality.label_agreement(codes, refined), 3)
     return result
 
 
@@ -109,7 +128,8 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--n", type=int, required=True, help="items to use (the first N)")
     parser.add_argument("--variant", action="append", default=[],
-                        help="full | place:SAMPLE | refine:SAMPLE:ITER[:EXAG] | random")
+                        help="full | place:SAMPLE | refine:SAMPLE:ITER[:EXAG] | "
+                        "fast:TREES:ITER | random")
     parser.add_argument("--labels", type=Path, help="labels.csv with a class column")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/layout-sample-cache"))
@@ -119,7 +139,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(measure(args)), flush=True)
         return 0
-    pca_vectors(args.bundle, args.n, args.cache)  # once, before the timed variants
+    pca_vectors(args.bundle, args.n, args.cache, args.jobs)  # once, before the variants
     for variant in args.variant or ["full", f"refine:{reduce.LAYOUT_SAMPLE}:"
                                     f"{reduce.REFINE_ITER}", "random"]:
         command = [sys.executable, __file__, "--bundle", str(args.bundle), "--n", str(args.n),

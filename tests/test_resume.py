@@ -38,8 +38,11 @@ N_IMAGES = 39  # make_collection(per_cluster=13)
 N_BROKEN = 2
 CHUNK = 8  # decode chunk size in the injected runs (the real one is 256)
 STORED_BEFORE_KILL = 2  # the decode kill lands as the third chunk is about to be stored
+# --layout-sample 20 (of 39 items): the large-collection layout (fit a sample, place,
+# refine all) runs, and the grid refinement with it, so both resume to the same bundle.
 PIPELINE_ARGS = ["--embedding", "raw", "--cell-size", "32", "--jobs", "2", "--perplexity", "5",
-                 "--tile-size", "64", "--clusters", "3", "--title", "{name} ({year})"]
+                 "--tile-size", "64", "--clusters", "3", "--title", "{name} ({year})",
+                 "--layout-sample", "20"]
 # every stage, in the order the pipeline runs them
 KILL_POINTS = ["decode", "compact", "layout", "grid", "render", "overview", "index",
                "metadata", "hotspots", "manifest"]

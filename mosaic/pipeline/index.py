@@ -35,17 +35,25 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
                     random_state: int = 0) -> tuple[int, float]:
     """The smallest candidate search_k whose recall@20 reaches RECALL_TARGET.
 
-    Recall is measured against brute force on a sample of items. Returns
-    (search_k, recall); the largest candidate if none reaches the target.
+    Recall is measured against brute force on a sample of items, the item itself
+    left out of both lists (it is always found, so counting it would inflate
+    recall by 1/k). Returns (search_k, recall); the largest candidate if none
+    reaches the target.
     """
     n_items = len(vectors)
-    k = min(RECALL_K, n_items)
+    k = min(RECALL_K, n_items - 1)
+    if k < 1:
+        return SEARCH_K_CANDIDATES[0], 1.0
     rng = np.random.default_rng(random_state)
     sample = np.sort(rng.choice(n_items, size=min(RECALL_SAMPLE, n_items), replace=False))
-    truth = [set(row.tolist()) for row in exact_knn_of_rows(vectors, sample, k, metric)]
+    # nearest first; without the item itself (or, where a twin at distance 0 pushed
+    # it out, without the farthest), k each
+    truth = [set([j for j in row.tolist() if j != i][:k]) for i, row in
+             zip(sample, exact_knn_of_rows(vectors, sample, k + 1, metric))]
     recall = 0.0
     for search_k in SEARCH_K_CANDIDATES:
-        hits = sum(len(truth_set & set(index.get_nns_by_item(int(i), k, search_k=search_k)))
+        hits = sum(len(truth_set & (set(index.get_nns_by_item(int(i), k + 1,
+                                                              search_k=search_k)) - {int(i)}))
                    for i, truth_set in zip(sample, truth))
         recall = hits / (k * len(sample))
         if recall >= RECALL_TARGET:
