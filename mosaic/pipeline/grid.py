@@ -143,7 +143,7 @@ def refine_grid(
     its neighbourhood on the grid; returns new int32 (N, 2) (row, col) positions.
 
     ``graph`` is int (N, K): each item's nearest items in the layout vectors, nearest
-    first (``reduce.layout_and_graph``). The objective is the sum over graph edges
+    first (``reduce.neighbour_graph``). The objective is the sum over graph edges
     (the first ``CLOSE_NEIGHBOURS`` columns weigh 1, the others ``FAR_WEIGHT``, both
     directions counted) of how close the two cells are: 1 for the 8 around a cell,
     0.5 two cells away on a row or column, 0.15 elsewhere within a 5 x 5 block, 0

@@ -324,7 +324,9 @@ class _Run:
             if c.label_column else []
         layout_key = cache_key(vectors_key, c.pca, c.reducer, c.tsne_backend, c.perplexity,
                                c.n_neighbors, c.min_dist, c.metric, c.random_state,
-                               *supervised, *self.layout_method_key())
+                               *supervised, *self.layout_method_key(),
+                               *(["graph", reduce.GRAPH_K] if self.specs[0].kind != "xy"
+                                 else []))
         layout = self.stage("layout", layout_key, self.build_layout)
         grid_key = cache_key(layout_key, c.grid, *self.grid_refine_key())
         gridded = self.stage("grid", grid_key, self.build_grid)
@@ -401,6 +403,7 @@ class _Run:
         c = self.config
         lead = self.specs[0]
         vectors = self.vectors(lead)
+        outputs = ["layout.npy"]
         if lead.kind == "xy":
             xy = reduce.scale_unit(np.asarray(vectors[:], dtype=np.float64))
         else:
@@ -410,22 +413,24 @@ class _Run:
                                   c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs(),
                                   labels=labels, sample=c.layout_sample)
             if len(xy) > quality.K + 1:
-                # The map-quality yardstick's reference: each query item's nearest
-                # neighbours in PCA-50 of the layout vectors, scored against the grid.
-                features = reduced if reduced.shape[1] <= quality.FEATURE_DIMS else (
-                    reduced[:, :quality.FEATURE_DIMS] if c.pca
-                    else reduce.reduce_pca(vectors, quality.FEATURE_DIMS, c.random_state))
-                queries = quality.query_ids(len(xy), random_state=c.random_state)
-                near = quality.feature_neighbours(np.asarray(features, dtype=np.float32),
-                                                  queries)
-                save_npy_atomic(self.path(QUALITY_NEIGHBOURS), near)
-                graph = reduce.neighbour_graph(reduced, reduce.GRAPH_K, c.metric,
-                                               c.random_state, c.n_jobs())
-                save_npy_atomic(self.path(LAYOUT_GRAPH), graph)
-                save_npy_atomic(self.path("layout.npy"), xy)
-                return ["layout.npy", QUALITY_NEIGHBOURS, LAYOUT_GRAPH], {}
+                outputs += self.write_neighbours(vectors, reduced)
         save_npy_atomic(self.path("layout.npy"), xy)
-        return ["layout.npy"], {}
+        return outputs, {}
+
+    def write_neighbours(self, vectors, reduced: np.ndarray) -> list[str]:
+        """What the grid stage needs from the layout vectors: the map-quality reference
+        (each query item's nearest neighbours in their first 50 PCA components) and the
+        grid refinement's neighbour graph; their paths."""
+        c = self.config
+        features = reduced[:, :quality.FEATURE_DIMS] \
+            if c.pca or reduced.shape[1] <= quality.FEATURE_DIMS \
+            else reduce.reduce_pca(vectors, quality.FEATURE_DIMS, c.random_state)
+        queries = quality.query_ids(len(reduced), random_state=c.random_state)
+        save_npy_atomic(self.path(QUALITY_NEIGHBOURS), quality.feature_neighbours(
+            np.asarray(features, dtype=np.float32), queries))
+        save_npy_atomic(self.path(LAYOUT_GRAPH), reduce.neighbour_graph(
+            reduced, reduce.GRAPH_K, c.metric, c.random_state, c.n_jobs()))
+        return [QUALITY_NEIGHBOURS, LAYOUT_GRAPH]
 
     def layout_method_key(self) -> list:
         """What else decides the similarity layout: the large-collection method's
@@ -464,7 +469,7 @@ class _Run:
         """What else decides the similarity grid: the refinement's sweeps and weights,
         where it runs (a layout with a neighbour graph); nothing otherwise."""
         sweeps = self.grid_sweeps()
-        return ["refine", sweeps, reduce.GRAPH_K, grid.CLOSE_NEIGHBOURS, grid.FAR_WEIGHT,
+        return ["refine", sweeps, grid.CLOSE_NEIGHBOURS, grid.FAR_WEIGHT,
                 grid.START_TEMPERATURE, grid.END_TEMPERATURE] if sweeps else []
 
     def grid_sweeps(self) -> int:
