@@ -1,13 +1,15 @@
-"""`--layout-sample`: the large-collection layout, reached at small N from the real CLI.
+"""The large-collection layouts, reached at small N from the real CLI.
 
-Above ``--layout-sample`` items openTSNE is fitted on a seeded sample, the others are
-placed and then all are refined together (``reduce.tsne_sample_place_refine``). The
-pipeline runs as a user runs it (a subprocess, relative paths, default flags) on 600
-distinct generated pictures in 10 classes, once with a full fit (``--layout-sample 0``)
-and once fitting a quarter of them; the map's grid P@10 (mosaic/quality.py) of the
-sampled layout must stay close to the full fit's, a random placement of the same items
-is the negative control, and the manifest's own quality report must be the metric
-recomputed here from the bundle.
+Above ``--layout-fast`` items openTSNE fits every item with a cheaper neighbour search
+and fewer iterations; above ``--layout-sample`` items it is fitted on a seeded sample,
+the others are placed and then all are refined together
+(``reduce.tsne_sample_place_refine``). The pipeline runs as a user runs it (a
+subprocess, relative paths, default flags otherwise) on 600 distinct generated pictures
+in 10 classes: once with a full fit (``--layout-sample 0``), once with the fast fit
+(``--layout-fast 100``) and once fitting a quarter of them; the map's grid P@10
+(mosaic/quality.py) of each large-collection layout must stay close to the full fit's, a
+random placement of the same items is the negative control, and the manifest's own
+quality report must be the metric recomputed here from the bundle.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import distinct_images  # noqa: E402
 
 N = 600
 SAMPLE = 150
+FAST = 100
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -44,9 +47,11 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("layout-sample")
     distinct_images.generate(work / "pictures", N, seed=3, classes=10, jobs=1, quiet=True)
     built = {}
-    for cid, sample in (("full", "0"), ("sampled", str(SAMPLE))):
+    for cid, flags in (("full", ["--layout-sample", "0"]),
+                       ("fast", ["--layout-fast", str(FAST)]),
+                       ("sampled", ["--layout-sample", str(SAMPLE)])):
         result = run_cli(work, "pipeline", "--images", "pictures/images", "--id", cid,
-                         "--layout-sample", sample)
+                         *flags)
         assert result.returncode == 0, result.stderr
         assert "map quality: grid P@10" in result.stdout
         built[cid] = work / "output" / cid
@@ -63,14 +68,17 @@ def features_and_positions(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     return features, np.load(bundle / "positions.npy")
 
 
-def test_the_sampled_path_ran_and_is_recorded(bundles):
-    full, sampled = (read_manifest(bundles[c]) for c in ("full", "sampled"))
-    assert full["layout"]["sample"] is None
+def test_each_path_ran_and_is_recorded(bundles):
+    full, fast, sampled = (read_manifest(bundles[c]) for c in ("full", "fast", "sampled"))
+    assert [m["layout"]["method"] for m in (full, fast, sampled)] == [
+        "full", "fast-fit", "sample-place-refine"]
+    assert full["layout"]["sample"] is None and fast["layout"]["sample"] is None
     assert sampled["layout"]["sample"] == SAMPLE
-    assert full["counts"]["items"] == sampled["counts"]["items"] == N
-    # Different methods, different maps: the sampled run did not fall back to a full fit.
-    assert not np.allclose(np.load(bundles["full"] / "layout.npy"),
-                           np.load(bundles["sampled"] / "layout.npy"))
+    assert full["counts"]["items"] == fast["counts"]["items"] == sampled["counts"]["items"] == N
+    # Different methods, different maps: neither run fell back to the default full fit.
+    for cid in ("fast", "sampled"):
+        assert not np.allclose(np.load(bundles["full"] / "layout.npy"),
+                               np.load(bundles[cid] / "layout.npy"))
 
 
 def test_sampled_layout_keeps_the_full_fits_local_order(bundles):
@@ -82,8 +90,9 @@ def test_sampled_layout_keeps_the_full_fits_local_order(bundles):
         scores[f"{cid}-random"] = quality.grid_precision(features, shuffled)
     assert scores["full"] > 0.3, scores  # the full fit itself makes a map
     assert scores["sampled"] >= 0.9 * scores["full"], scores
+    assert scores["fast"] >= 0.9 * scores["full"], scores
     # Negative control: a random placement of the same items keeps nearly nothing.
-    assert scores["full-random"] < 0.05 and scores["sampled-random"] < 0.05, scores
+    assert max(scores[f"{cid}-random"] for cid in bundles) < 0.05, scores
 
 
 def test_manifest_reports_the_metric_recomputed_from_the_bundle(bundles):
@@ -106,11 +115,20 @@ def test_bad_layout_sample_is_one_error_line(tmp_path):
         f"{reduce.MIN_ITEMS_FOR_MANIFOLD}"]
 
 
-def test_layout_sample_changes_the_layout_cache_key_only_where_it_runs(bundles):
-    """A --layout-sample above N leaves the full fit's cached layout valid (same key)."""
+def test_bad_layout_fast_is_one_error_line(tmp_path):
+    (tmp_path / "pictures").mkdir()
+    result = run_cli(tmp_path, "pipeline", "--images", "pictures", "--layout-fast", "-1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: --layout-fast must be 0 (never) or positive"]
+
+
+def test_large_layouts_change_the_layout_cache_key_only_where_they_run(bundles):
+    """--layout-sample and --layout-fast above N leave the full fit's cached layout valid
+    (same key)."""
     work = bundles["full"].parents[1]
     result = run_cli(work, "pipeline", "--images", "pictures/images", "--id", "full",
-                     "--layout-sample", str(N + 1))
+                     "--layout-sample", str(N + 1), "--layout-fast", str(N))
     assert result.returncode == 0, result.stderr
     manifest = json.loads((bundles["full"] / "manifest.json").read_text())
     assert manifest["layout"]["sample"] is None

@@ -98,6 +98,7 @@ class PipelineConfig:
     tsne_backend: str = "opentsne"
     perplexity: float = 30.0
     layout_sample: int = reduce.LAYOUT_SAMPLE  # openTSNE: fit a sample above this; 0 = all
+    layout_fast: int = reduce.LAYOUT_FAST  # openTSNE: a cheaper full fit above this; 0 = never
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"
@@ -139,6 +140,7 @@ def validate(config: PipelineConfig) -> None:
         (config.perplexity > 0, "--perplexity must be positive"),
         (config.layout_sample == 0 or config.layout_sample >= reduce.MIN_ITEMS_FOR_MANIFOLD,
          f"--layout-sample must be 0 (fit all) or at least {reduce.MIN_ITEMS_FOR_MANIFOLD}"),
+        (config.layout_fast >= 0, "--layout-fast must be 0 (never) or positive"),
         (config.n_neighbors >= 2, "--n-neighbors must be at least 2"),
         (0 <= config.min_dist <= 1, "--min-dist must be between 0 and 1"),
         (16 <= config.tile_size <= 4096, "--tile-size must be between 16 and 4096"),
@@ -411,7 +413,7 @@ class _Run:
             labels = self.label_codes() if c.label_column else None
             xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
                                   c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs(),
-                                  labels=labels, sample=c.layout_sample)
+                                  labels=labels, sample=c.layout_sample, fast=c.layout_fast)
             if len(xy) > quality.K + 1:
                 outputs += self.write_neighbours(vectors, reduced)
         save_npy_atomic(self.path("layout.npy"), xy)
@@ -433,16 +435,28 @@ class _Run:
         return [QUALITY_NEIGHBOURS, LAYOUT_GRAPH]
 
     def layout_method_key(self) -> list:
-        """What else decides the similarity layout: the large-collection method's
-        parameters, where it runs (openTSNE above ``--layout-sample`` items); nothing
-        otherwise, so smaller layouts keep their cache keys."""
+        """What else decides the similarity layout: the large-collection methods'
+        parameters, where they run (openTSNE above ``--layout-sample`` or ``--layout-fast``
+        items); nothing otherwise, so smaller layouts keep their cache keys."""
         c = self.config
+        if c.reducer != "tsne" or c.tsne_backend != "opentsne":
+            return []
         n_items = len(np.load(self.path("cache/kept.npy"), mmap_mode="r"))
-        if c.reducer == "tsne" and c.tsne_backend == "opentsne" and c.layout_sample \
-                and n_items > c.layout_sample:
+        if c.layout_sample and n_items > c.layout_sample:
             return ["sample-place-refine", c.layout_sample, reduce.PLACE_K,
                     reduce.REFINE_EXAGGERATION_ITER, reduce.REFINE_ITER]
+        if c.layout_fast and n_items > c.layout_fast:
+            return ["fast-fit", c.layout_fast, reduce.FAST_TREES, reduce.FAST_ITER]
         return []
+
+    def layout_method(self) -> str:
+        """The manifest's ``layout.method``: ``given`` (an ``xy:`` lead), the openTSNE
+        large-collection method that ran (``fast-fit``, ``sample-place-refine``), or
+        ``full`` (the reducer's own fit of all items)."""
+        if self.specs[0].kind == "xy":
+            return "given"
+        key = self.layout_method_key()
+        return key[0] if key else "full"
 
     def tags_columns(self) -> list[str]:
         """The CSV's ``tags`` columns (by name or ``--tags-column``); none without a CSV."""
@@ -699,7 +713,9 @@ class _Run:
             "embeddings": [record["embedding"] for record in indexes],
             "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
                        "backend": c.tsne_backend if c.reducer == "tsne" else "umap",
-                       "sample": c.layout_sample if self.layout_method_key() else None,
+                       "method": self.layout_method(),
+                       "sample": c.layout_sample if self.layout_method() == "sample-place-refine"
+                       else None,
                        "random_state": c.random_state, "label_column": c.label_column},
             "display": {"title": c.title_template, "url": c.url_template},
             "columns": stored["columns"],
