@@ -264,6 +264,10 @@ class RowFile(_Rows):
         data = np.ascontiguousarray(value, dtype=self.dtype).tobytes()
         os.pwrite(self.fd, data, self.offset + int(row) * self.row_bytes)
 
+    def write_rows(self, start: int, values: np.ndarray) -> None:
+        """Consecutive rows from ``start`` in one write."""
+        self.write_row(start, values)
+
     def flush(self) -> None:
         os.fsync(self.fd)
 
@@ -276,6 +280,22 @@ class RowFile(_Rows):
         self.close()
 
 
+def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, offset of row 0)`` of a C-order 2-D ``.npy`` file, for ``RowFile``."""
+    try:
+        with open(path, "rb") as handle:
+            major, _ = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
+    except (OSError, ValueError) as error:
+        raise BundleError(f"cannot read the array {path}: {error}") from None
+    if fortran or len(shape) != 2:
+        raise BundleError(f"{path} is not a C-order (N, dim) array")
+    return shape, dtype, offset
+
+
 class VectorRows(RowFile):
     """An embedding's stored vectors (``embeddings/<name>.npy``) read as float32 rows.
 
@@ -285,17 +305,7 @@ class VectorRows(RowFile):
     """
 
     def __init__(self, path: Path, scale: float | None = None):
-        try:
-            with open(path, "rb") as handle:
-                major, _ = np.lib.format.read_magic(handle)
-                read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(handle)
-                offset = handle.tell()
-        except (OSError, ValueError) as error:
-            raise BundleError(f"cannot read the vectors {path}: {error}") from None
-        if fortran or len(shape) != 2:
-            raise BundleError(f"{path} is not a C-order (N, dim) array")
+        shape, dtype, offset = npy_layout(path)
         super().__init__(path, shape, dtype, offset=offset)
         self.scale = scale
 
@@ -310,6 +320,21 @@ class VectorRows(RowFile):
 def open_vectors(directory: str | Path, embedding: dict[str, Any]) -> VectorRows:
     """The vectors of one manifest ``embeddings`` entry, read as float32 rows."""
     return VectorRows(Path(directory) / embedding["vectors"], embedding.get("scale"))
+
+
+def open_top_neighbors(directory: str | Path, embedding: dict[str, Any]
+                       ) -> tuple[RowFile, RowFile] | None:
+    """Every item's stored nearest neighbours for one manifest ``embeddings`` entry:
+    ``(ids, distances)`` row files, (N, k) int32 (-1 past the end) and float32, nearest
+    first, the item itself excluded (docs/bundle.md); None for bundles made before them."""
+    top = embedding.get("top")
+    if not top:
+        return None
+    files = []
+    for part in ("ids", "distances"):
+        shape, dtype, offset = npy_layout(Path(directory) / top[part])
+        files.append(RowFile(Path(directory) / top[part], shape, dtype, offset=offset))
+    return files[0], files[1]
 
 
 # The grid's geometry, shared by the grid stage and the poster.

@@ -1,16 +1,82 @@
-"""Exact nearest neighbours, with annoy's distance definitions (numpy only).
+"""Nearest neighbours with annoy's distance definitions: exact (numpy), and every
+item's top-k list (exact or through an annoy index).
 
 One implementation for both sides: the server answers small collections
-exactly, and the pipeline measures annoy's recall against it. Distances:
-``angular`` = sqrt(2 - 2 cos), ``euclidean`` = L2, ``manhattan`` = L1,
-``dot`` = the dot product (larger is nearer).
+exactly, the pipeline measures annoy's recall against it and stores every
+item's ``TOP_K`` nearest in the bundle (``iter_top_neighbors``), which the
+static site and ``add`` reuse. Distances: ``angular`` = sqrt(2 - 2 cos),
+``euclidean`` = L2, ``manhattan`` = L1, ``dot`` = the dot product (larger is
+nearer).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 METRICS = ("angular", "euclidean", "manhattan", "dot")
+TOP_K = 50            # neighbours stored per item and embedding
+TOP_BLOCK = 1_024     # items per block of iter_top_neighbors
+# Exact top-k lists while N^2 * dim stays under this (a minute on two cores); annoy beyond.
+EXACT_WORK = 5e10
+
+
+def exact_is_cheap(n_items: int, dim: int, metric: str) -> bool:
+    """Whether every item's exact top-k costs at most ``EXACT_WORK`` (and the metric has
+    an exact implementation here)."""
+    return metric in ("euclidean", "angular") and float(n_items) * n_items * dim <= EXACT_WORK
+
+
+def iter_top_neighbors(vectors, index, metric: str, search_k: int = -1, k: int = TOP_K,
+                       n_jobs: int = 1, block: int = TOP_BLOCK
+                       ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Every item's ``k`` nearest, the item itself excluded, nearest first, as
+    ``(start, ids int32 (b, k), distances float32 (b, k))`` for consecutive blocks of
+    items from 0; ids -1 (distance inf) past the collection's other items.
+
+    Exact (``exact_neighbors``, ``vectors`` read whole) where ``exact_is_cheap``;
+    otherwise each item's list comes from the annoy ``index`` (``search_k`` as the
+    manifest has it). Blocks run on ``n_jobs`` threads (numpy and annoy release the
+    GIL), at most ``2 * n_jobs`` ahead of the consumer, so memory stays flat.
+    """
+    n_items, dim = vectors.shape
+    k_found = min(k, n_items - 1)
+    if exact_is_cheap(n_items, dim, metric):
+        vectors = np.asarray(vectors[:], dtype=np.float32)
+        norms = row_norms(vectors)
+
+        def one(item: int) -> tuple[np.ndarray, np.ndarray]:
+            return exact_neighbors(vectors, vectors[item], k_found, metric, exclude=item,
+                                   norms=norms)
+    else:
+        def one(item: int) -> tuple[np.ndarray, np.ndarray]:
+            found, dist = index.get_nns_by_item(item, k_found + 1, search_k=search_k,
+                                                include_distances=True)
+            pairs = [(i, d) for i, d in zip(found, dist, strict=True) if i != item][:k_found]
+            return (np.array([p[0] for p in pairs], np.int64),
+                    np.array([p[1] for p in pairs], np.float64))
+
+    def run(start: int) -> tuple[int, np.ndarray, np.ndarray]:
+        stop = min(start + block, n_items)
+        ids = np.full((stop - start, k), -1, dtype=np.int32)
+        distances = np.full((stop - start, k), np.inf, dtype=np.float32)
+        for row, item in enumerate(range(start, stop)):
+            found, dist = one(item)
+            ids[row, :len(found)] = found
+            distances[row, :len(found)] = dist
+        return start, ids, distances
+
+    with ThreadPoolExecutor(max(1, n_jobs)) as pool:
+        pending: deque = deque()
+        for start in range(0, n_items, block):
+            pending.append(pool.submit(run, start))
+            if len(pending) >= 2 * max(1, n_jobs):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def row_norms(vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:

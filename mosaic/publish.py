@@ -28,15 +28,21 @@ import os
 import shutil
 import sqlite3
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mosaic.bundle import layout_entries, open_cells, open_vectors, read_manifest
+from mosaic.bundle import (
+    layout_entries,
+    open_cells,
+    open_top_neighbors,
+    open_vectors,
+    read_manifest,
+)
 from mosaic.errors import UsageError
-from mosaic.knn import exact_neighbors, row_norms
+from mosaic.knn import iter_top_neighbors
 from mosaic.store import META_PREFIX, SERVER_EXPORT_FIELDS, TAGS_TABLE, iter_export_rows, sql_name
 
 log = logging.getLogger(__name__)
@@ -49,8 +55,7 @@ KNN_K = 50               # neighbours stored per item and embedding
 KNN_SHARD = 64           # items per knn/<e>/<k>.bin: KNN_SHARD * KNN_K * 8 bytes (25.6 KB)
 NUM_CHUNK = 16_384       # (value, id) pairs per numeric chunk: 192 KB
 TEXT_SHARD_BYTES = 64 * 1024  # postings + dictionary bytes per text shard (one big term may exceed)
-# Exact neighbours while N^2 * dim stays under this (a minute on two cores); annoy beyond.
-EXACT_WORK = 5e10
+TOP_READ = 64 * KNN_SHARD  # stored neighbour rows read at a time
 ITEM_FIELDS = ("id", "row", "col", "x", "y", "title", "url", "filename", "width", "height")
 NUMERIC_KINDS = ("number", "year")
 _BATCH = int(np.lcm(TITLE_SHARD, ITEM_SHARD)) * 16  # items written per batch: whole shards
@@ -96,15 +101,13 @@ def write_viewer(static: Path, site: Path) -> int:
     page = page.replace('href="/static/', 'href="static/').replace('src="/static/', 'src="static/')
     page = page.replace('href="/" class="home"', 'href="./" class="home"')
     page = page.replace("<head>", '<head>\n  <meta name="mosaic-source" content="static">', 1)
-    (site / "index.html").write_text(page, encoding="utf-8")
-    total = len(page.encode())
+    total = _put(site / "index.html", page.encode())
     for folder in ("js", "css"):
         total += _copy_tree(static / folder, site / "static" / folder)
     osd = static / "node_modules" / "openseadragon" / "build" / "openseadragon"
     total += _copy_tree(osd / "images", site / "static" / "openseadragon" / "images")
-    shutil.copyfile(osd / "openseadragon.min.js",
-                    site / "static" / "openseadragon" / "openseadragon.min.js")
-    return total + (site / "static" / "openseadragon" / "openseadragon.min.js").stat().st_size
+    return total + _put(site / "static" / "openseadragon" / "openseadragon.min.js",
+                        (osd / "openseadragon.min.js").read_bytes())
 
 
 def write_map(directory: Path, manifest: dict, data: Path) -> int:
@@ -191,8 +194,7 @@ def write_thumbnails(directory: Path, manifest: dict, data: Path) -> int:
             if item % THUMB_FOLDER == 0:
                 folder.mkdir(parents=True, exist_ok=True)
             encoded = cells.read_encoded(item)
-            (folder / f"{item}.jpg").write_bytes(encoded)
-            total += len(encoded)
+            total += _put(folder / f"{item}.jpg", encoded)
     return total
 
 
@@ -200,54 +202,43 @@ def write_neighbors(directory: Path, manifest: dict, data: Path) -> int:
     """``knn/<embedding index>/<k>.bin``: for KNN_SHARD items in id order, each item's
     KNN_K nearest (itself excluded, nearest first) as little-endian int32 ids
     (``KNN_SHARD x KNN_K``, -1 past the end) then float32 distances (same shape),
-    annoy's distances for the embedding's metric. Exact for small collections, annoy
-    (with the manifest's ``search_k``) beyond."""
+    annoy's distances for the embedding's metric. They are the lists the pipeline
+    stored in the bundle (``embeddings[].top``); a bundle made before them has them
+    computed here, as the pipeline does (``knn.iter_top_neighbors``)."""
     n = manifest["counts"]["items"]
     total = 0
     for e, entry in enumerate(manifest.get("embeddings", [])):
-        ids, distances = top_neighbors(directory, entry, n, KNN_K)
         folder = data / "knn" / str(e)
         folder.mkdir(parents=True, exist_ok=True)
-        for start in range(0, n, KNN_SHARD):
-            stop = min(start + KNN_SHARD, n)
-            body = ids[start:stop].astype("<i4").tobytes() + \
-                distances[start:stop].astype("<f4").tobytes()
-            (folder / f"{start // KNN_SHARD}.bin").write_bytes(body)
-            total += len(body)
+        for start, ids, distances in top_neighbor_blocks(directory, entry, n):
+            for offset in range(0, len(ids), KNN_SHARD):  # blocks are whole shards
+                body = ids[offset:offset + KNN_SHARD].astype("<i4").tobytes() + \
+                    distances[offset:offset + KNN_SHARD].astype("<f4").tobytes()
+                total += _put(folder / f"{(start + offset) // KNN_SHARD}.bin", body)
     return total
 
 
-def top_neighbors(directory: Path, entry: dict, n: int, k: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, distances)``, each ``(n, k)``: every item's ``k`` nearest, self excluded,
-    nearest first; ids -1 (distance inf) where the collection has fewer items."""
-    metric = entry.get("metric", "angular")
-    ids = np.full((n, k), -1, dtype=np.int64)
-    distances = np.full((n, k), np.inf, dtype=np.float32)
-    has_vectors = bool(entry.get("vectors")) and (directory / entry["vectors"]).is_file()
-    exact = has_vectors and metric in ("euclidean", "angular") \
-        and float(n) * n * int(entry["dim"]) <= EXACT_WORK
-    if exact:  # what the server's exact search answers, item by item
-        vectors = open_vectors(directory, entry)[:]
-        norms = row_norms(vectors)
-        for item in range(n):
-            found, dist = exact_neighbors(vectors, vectors[item], k, metric, exclude=item,
-                                          norms=norms)
-            ids[item, :len(found)] = found
-            distances[item, :len(found)] = dist
-        return ids, distances
+def top_neighbor_blocks(directory: Path, entry: dict, n: int
+                        ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(start, ids, distances)`` blocks of every item's KNN_K nearest, in id order,
+    each ``TOP_READ`` items (whole shards) but the last."""
+    stored = open_top_neighbors(directory, entry)
+    if stored is not None and stored[0].shape[1] >= KNN_K:
+        ids_rows, distance_rows = stored
+        for start in range(0, n, TOP_READ):
+            rows = np.arange(start, min(start + TOP_READ, n))
+            yield (start, ids_rows.read_rows(rows)[:, :KNN_K],
+                   distance_rows.read_rows(rows)[:, :KNN_K])
+        return
     from annoy import AnnoyIndex
 
-    index = AnnoyIndex(int(entry["dim"]), metric)
+    log.info("%s has no stored neighbour lists: computing them", entry["name"])
+    vectors = open_vectors(directory, entry)
+    index = AnnoyIndex(int(entry["dim"]), entry.get("metric", "angular"))
     index.load(str(directory / entry["index"]))
-    search_k = int(entry.get("search_k") or -1)
-    for item in range(n):
-        found, dist = index.get_nns_by_item(item, k + 1, search_k=search_k,
-                                            include_distances=True)
-        pairs = [(i, d) for i, d in zip(found, dist, strict=True) if i != item][:k]
-        ids[item, :len(pairs)] = [p[0] for p in pairs]
-        distances[item, :len(pairs)] = [p[1] for p in pairs]
-    return ids, distances
+    yield from iter_top_neighbors(vectors, index, entry.get("metric", "angular"),
+                                  int(entry.get("search_k") or -1), KNN_K, os.cpu_count() or 1,
+                                  block=TOP_READ)
 
 
 def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path, *,
@@ -268,7 +259,10 @@ def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path, *,
       each shard's first term.
     """
     columns = manifest.get("columns", [])
-    search = data / "search"
+    # Written whole into a fresh folder, then synced into place: only shards whose bytes
+    # changed are rewritten, and shards that are no longer written go.
+    final = data / "search"
+    search = data / ".search.new"
     if search.exists():
         shutil.rmtree(search)
     search.mkdir(parents=True)
@@ -319,6 +313,8 @@ def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path, *,
                             "count": len(rows), "chunks": chunks})
     text = write_text_index(conn, search / "t", shard_bytes=text_shard_bytes)
     total += text["bytes"]
+    _sync_tree(search, final)
+    shutil.rmtree(search)
     body = {"facets": [{"name": f["name"], "values": f["values"]} for f in facets],
             "numeric": [{k: n[k] for k in ("name", "kind", "min", "max", "count")}
                         for n in numeric],
@@ -386,21 +382,62 @@ def _vocab_rows(conn: sqlite3.Connection) -> Iterable[tuple[str, int]]:
         yield from ((previous, d) for d in sorted(set(docs)))
 
 
-def _write_ids(path: Path, ids: list[int]) -> int:
-    body = np.array(ids, dtype="<u4").tobytes()
+def site_snapshot(site: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """``{relative path: (inode, mtime ns, size)}`` of every file under ``site``."""
+    site = Path(site)
+    if not site.is_dir():
+        return {}
+    snapshot = {}
+    for path in site.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            snapshot[str(path.relative_to(site))] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return snapshot
+
+
+def site_changes(before: dict, after: dict) -> dict[str, int]:
+    """What a sync of the site to a static host uploads and deletes between two
+    snapshots: files new or rewritten (a new inode, mtime or size) and their bytes,
+    and files removed."""
+    changed = [path for path, facts in after.items() if before.get(path) != facts]
+    return {"files": len(after), "bytes": sum(facts[2] for facts in after.values()),
+            "rewritten_files": len(changed),
+            "rewritten_bytes": sum(after[path][2] for path in changed),
+            "removed_files": len(before.keys() - after.keys())}
+
+
+# Publishing into a site folder that holds an earlier publish rewrites only the files
+# whose bytes change (and removes those no longer written), so a sync to a static host
+# uploads little after a small change (write_site reports what changed).
+
+def _put(path: Path, body: bytes) -> int:
+    """Write ``body`` at ``path`` unless the file already holds exactly it; its size."""
+    try:
+        if path.stat().st_size == len(body) and path.read_bytes() == body:
+            return len(body)
+    except FileNotFoundError:
+        pass
     path.write_bytes(body)
     return len(body)
 
 
+def _write_ids(path: Path, ids: list[int]) -> int:
+    return _put(path, np.array(ids, dtype="<u4").tobytes())
+
+
 def _write_json(path: Path, body: Any) -> int:
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    path.write_text(text, encoding="utf-8")
-    return len(text.encode())
+    return _put(path, text.encode())
 
 
 def _link_file(source: Path, target: Path) -> int:
-    """Hard-link ``source`` at ``target`` (a copy across file systems); its size."""
+    """Hard-link ``source`` at ``target`` (a copy across file systems) unless it already
+    is that file or a copy of it; its size."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and (os.path.samefile(source, target) or (
+            target.stat().st_size == source.stat().st_size
+            and target.read_bytes() == source.read_bytes())):
+        return target.stat().st_size
     target.unlink(missing_ok=True)
     try:
         os.link(source, target)
@@ -410,17 +447,37 @@ def _link_file(source: Path, target: Path) -> int:
 
 
 def _link_tree(source: Path, target: Path) -> int:
-    if target.exists():
-        shutil.rmtree(target)
-    total = 0
-    for path in source.rglob("*"):
-        if path.is_file():
-            total += _link_file(path, target / path.relative_to(source))
-    return total
+    return _mirror_tree(source, target, _link_file)
 
 
 def _copy_tree(source: Path, target: Path) -> int:
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
-    return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    return _mirror_tree(source, target, lambda s, t: _put(t, s.read_bytes()))
+
+
+def _sync_tree(source: Path, target: Path) -> int:
+    """Move the files of ``source`` whose bytes differ into ``target``, and remove the
+    files of ``target`` that ``source`` lacks."""
+    def move(path: Path, into: Path) -> int:
+        size = path.stat().st_size
+        if not (into.exists() and into.stat().st_size == size
+                and into.read_bytes() == path.read_bytes()):
+            os.replace(path, into)
+        return size
+    return _mirror_tree(source, target, move)
+
+
+def _mirror_tree(source: Path, target: Path, place) -> int:
+    """``place(file, its path under target)`` for every file of ``source`` (folders
+    made), then the files and empty folders under ``target`` that ``source`` lacks
+    removed; the bytes placed."""
+    wanted = {p.relative_to(source) for p in source.rglob("*") if p.is_file()}
+    total = 0
+    for relative in sorted(wanted):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        total += place(source / relative, target / relative)
+    for path in sorted(target.rglob("*"), reverse=True):
+        if path.is_file() and path.relative_to(target) not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return total

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from mosaic import knn
 from mosaic.knn import exact_knn_of_rows, exact_neighbors
 from mosaic.pipeline.index import RECALL_TARGET, build_annoy, choose_search_k
 
@@ -46,3 +47,58 @@ def test_angular_distance_matches_annoy():
                                                        include_distances=True)
     assert list(ids) == annoy_ids
     assert np.allclose(distances, annoy_distances, atol=1e-3)
+
+
+def collect_blocks(blocks) -> tuple[np.ndarray, np.ndarray]:
+    starts, ids, distances = zip(*blocks)
+    assert list(starts) == sorted(starts) and starts[0] == 0  # consecutive, from 0
+    return np.concatenate(ids), np.concatenate(distances)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "angular"])
+def test_stored_top_lists_are_the_exact_neighbours_for_a_small_collection(metric):
+    vectors = structured_vectors(700)
+    assert knn.exact_is_cheap(*vectors.shape, metric)
+    ids, distances = collect_blocks(knn.iter_top_neighbors(
+        vectors, None, metric, k=knn.TOP_K, n_jobs=2, block=128))
+    assert ids.shape == distances.shape == (700, knn.TOP_K)
+    assert ids.dtype == np.int32 and distances.dtype == np.float32
+    assert not (ids == np.arange(700)[:, None]).any()  # never the item itself
+    assert (np.diff(distances, axis=1) >= 0).all()  # nearest first
+    for item in (0, 333, 699):
+        truth, truth_distances = exact_neighbors(vectors, vectors[item], knn.TOP_K, metric,
+                                                 exclude=item)
+        assert ids[item].tolist() == truth.tolist()
+        assert np.allclose(distances[item], truth_distances, atol=1e-5)
+
+
+def test_top_lists_of_a_tiny_collection_end_in_minus_one():
+    vectors = structured_vectors(5)
+    ids, distances = collect_blocks(knn.iter_top_neighbors(vectors, None, "euclidean", k=8))
+    assert (ids[:, :4] >= 0).all() and (ids[:, 4:] == -1).all()
+    assert np.isinf(distances[:, 4:]).all()
+
+
+def test_top_lists_through_annoy_find_the_true_neighbours(monkeypatch):
+    """Above the exact budget the lists come from the annoy index, in parallel blocks;
+    they must agree with brute force as the index's search_k promises, and not at all
+    for a control index built on shuffled rows."""
+    vectors = structured_vectors(3000)
+    monkeypatch.setattr(knn, "EXACT_WORK", 0)
+    index = build_annoy(vectors, "euclidean", n_trees=10)
+    search_k, _ = choose_search_k(index, vectors, "euclidean")
+    ids, _ = collect_blocks(knn.iter_top_neighbors(vectors, index, "euclidean", search_k,
+                                                   k=20, n_jobs=2, block=256))
+    control = build_annoy(np.random.default_rng(1).permutation(vectors), "euclidean", 10)
+    control_ids, _ = collect_blocks(knn.iter_top_neighbors(vectors, control, "euclidean",
+                                                           search_k, k=20, n_jobs=2))
+    queries = np.random.default_rng(3).choice(3000, 100, replace=False)
+    recall = control_recall = 0
+    for item in queries:
+        truth = set(exact_neighbors(vectors, vectors[item], 20, "euclidean",
+                                    exclude=int(item))[0].tolist())
+        recall += len(truth & set(ids[item].tolist()))
+        control_recall += len(truth & set(control_ids[item].tolist()))
+    assert recall / 2000 >= RECALL_TARGET - 0.05
+    assert control_recall / 2000 < 0.1
+    assert not (ids == np.arange(3000)[:, None]).any()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from mosaic import SCHEMA_VERSION, __version__, quality
+from mosaic import SCHEMA_VERSION, __version__, knn, quality
 from mosaic.bundle import (
     CELL_CODEC,
     CELL_QUALITY,
@@ -55,6 +55,7 @@ from mosaic.pipeline.store import (
     StageCache,
     bundle_lock,
     cache_key,
+    create_npy_rows,
     save_npy_atomic,
     write_bytes_atomic,
     write_json_atomic,
@@ -349,7 +350,7 @@ class _Run:
                                       placed, f"layouts/{spec.slug}/"))
             extra_layouts.append((spec, placed, rendered))
         indexes = [self.stage(f"index-{s.name}", cache_key(vectors_key, s.name, c.n_trees,
-                                                           c.random_state),
+                                                           c.random_state, "top", knn.TOP_K),
                               lambda s=s: self.build_annoy(s)) for s in self.specs]
         meta_key = cache_key(grid_key, _file_signature(c.metadata), c.filename_column,
                              c.title_template, c.url_template,
@@ -584,17 +585,41 @@ class _Run:
         vectors = self.vectors(spec)
         index = build_annoy(vectors, spec.metric, self.config.n_trees, self.config.random_state)
         search_k, recall = choose_search_k(index, vectors, spec.metric, self.config.random_state)
+        top = self.write_top_neighbors(spec, vectors, index, search_k)
         target = self.path(f"embeddings/{spec.name}.ann")
         tmp = target.with_name(f".{target.name}.tmp")
         index.save(str(tmp))
         index.unload()
         tmp.replace(target)
-        return [f"embeddings/{spec.name}.ann"], {
+        return [f"embeddings/{spec.name}.ann", top["ids"], top["distances"]], {
             "embedding": {"name": spec.name, "kind": spec.kind, "dim": int(vectors.shape[1]),
                           "metric": spec.metric, **self.vector_entry(spec),
                           "index": f"embeddings/{spec.name}.ann",
                           "n_trees": self.config.n_trees, "search_k": search_k,
-                          "recall_at_20": round(recall, 4)}}
+                          "recall_at_20": round(recall, 4), "top": top}}
+
+    def write_top_neighbors(self, spec: EmbeddingSpec, vectors, index, search_k: int) -> dict:
+        """Every item's ``knn.TOP_K`` nearest (exact for small collections, else through
+        ``index`` with ``search_k``), on all cores, into two ``.npy`` files written a block
+        at a time (nothing N-sized in memory) and renamed into place; their manifest entry."""
+        top = {"k": knn.TOP_K, "exact": knn.exact_is_cheap(*vectors.shape, spec.metric),
+               "ids": f"embeddings/{spec.name}.top-ids.npy",
+               "distances": f"embeddings/{spec.name}.top-distances.npy"}
+        shape = (len(vectors), knn.TOP_K)
+        files = {}
+        for part, dtype in (("ids", np.int32), ("distances", np.float32)):
+            target = self.path(top[part])
+            tmp = target.with_name(f".{target.name}.tmp")
+            files[part] = (tmp, target, create_npy_rows(tmp, shape, dtype))
+        for start, ids, distances in knn.iter_top_neighbors(
+                vectors, index, spec.metric, search_k, knn.TOP_K, self.config.n_jobs()):
+            files["ids"][2].write_rows(start, ids)
+            files["distances"][2].write_rows(start, distances)
+        for tmp, target, rows in files.values():
+            rows.flush()
+            rows.close()
+            tmp.replace(target)
+        return top
 
     def build_metadata(self, kept: np.ndarray):
         c = self.config

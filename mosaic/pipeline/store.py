@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mosaic.bundle import RowFile
 from mosaic.errors import LockError
 
 CACHE_DIR = "cache"
@@ -44,6 +45,18 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def create_npy_rows(path: Path, shape: tuple[int, int], dtype) -> RowFile:
+    """A new ``.npy`` file of ``shape`` (zeros), open for writing rows with ``RowFile``
+    (``pwrite``: nothing of it stays resident however large it is)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+              "fortran_order": False, "shape": tuple(shape)}
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        offset = handle.tell()
+        handle.truncate(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return RowFile(path, shape, dtype, writable=True, offset=offset)
 
 
 @contextmanager
