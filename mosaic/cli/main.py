@@ -8,7 +8,9 @@ convention for every command:
 - any other ``MosaicError`` prints one ``Error: ...`` line and exits with its
   code in ``mosaic.errors.STATUS``;
 - anything else is a bug: one line that says so and how to see the traceback
-  (``-v``), which ``-v`` prints; exit 1.
+  (``-v``), which ``-v`` prints; exit 1;
+- standard output that is a pipe whose reader stops early (``| head``) ends the
+  command quietly, as Unix tools do: nothing on stderr, exit 141.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import logging
 import os
 import re
+import select
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -116,16 +120,48 @@ def help_markdown() -> str:
     return "\n".join(sections) + "\n"
 
 
+# The status of a command whose standard output was closed by its reader: 128 + SIGPIPE,
+# what the shell reports for a Unix tool that SIGPIPE ends (``set -o pipefail; seq 1000000
+# | head -1`` fails with 141), as 130 is 128 + SIGINT. Not 0: the output was cut short,
+# and a script that asked for all of it can tell. Not 1: nothing went wrong that an
+# ``Error:`` line would explain, and a script that expects ``| head`` can allow 141 only.
+STDOUT_CLOSED = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # another pipe or socket (or stderr): not ours to hide
+            raise
+        return _stdout_closed()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # Idle OpenMP threads (openTSNE, scikit-learn) otherwise spin-wait and, on a
     # few cores, starve the threads doing the work: 10-30 s instead of 1 s.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = get_parser().parse_args(argv)
+    try:
+        args = get_parser().parse_args(argv)
+    except SystemExit:  # --help and --version print to stdout: flush it here (see below)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError:  # a disk full, say: ignored, as argparse ignores its failed writes
+            pass
+        raise
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR if quiet
                         else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        status = _run(args)
+        # Flush the output here, not at interpreter exit: there a failed write is only
+        # "Exception ignored" with status 120 or, with over 4 KiB still buffered, not
+        # reported at all (seen with CPython 3.11 running run.py): status 0 for an export
+        # that wrote nothing.
+        sys.stdout.flush()
+        return status
     except MosaicError as error:
         print(f"Error: {error}", file=sys.stderr)
         return exit_code(error)
@@ -133,12 +169,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
     except Exception as error:  # a bug, not the user's mistake
+        if isinstance(error, BrokenPipeError) and _stdout_reader_gone():
+            raise  # the reader of stdout has all it wanted: main ends quietly
         if verbose:
             traceback.print_exc()
         where = "" if verbose else "; run it again with -v to see the traceback"
         print(f"Error: internal error (a bug in mosaic {__version__}): "
               f"{type(error).__name__}: {error}{where}. Please report it.", file=sys.stderr)
         return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe (or socket) that its reader has closed.
+
+    Asked of stdout's descriptor, not of the error: a BrokenPipeError does not say
+    which pipe broke (its ``filename`` is None for every stream), and one from another
+    pipe or socket (a worker process that died, a file given to ``-o`` that is a FIFO,
+    a connection of ``serve``) is a failure to report, not the end of the output. A
+    pipe's write end with no reader left polls as POLLERR (Linux) or POLLHUP."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # None, closed, or no descriptor
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _stdout_closed() -> int:
+    """End quietly after stdout's reader left (https://docs.python.org/3/library/
+    signal.html#note-on-sigpipe): stdout now writes to the null device, so the
+    interpreter's own flush at exit, of what is still buffered, cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return STDOUT_CLOSED
 
 
 def _run(args: argparse.Namespace) -> int:
