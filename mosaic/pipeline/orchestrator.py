@@ -38,7 +38,7 @@ from mosaic.bundle import (
     open_vectors,
 )
 from mosaic.errors import MosaicError, UsageError
-from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, render
+from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, render, thumbnail
 from mosaic.pipeline import hotspots as clusters_mod
 from mosaic.pipeline.decode import DONE, DecodeOptions, compact, open_executor, run_decode
 from mosaic.pipeline.embed import (
@@ -315,7 +315,7 @@ class _Run:
         pixel_specs = [asdict(s) for s in self.specs if s.from_pixels]
         decode_key = cache_key(input_key, c.cell_size, c.fit, c.background, c.max_pixels,
                                pixel_specs, c.weights if pixel_specs else None,
-                               CELL_CODEC, CELL_QUALITY)
+                               CELL_CODEC, CELL_QUALITY, "decoder", thumbnail.DECODER)
         decoded = self.stage("decode", decode_key, lambda: self.build_decode(decode_key))
         kept = np.load(self.path("cache/kept.npy"))
         user_files = [(s.name, _file_signature(s.path)) for s in self.specs if not s.from_pixels]

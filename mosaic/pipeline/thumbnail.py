@@ -34,6 +34,10 @@ DEFAULT_MAX_PIXELS = 40_000 * 40_000
 # Images up to this many pixels are decoded whole rather than through thumbnail(),
 # whose shrink-on-load setup costs more than it saves on small images.
 DIRECT_DECODE_PIXELS = 512 * 512
+# Which decoder made a cell: part of the decode stage's cache key, so that a change
+# that alters cell pixels never mixes old and new cells in one bundle on resume.
+# 2: JPEGs that are small once shrunk on load are decoded whole (not by thumbnail).
+DECODER = 2
 # EXIF orientations 5..8 swap width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
@@ -130,10 +134,12 @@ def _vips_pixels(path: str, cell_size: int, fit: str, background: tuple[int, int
         if _orientation(header) in _TRANSPOSED_ORIENTATIONS:
             width, height = height, width
         box = max(cell_size, model_size or 0)
-        if header.width * header.height <= DIRECT_DECODE_PIXELS:
-            # Small image: decode it whole (cheaper than thumbnail's setup), a JPEG at the
-            # smallest DCT scale that still covers the box.
-            shrink = _jpeg_shrink(header, box, fit)
+        shrink = _jpeg_shrink(header, box, fit)
+        if header.width * header.height <= DIRECT_DECODE_PIXELS * shrink * shrink:
+            # Small once loaded: decode it whole (cheaper than thumbnail's set-up and its
+            # second resize), a JPEG at the smallest DCT scale that still covers the box
+            # (an 800 x 600 photo at 1/4: 2.3 ms against thumbnail's 5.0), and let the
+            # cell's own area filter (square_array) do the rest.
             if shrink > 1:
                 header = _load(source, shrink=shrink)
             if _orientation(header) != 1:
