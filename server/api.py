@@ -6,10 +6,11 @@ import csv
 import io
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
-from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
+from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from mosaic.query import parse_search_args, search_items
 from mosaic.store import (
@@ -27,6 +28,9 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 MAX_K = 500
 MAX_LIMIT = 1000
 MAX_RANDOM = 1000
+# A query image's upload (``similar``): the body's bytes; its pixels are limited by the
+# bundle's own --max-pixels. Setting MOSAIC_UPLOAD_MAX overrides it.
+MAX_UPLOAD = 20 * 2**20
 ITEM_FIELDS = ("id", "row", "col", "title", "url", "filename", "width", "height")
 
 
@@ -91,11 +95,46 @@ def neighbors(cid: str, item_id: int):
     k = _int_arg("k", 20, 1, MAX_K)
     index = bundle.neighbor_index(name)
     ids, distances = index.query(item_id, k)
-    ids = ids.tolist()
-    rows = _rows(bundle, ids)
-    result = [dict(rows[i], distance=float(d)) for i, d in zip(ids, distances, strict=True)]
     return jsonify(ok=True, id=item_id, embedding=name, metric=index.metric,
-                   method=index.method, k=k, neighbors=result)
+                   method=index.method, k=k, neighbors=_neighbor_rows(bundle, ids, distances))
+
+
+@bp.post("/collections/<cid>/similar")
+def similar(cid: str):
+    """The items nearest to an uploaded image (multipart field ``image``; ``k`` and
+    ``embedding`` as form fields or in the query string), nearest first, as
+    ``neighbors`` lists them; an image of the collection finds itself at distance 0.
+
+    The image is decoded in memory by the pipeline's own code with the bundle's settings,
+    its pixel limit included (``mosaic.pipeline.decode.embed_query``), imported here only:
+    no other request loads the decoder. A body over ``MOSAIC_UPLOAD_MAX`` bytes is a 413,
+    never read past the limit; an upload that is no usable image is a 400.
+    """
+    bundle = get_bundle(cid)
+    limit = current_app.config.get("MOSAIC_UPLOAD_MAX", MAX_UPLOAD)
+    request.max_content_length = limit
+    try:
+        upload = request.files.get("image")
+    except RequestEntityTooLarge:
+        abort(413, description=f"the upload is over the limit of {limit} bytes")
+    if upload is None:
+        abort(400, description="send the query image as the multipart/form-data field 'image'")
+    name = request.values.get("embedding") or (bundle.embedding_names or [None])[0]
+    spec = bundle.embedding(name) if name else None
+    if spec is None:
+        abort(400, description=f"unknown embedding {name!r}; this collection has "
+                               f"{', '.join(bundle.embedding_names) or 'none'}")
+    if spec.get("kind") == "vgg16":
+        abort(400, description=f"embedding {name!r} needs the VGG16 model, which the server "
+                               "never loads; query it with `python run.py similar`")
+    k = _int_arg("k", 20, 1, MAX_K, request.values)
+    from mosaic.pipeline.decode import embed_query
+
+    vector = embed_query(upload.read(), bundle.manifest, spec)
+    index = bundle.neighbor_index(name)
+    ids, distances = index.query_vector(vector, k)
+    return jsonify(ok=True, embedding=name, metric=index.metric, method=index.method, k=k,
+                   neighbors=_neighbor_rows(bundle, ids, distances))
 
 
 @bp.get("/collections/<cid>/search")
@@ -238,14 +277,24 @@ def _rows(bundle: Bundle, ids: list[int]) -> dict[int, dict]:
             for r in get_db(bundle).execute(sql, ids)}
 
 
+def _neighbor_rows(bundle: Bundle, ids: np.ndarray, distances: np.ndarray) -> list[dict]:
+    """A neighbour list as the API gives it: ``_rows``' fields and ``distance``, in order."""
+    ids = [int(i) for i in ids]
+    rows = _rows(bundle, ids)
+    return [dict(rows[i], distance=float(d)) for i, d in zip(ids, distances, strict=True)]
+
+
 def _check_item(bundle: Bundle, item_id: int) -> None:
     if not 0 <= item_id < bundle.n_items:
         abort(404, description=f"item {item_id} not in collection {bundle.cid!r} "
                                f"(ids are 0..{bundle.n_items - 1})")
 
 
-def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:
-    text = request.args.get(name, "")
+def _int_arg(name: str, default: int | None, low: int, high: int | None,
+             values: Mapping[str, str] | None = None) -> int | None:
+    """An integer parameter of the query string (or of ``values``, e.g. a form), 400 if
+    it is not one or out of ``low..high``."""
+    text = (request.args if values is None else values).get(name, "")
     if text == "":
         return default
     try:

@@ -55,6 +55,20 @@ class NeighborIndex:
         return (np.array([p[0] for p in pairs], dtype=np.int64),
                 np.array([p[1] for p in pairs], dtype=np.float64))
 
+    def query_vector(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items to a vector of this embedding (a query image's, from
+        ``mosaic.pipeline.decode.embed_query``), nearest first: ``(ids, distances)``.
+        Nothing is excluded: an image of the collection finds itself at distance 0."""
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (self.dim,):
+            raise ValueError(f"embedding {self.name!r} has {self.dim} dimensions, "
+                             f"not {vector.shape}")
+        if self.method == "exact":
+            return exact_neighbors(self._vectors, vector, k, self.metric, norms=self._norms)
+        ids, distances = self._annoy.get_nns_by_vector(
+            vector.tolist(), k, search_k=self.search_k, include_distances=True)
+        return np.array(ids, dtype=np.int64), np.array(distances, dtype=np.float64)
+
     def _exact(self, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_neighbors(self._vectors, self._vectors[item_id], k, self.metric,
                                exclude=item_id, norms=self._norms)

@@ -29,7 +29,10 @@ ALLOWED = {
                       READ_SIDE + ("mosaic.poster", "mosaic.pipeline.grid",
                                    "mosaic.pipeline.thumbnail")),
     "mosaic.cli": (None, None),  # the CLI may import anything: it is the top
-    "server": (READ_SIDE + ("mosaic.poster", "server"), READ_SIDE + ("mosaic.poster", "server")),
+    # A query image (POST .../similar) must be decoded and embedded by the pipeline's own
+    # code to land where the bundle's images did: that route alone imports it, inside itself.
+    "server": (READ_SIDE + ("mosaic.poster", "server"),
+               READ_SIDE + ("mosaic.poster", "server", "mosaic.pipeline.decode")),
 }
 
 

@@ -24,6 +24,10 @@ A chunk file holds ``indices`` (int64, the chunk's inputs), ``status`` (int8,
 ``reasons`` (UTF-8 JSON list, "" for a decoded input), ``offsets`` (uint64,
 ``n_done + 1``) and ``cells`` (the encoded cells back to back), and
 ``vectors-<name>`` (``n_done`` rows) per pixel embedding.
+
+``embed_query`` runs the same decode and vector code on one image outside any
+bundle (``run.py similar`` and the server's ``similar`` route): the pipeline's
+code in one place, so a query lands where the pipeline would have put it.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ from mosaic.bundle import encode_cell
 from mosaic.errors import ImageError, MosaicError, UsageError
 from mosaic.pipeline import thumbnail
 from mosaic.pipeline.embed import (
+    PIXEL_KINDS,
     PIXELS_SIDE,
     VECTOR_DTYPES,
+    VGG_INPUT_SIZE,
     Vgg16Embedder,
     pixel_dims,
     pixels_vectors,
@@ -97,65 +103,168 @@ class DecodeSummary:
 # -- the worker side -----------------------------------------------------------
 
 
-_VGG: dict[str, Vgg16Embedder] = {}  # one model per worker process, built on first use
+_VGG: dict[str, Vgg16Embedder] = {}  # one model per process, built on first use
 
 
 def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     """Decode one chunk's images (in a worker); the arrays of its chunk file."""
     _quiet_vips()
     options = task.options
-    vgg = None
-    if "vgg16" in options.kinds:
-        vgg = _VGG.get(options.weights)
-        if vgg is None:
-            vgg = _VGG[options.weights] = Vgg16Embedder(options.weights)
-            vgg.load()
+    vgg = _vgg16(options.weights) if "vgg16" in options.kinds else None
     n = len(task.indices)
     status = np.full(n, FAILED, dtype=np.int8)
     sizes = np.zeros((n, 2), dtype=np.int64)
     reasons = [""] * n
     cells: list[bytes] = []
-    raw: list[np.ndarray] = []
-    pictures: list[np.ndarray] = []
-    model_inputs: list[np.ndarray] = []
+    inputs: list[dict[str, np.ndarray]] = []
     for position, path in enumerate(task.paths):
         try:
-            image = thumbnail.decode_image(
-                path, cell_size=options.cell_size, fit=options.fit,
-                background=options.background, max_pixels=options.max_pixels,
-                model_size=vgg.input_size if vgg else None,
-                picture_side=PIXELS_SIDE if "pixels" in options.kinds else None)
+            image = decode_one(path, options)
         except ImageError as error:
             reasons[position] = str(error)
-            continue
-        except Exception as error:  # one file's failure is recorded, never fatal
-            reasons[position] = f"{type(error).__name__}: {error}"[:300]
             continue
         status[position] = DONE
         sizes[position] = (image.width, image.height)
         cells.append(encode_cell(image.cell))
-        if "raw" in options.kinds:
-            raw.append(thumbnail.raw_vector(image.cell))
-        if image.picture is not None:
-            pictures.append(image.picture)
-        if vgg is not None:
-            model_inputs.append(image.model_input)
+        inputs.append(vector_inputs(image, options.kinds))
     offsets = np.zeros(len(cells) + 1, dtype="<u8")
     offsets[1:] = np.cumsum([len(c) for c in cells])
     arrays = {"indices": np.asarray(task.indices, dtype="<i8"), "status": status,
               "sizes": sizes.astype("<i8"), "reasons": _text_array(json.dumps(reasons)),
               "offsets": offsets, "cells": np.frombuffer(b"".join(cells), dtype=np.uint8)}
-    dims = pixel_dims(options.kinds)
-    for kind in options.kinds:
-        arrays[f"vectors-{kind}"] = np.empty((len(cells), dims[kind]), VECTOR_DTYPES[kind])
-    if raw:
-        arrays["vectors-raw"][:] = np.stack(raw)
-    if pictures:
-        arrays["vectors-pixels"][:] = pixels_vectors(np.stack(pictures))
-    for start in range(0, len(model_inputs), VGG_BATCH):
-        batch = np.stack(model_inputs[start:start + VGG_BATCH])
-        arrays["vectors-vgg16"][start:start + len(batch)] = vgg.embed(batch)
+    for kind, vectors in image_vectors(inputs, options.kinds, vgg).items():
+        arrays[f"vectors-{kind}"] = vectors
     return arrays
+
+
+def decode_one(source: str | bytes, options: DecodeOptions) -> thumbnail.DecodedImage:
+    """One image's cell, and the model input and picture its pixel embeddings need.
+
+    The decode asks for what every one of ``options.kinds`` needs (``vgg16``'s input
+    size widens the box the picture is shrunk into), so the cell and vectors depend on
+    the bundle's whole set of kinds: a query must pass the same set as the pipeline
+    did. ImageError for any failure: one file's failure is recorded, never fatal.
+    """
+    try:
+        return thumbnail.decode_image(
+            source, cell_size=options.cell_size, fit=options.fit,
+            background=options.background, max_pixels=options.max_pixels,
+            model_size=VGG_INPUT_SIZE if "vgg16" in options.kinds else None,
+            picture_side=PIXELS_SIDE if "pixels" in options.kinds else None)
+    except ImageError:
+        raise
+    except Exception as error:
+        raise ImageError(f"{type(error).__name__}: {error}"[:300]) from None
+
+
+def vector_inputs(image: thumbnail.DecodedImage, kinds: tuple[str, ...]
+                  ) -> dict[str, np.ndarray]:
+    """What each pixel embedding among ``kinds`` needs of one decoded image: ``raw``'s
+    vector itself (a chunk then keeps no cell, only its JPEG), ``pixels``' picture,
+    ``vgg16``'s model input; ``image_vectors`` turns a list of them into vectors."""
+    inputs = {}
+    if "raw" in kinds:
+        inputs["raw"] = thumbnail.raw_vector(image.cell)
+    if "pixels" in kinds:
+        inputs["pixels"] = image.picture
+    if "vgg16" in kinds:
+        inputs["vgg16"] = image.model_input
+    return inputs
+
+
+def image_vectors(inputs: list[dict[str, np.ndarray]], kinds: tuple[str, ...],
+                  vgg: Vgg16Embedder | None = None) -> dict[str, np.ndarray]:
+    """``{kind: (len(inputs), dim)}`` in the bundle's stored dtype (``VECTOR_DTYPES``)
+    for each pixel embedding among ``kinds``, from ``vector_inputs``: ``pixels``
+    vectorised over the images, ``vgg16`` (``vgg`` given) in batches of ``VGG_BATCH``."""
+    dims = pixel_dims(kinds)
+    arrays = {kind: np.empty((len(inputs), dims[kind]), VECTOR_DTYPES[kind])
+              for kind in kinds if kind in dims}
+    if not inputs:
+        return arrays
+    if "raw" in arrays:
+        arrays["raw"][:] = np.stack([one["raw"] for one in inputs])
+    if "pixels" in arrays:
+        arrays["pixels"][:] = pixels_vectors(np.stack([one["pixels"] for one in inputs]))
+    if "vgg16" in arrays:
+        for start in range(0, len(inputs), VGG_BATCH):
+            batch = np.stack([one["vgg16"] for one in inputs[start:start + VGG_BATCH]])
+            arrays["vgg16"][start:start + len(batch)] = vgg.embed(batch)
+    return arrays
+
+
+def _vgg16(weights: str) -> Vgg16Embedder:
+    """The process's VGG16 for ``weights``, built on first use and kept."""
+    vgg = _VGG.get(weights)
+    if vgg is None:
+        vgg = Vgg16Embedder(weights)
+        vgg.load()
+        _VGG[weights] = vgg
+    return vgg
+
+
+def embed_query(source: str | os.PathLike | bytes, manifest: dict,
+                embedding: dict) -> np.ndarray:
+    """A new image's vector in one of a bundle's embeddings (a ``manifest["embeddings"]``
+    entry), as the bundle reads its own: float32 (dim,), times the entry's ``scale``
+    (``mosaic.bundle.open_vectors``).
+
+    The query goes through the pipeline's own decode (``decode_one`` with the bundle's
+    cell size, fit, background, pixel limit and set of pixel embeddings) and vector
+    code (``image_vectors``, rounded to the stored dtype): an image that is in the
+    bundle gets its stored vector back and lies at distance 0 from itself, and any
+    other image lands where the pipeline would have put it. ``source`` is a path or
+    the file's bytes (an upload; the same pixels either way).
+
+    UsageError, not ImageError: the query is the user's input, not a collection's
+    image to skip. Also for an embedding that cannot embed a new image: the user's
+    own vectors (``file:``, ``xy:``) or VGG16 with random weights (``--weights none``).
+    """
+    name, kind = embedding.get("name"), embedding.get("kind")
+    if kind not in PIXEL_KINDS:
+        usable = [e["name"] for e in manifest.get("embeddings", [])
+                  if e.get("kind") in PIXEL_KINDS]
+        raise UsageError(
+            f"embedding {name!r} holds vectors given to the pipeline ({kind}:PATH), so a "
+            f"new image cannot be embedded in it; use an embedding computed from pixels "
+            f"({', '.join(usable) or 'this bundle has none'})")
+    options = query_options(manifest)
+    if kind == "vgg16":
+        if options.weights == "none":
+            raise UsageError(
+                f"embedding {name!r} was built with random VGG16 weights (--weights none), "
+                "which cannot be rebuilt: a new image cannot be embedded the same way")
+        if options.weights != "imagenet" and not os.path.isfile(options.weights):
+            raise UsageError(
+                f"embedding {name!r} needs the VGG16 weights it was built with "
+                f"(--weights {options.weights}), and that is not a file here")
+    label = "query image" if isinstance(source, bytes) else os.fspath(source)
+    try:
+        image = decode_one(source if isinstance(source, bytes) else os.fspath(source),
+                           options)
+    except ImageError as error:
+        raise UsageError(f"{label}: {error}") from None
+    vgg = _vgg16(options.weights) if kind == "vgg16" else None
+    stored = image_vectors([vector_inputs(image, (kind,))], (kind,), vgg)[kind][0]
+    vector = stored.astype(np.float32)
+    if embedding.get("scale") is not None:
+        vector *= np.float32(embedding["scale"])
+    return vector
+
+
+def query_options(manifest: dict) -> DecodeOptions:
+    """The decode the pipeline ran for a bundle, from its manifest: the grid's cell size
+    and fit, the run's background, pixel limit and weights, and its pixel embeddings."""
+    parameters = manifest.get("parameters") or {}
+    kinds = tuple(e["kind"] for e in manifest.get("embeddings", [])
+                  if e.get("kind") in PIXEL_KINDS)
+    background = parameters.get("background") or (255, 255, 255)
+    return DecodeOptions(
+        cell_size=int(manifest["grid"]["cell_size"]), fit=manifest["grid"].get("fit", "fit"),
+        background=tuple(int(c) for c in background),
+        max_pixels=int(parameters.get("max_pixels") or thumbnail.DEFAULT_MAX_PIXELS),
+        weights=str(parameters.get("weights") or "imagenet") if "vgg16" in kinds else "none",
+        kinds=kinds)
 
 
 def _quiet_vips() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import os
 import stat
 import struct
@@ -37,7 +38,8 @@ DIRECT_DECODE_PIXELS = 512 * 512
 # Which decoder made a cell: part of the decode stage's cache key, so that a change
 # that alters cell pixels never mixes old and new cells in one bundle on resume.
 # 2: JPEGs that are small once shrunk on load are decoded whole (not by thumbnail).
-DECODER = 2
+# 3: a JPEG read through a descriptor (a name that is not UTF-8) is shrunk on load too.
+DECODER = 3
 # EXIF orientations 5..8 swap width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
@@ -62,7 +64,7 @@ class DecodedImage:
 
 
 def decode_image(
-    path: str | Path,
+    path: str | Path | bytes,
     cell_size: int = 128,
     fit: str = "fit",
     background: tuple[int, int, int] = (255, 255, 255),
@@ -75,12 +77,17 @@ def decode_image(
 
     ``fit="fit"`` letterboxes the whole image on ``background``;
     ``fit="fill"`` crops the centre square. Raises ImageError with a short
-    reason for any file libvips cannot decode.
+    reason for any file libvips cannot decode. ``bytes`` are a file's contents (an
+    upload), decoded from memory through the same steps, to the same pixels.
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
-    path = os.fspath(path)
-    _check_file(path)
+    if isinstance(path, bytes):
+        if not path:
+            raise ImageError("empty file (0 bytes)")
+    else:
+        path = os.fspath(path)
+        _check_file(path)
     options = dict(cell_size=cell_size, fit=fit, background=background, model_size=model_size,
                    max_pixels=max_pixels, picture_side=picture_side)
     try:
@@ -99,7 +106,7 @@ def decode_image(
             raise ImageError(_short_reason(error)) from None
 
 
-def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int],
+def _decode(path: str | bytes, cell_size: int, fit: str, background: tuple[int, int, int],
             model_size: int | None, max_pixels: int, picture_side: int | None) -> DecodedImage:
     base = _small_png_pixels(path, background, max_pixels)
     if base is not None:
@@ -119,7 +126,7 @@ def _decode(path: str, cell_size: int, fit: str, background: tuple[int, int, int
                         picture=picture)
 
 
-def _vips_pixels(path: str, cell_size: int, fit: str, background: tuple[int, int, int],
+def _vips_pixels(path: str | bytes, cell_size: int, fit: str, background: tuple[int, int, int],
                  model_size: int | None, max_pixels: int) -> tuple[np.ndarray, int, int]:
     """The picture decoded by libvips as uint8 (h, w, 3) sRGB on ``background``, upright,
     whole or shrunk on load to at least the cell's box; and the upright source size."""
@@ -159,7 +166,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PIL_PNG_COLOUR_TYPES = {2, 3, 4, 6}
 
 
-def _small_png_pixels(path: str, background: tuple[int, int, int],
+def _small_png_pixels(path: str | bytes, background: tuple[int, int, int],
                       max_pixels: int) -> np.ndarray | None:
     """A small 8-bit PNG decoded by Pillow, as libvips would give it: uint8 (h, w, 3)
     on ``background``; None for anything else (libvips decodes it then).
@@ -173,15 +180,19 @@ def _small_png_pixels(path: str, background: tuple[int, int, int],
     Pillow cannot read goes to libvips too, which gives the reason it is skipped.
     """
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(26)
+        if isinstance(path, bytes):
+            head = path[:26]
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(26)
         if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
             return None
         width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
         if (colour not in _PIL_PNG_COLOUR_TYPES or (depth != 8 and colour != 3)
                 or width * height > min(DIRECT_DECODE_PIXELS, max_pixels)):
             return None
-        with Image.open(path, formats=("PNG",)) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path,
+                        formats=("PNG",)) as image:
             image.load()
             if "exif" in image.info or image.size != (width, height):
                 return None
@@ -270,13 +281,17 @@ def _check_file(path: str) -> None:
 
 
 @contextmanager
-def _vips_source(path: str) -> Iterator[str | pyvips.Source]:
-    """The path itself, or a descriptor source for names libvips cannot take.
+def _vips_source(path: str | bytes) -> Iterator[str | pyvips.Source]:
+    """The path itself, or a descriptor source for names libvips cannot take, or a
+    memory source for a file's bytes.
 
     libvips takes file names as UTF-8; a name that is not (undecodable bytes,
     which Python keeps as surrogates) is opened here and read through its
     descriptor instead. Shrink-on-load works either way.
     """
+    if isinstance(path, bytes):
+        yield pyvips.Source.new_from_memory(path)
+        return
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -300,7 +315,9 @@ def _jpeg_shrink(header: pyvips.Image, box: int, fit: str) -> int:
     """The largest JPEG load shrink (1, 2, 4 or 8) that leaves the side the cell is cut
     from (the longest for ``fit``, the shortest for ``fill``) at least ``box``: libjpeg
     scales in the DCT domain, and the area filter does the rest."""
-    if header.get_typeof("vips-loader") == 0 or header.get("vips-loader") != "jpegload":
+    # jpegload from a file name; jpegload_source from a descriptor or a file's bytes
+    if header.get_typeof("vips-loader") == 0 or \
+            header.get("vips-loader") not in ("jpegload", "jpegload_source"):
         return 1
     side = max(header.width, header.height) if fit == "fit" else \
         min(header.width, header.height)
