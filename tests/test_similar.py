@@ -31,7 +31,7 @@ from PIL import Image
 from mosaic.bundle import open_vectors, read_manifest
 from mosaic.cli.similar import FIELDS
 from mosaic.errors import UsageError
-from mosaic.pipeline import decode
+from mosaic.pipeline import decode, thumbnail
 from mosaic.pipeline.decode import ChunkTask, DecodeOptions, decode_chunk, embed_query
 from server import create_app
 
@@ -199,6 +199,24 @@ def test_an_items_own_image_is_its_first_neighbour_csv(work, sources):
         assert distances == sorted(distances) and distances[1] > 1e-3
         assert all(r["source"] == sources[int(r["id"])] for r in mine)
         assert len({r["id"] for r in mine}) == 10
+
+
+def test_a_bundle_from_another_decoder_is_warned_about(work, sources):
+    """The manifest names the decoder that made the cells (``cells.decoder``); a query
+    on a bundle from another one still answers, with a warning, and the same bundle
+    from this decoder gets none (the control)."""
+    query = relative(work, sources[QUERIED[0]])
+    current = run_cli(work, "similar", "--id", CID, query)
+    assert current.returncode == 0 and "decoder" not in current.stderr
+    older = work / "older"
+    shutil.copytree(work / "output" / CID, older / CID)
+    manifest = json.loads((older / CID / "manifest.json").read_text())
+    assert manifest["cells"].pop("decoder") == thumbnail.DECODER
+    (older / CID / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli(work, "similar", "--out", "older", "--id", CID, query)
+    assert result.returncode == 0, result.stderr
+    assert "decoded by decoder 1 or 2" in result.stderr
+    assert result.stdout == current.stdout
 
 
 def test_an_items_own_image_is_its_first_neighbour_json(work, sources):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -61,6 +62,8 @@ from mosaic.pipeline.embed import (
     pixel_dims,
     pixels_vectors,
 )
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 256
 VGG_BATCH = 32
@@ -229,6 +232,11 @@ def embed_query(source: str | os.PathLike | bytes, manifest: dict,
             f"new image cannot be embedded in it; use an embedding computed from pixels "
             f"({', '.join(usable) or 'this bundle has none'})")
     options = query_options(manifest)
+    made_by = (manifest.get("cells") or {}).get("decoder")
+    if made_by != thumbnail.DECODER:
+        logger.warning("the bundle's images were decoded by decoder %s, this program's is "
+                       "%s: an image of the collection may not find itself at distance 0",
+                       made_by or "1 or 2", thumbnail.DECODER)
     if kind == "vgg16":
         if options.weights == "none":
             raise UsageError(

@@ -734,7 +734,7 @@ class _Run:
             "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
                       "layout": "layout.npy", "grid": "grid.i32", "cells": CELLS_PACK,
                       "cells_index": CELLS_INDEX},
-            "cells": cells_entry(n_items, c.cell_size),
+            "cells": {**cells_entry(n_items, c.cell_size), "decoder": thumbnail.DECODER},
             "embeddings": [record["embedding"] for record in indexes],
             "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
                        "backend": c.tsne_backend if c.reducer == "tsne" else "umap",
