@@ -1,7 +1,22 @@
 // Fetch helpers for the mosaic JSON API. Errors carry the server's message.
 
 export async function getJSON(url) {
-  const response = await fetch(url);
+  return readJSON(await fetch(url));
+}
+
+// POST a FormData (multipart, e.g. a file upload) and read the JSON answer.
+export async function postForm(url, form) {
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", body: form });
+  } catch (error) {
+    // A server may answer a body over its limit early and close the connection.
+    throw new Error(`the upload failed (${error.message}): is the file too large?`);
+  }
+  return readJSON(response);
+}
+
+async function readJSON(response) {
   const body = await response.json().catch(() => null);
   if (!response.ok || !body || body.ok === false) {
     const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;

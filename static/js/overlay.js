@@ -1,10 +1,11 @@
 // A canvas over the OpenSeadragon canvas: dims cells that do not match the
-// filters, outlines neighbours and the selected cell. The dimming mask is one
-// pixel per grid cell, drawn scaled and clipped to the visible cells, so a
-// redraw costs the same at 100 items or 1,000,000.
+// filters, outlines neighbours, the items most like a query image and the selected
+// cell. The dimming mask is one pixel per grid cell, drawn scaled and clipped to
+// the visible cells, so a redraw costs the same at 100 items or 1,000,000.
 
 const DIM = [0, 0, 0, 190];
 const MARKER = "#ffb000";
+const FOUND = "#ff3df2";
 const SELECTED = "#00e5ff";
 
 export class MapOverlay {
@@ -14,6 +15,7 @@ export class MapOverlay {
     this.mask = null;
     this.matches = null;
     this.markers = [];
+    this.found = [];
     this.selected = -1;
     this.frame = 0;
     this.canvas = document.createElement("canvas");
@@ -57,6 +59,12 @@ export class MapOverlay {
 
   setMarkers(ids) {
     this.markers = ids;
+    this.requestDraw();
+  }
+
+  // The items most like a query image (similar.js), outlined apart from neighbours.
+  setFound(ids) {
+    this.found = ids;
     this.requestDraw();
   }
 
@@ -120,6 +128,7 @@ export class MapOverlay {
       context.strokeRect(x, y, size, size);
     };
     for (const id of this.markers) outline(id, MARKER, 2);
+    for (const id of this.found) outline(id, FOUND, 3);
     if (this.selected >= 0) outline(this.selected, SELECTED, 3);
   }
 }

@@ -3,11 +3,15 @@
 // Both have the same async methods, so every feature module works with either:
 //   collection(), grid(url), item(id), titles(ids), neighbours(id, embedding, k),
 //   search(filters, limit) -> {total, ids, items}, facets(), random(n, filters, seed),
-//   exportCsv(filters) -> {url} or {blob}, posterUrl(filters, format, title)
+//   exportCsv(filters) -> {url} or {blob}, posterUrl(filters, format, title),
+//   similar(file, k, embedding) -> {embedding, metric, method, k, neighbors}
+// `server` says whether a server stands behind the source: posters and query by
+// example (similar) need one, so a StaticSource's posterUrl is null and its similar
+// rejects.
 // A page picks one with <meta name="mosaic-source" content="static"> (the published
 // index.html); without it, the collection id is the last segment of the URL path.
 
-import { apiRoot, getGrid, getJSON } from "./api.js";
+import { apiRoot, getGrid, getJSON, postForm } from "./api.js";
 
 export function pickSource(location = window.location) {
   const meta = document.querySelector('meta[name="mosaic-source"]');
@@ -19,7 +23,7 @@ export class ServerSource {
   constructor(cid) {
     this.root = apiRoot(cid);
     this.assets = "/static/";
-    this.server = true; // posters and exports are rendered by the server
+    this.server = true; // posters, exports and query images are handled by the server
   }
 
   collection() { return getJSON(this.root); }
@@ -35,6 +39,16 @@ export class ServerSource {
   async neighbours(id, embedding, k) {
     const url = `${this.root}/items/${id}/neighbors?embedding=${encodeURIComponent(embedding)}&k=${k}`;
     return (await getJSON(url)).neighbors;
+  }
+
+  // The k items nearest to an image file (a File or Blob), which the server embeds as
+  // the pipeline does (POST …/similar); an item's own file finds itself first.
+  similar(file, k, embedding) {
+    const form = new FormData();
+    form.append("image", file, file.name || "query");
+    form.append("k", String(k));
+    if (embedding) form.append("embedding", embedding);
+    return postForm(`${this.root}/similar`, form);
   }
 
   search(filters, limit) {
@@ -343,6 +357,11 @@ export class StaticSource {
   }
 
   posterUrl() { return null; }
+
+  // Embedding a new image takes the pipeline's decoder: a static site has no server.
+  async similar() {
+    throw new Error("finding similar images needs the mosaic server (`run.py serve`)");
+  }
 }
 
 // FTS5's unicode61 tokenizer: case folded, diacritics removed, split on anything

@@ -14,6 +14,7 @@ import { setupPanel } from "./panel.js";
 import { setupPoster } from "./poster.js";
 import { setupSample } from "./sample.js";
 import { setupSearch } from "./search.js";
+import { setupSimilar } from "./similar.js";
 import { pickSource } from "./source.js";
 
 async function main() {
@@ -133,6 +134,7 @@ async function main() {
   setupPoster(app);
   setupExport(app);
   setupSample(app);
+  setupSimilar(app);
   setupLayouts(app);
   await setupHash(app);
   element.dataset.ready = "true";
