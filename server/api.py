@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -198,15 +199,50 @@ def facets(cid: str):
                    numeric=numeric)
 
 
-@bp.get("/collections/<cid>/export.csv")
+@bp.route("/collections/<cid>/export.csv", methods=["GET", "POST"])
 def export_csv(cid: str):
+    """The matching items as CSV; a POST's ``ids`` (``posted_ids``) keeps those among them."""
     bundle = get_bundle(cid)
     query = parse_search_args(request.args, bundle.columns)
     ids = sorted(search_items(get_db(bundle), query)[1])
+    posted = posted_ids(bundle)
+    if posted is not None:
+        ids = np.intersect1d(ids, posted).tolist()
     conn = bundle.connect()  # owned by the generator, which outlives the request context
     headers = {"Content-Disposition": f'attachment; filename="{bundle.cid}.csv"'}
     return Response(stream_with_context(_csv_rows(conn, bundle.columns, ids)),
                     mimetype="text/csv", headers=headers)
+
+
+_IDS = re.compile(rb"[\s,]*(?:\d{1,15}(?:[\s,]+\d{1,15})*)?[\s,]*")
+
+
+def posted_ids(bundle: Bundle) -> np.ndarray | None:
+    """The item ids a POST sends as its field ``ids`` (a text or file part of a form: ids
+    separated by commas or white space; the viewer's selection on the map), sorted and
+    without repeats; None for a GET. Not ids, or one outside ``0..N-1`` -> 400; a body over
+    ``MOSAIC_UPLOAD_MAX`` -> 413. The search parameters stay in the query string."""
+    if request.method != "POST":
+        return None
+    limit = current_app.config.get("MOSAIC_UPLOAD_MAX", MAX_UPLOAD)
+    request.max_content_length = limit
+    try:
+        part = request.files.get("ids")
+        data = part.read() if part is not None else request.form.get("ids")
+    except RequestEntityTooLarge:
+        abort(413, description=f"the request is over the limit of {limit} bytes")
+    if data is None:
+        abort(400, description="send the item ids as the form field 'ids' "
+                               "(numbers separated by commas)")
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not _IDS.fullmatch(data):
+        abort(400, description="ids must be item ids (integers) separated by commas")
+    ids = np.unique(np.array(data.replace(b",", b" ").split(), dtype=np.int64))
+    if len(ids) and ids[-1] >= bundle.n_items:
+        abort(400, description=f"item {int(ids[-1])} not in collection {bundle.cid!r} "
+                               f"(ids are 0..{bundle.n_items - 1})")
+    return ids
 
 
 def _csv_rows(conn: sqlite3.Connection, columns: list[dict], ids: list[int],

@@ -7,12 +7,14 @@ bundle only (never the source images), like everything the server reads.
 
 from __future__ import annotations
 
+import numpy as np
 from flask import Blueprint, Response, abort, request
 
 from mosaic.errors import PosterError
 from mosaic.poster.compose import PosterOptions, render_poster_bytes
 from mosaic.poster.paper import resolve_page
 from mosaic.query import parse_search_args, search_items
+from server.api import posted_ids
 from server.db import get_bundle, get_db
 
 bp = Blueprint("posters", __name__, url_prefix="/api")
@@ -22,13 +24,17 @@ POSTER_ARGS = ("paper", "landscape", "dpi", "title")
 MAX_TITLE = 200
 
 
-@bp.get("/collections/<cid>/poster.<fmt>")
+@bp.route("/collections/<cid>/poster.<fmt>", methods=["GET", "POST"])
 def poster(cid: str, fmt: str):
+    """A POST's ``ids`` (server.api.posted_ids) keeps those items among the matches."""
     if fmt not in FORMATS:
         abort(404, description=f"posters are .png, .pdf or .jpeg, not .{fmt}")
     bundle = get_bundle(cid)
     query = parse_search_args(request.args, bundle.columns, extra=POSTER_ARGS)
     ids = None if query.is_empty else search_items(get_db(bundle), query)[1]
+    posted = posted_ids(bundle)
+    if posted is not None:
+        ids = posted if ids is None else np.intersect1d(ids, posted)
     title = request.args.get("title", "")[:MAX_TITLE] or None
     try:
         dpi = float(request.args.get("dpi", "150"))

@@ -16,6 +16,18 @@ export async function postForm(url, form) {
   return readJSON(response);
 }
 
+// POST item ids (a selection) with the search filters in the query string, and read the
+// file the server answers (a CSV, a poster) as a Blob. The ids go as a file part, so a
+// long list is no form field over the server's form memory limit.
+export async function postIds(url, ids) {
+  const form = new FormData();
+  form.append("ids", new Blob([Array.prototype.join.call(ids, ",")], { type: "text/plain" }),
+    "ids.txt");
+  const response = await fetch(url, { method: "POST", body: form });
+  if (!response.ok) await readJSON(response); // throws the server's message
+  return response.blob();
+}
+
 async function readJSON(response) {
   const body = await response.json().catch(() => null);
   if (!response.ok || !body || body.ok === false) {

@@ -1,8 +1,10 @@
-// URL state: layout, viewport, selected item, embedding and filters live in the hash,
-// e.g. #layout=date:year&view=0.42,0.37,8.5&item=12&emb=raw&q=red&category=a&year_min=1990,
-// so a copied link reproduces the view. Filter keys are the search API's.
+// URL state: layout, viewport, selected item, embedding, the selection on the map and
+// filters live in the hash, e.g.
+// #layout=date:year&view=0.42,0.37,8.5&item=12&emb=raw&sel=3.2,4,10.5,9.1&q=red&category=a,
+// so a copied link reproduces the view. Filter keys are the search API's; `sel` is the
+// selection's shape in map cells (shape.js: encodeShape), not a list of ids.
 
-const VIEWER_KEYS = new Set(["view", "item", "emb", "layout"]);
+const VIEWER_KEYS = new Set(["view", "item", "emb", "layout", "sel"]);
 const WRITE_DELAY_MS = 150;
 
 export function setupHash(app) {
@@ -19,6 +21,8 @@ export function setupHash(app) {
     if (app.state.embedding !== app.collection.embeddings[0]?.name) {
       params.set("emb", app.state.embedding);
     }
+    const selection = app.selectionParam();
+    if (selection) params.set("sel", selection);
     for (const [key, value] of app.filters) params.append(key, value);
     const hash = `#${params}`;
     if (hash !== window.location.hash) history.replaceState(null, "", hash);
@@ -48,11 +52,12 @@ export function setupHash(app) {
       viewport.zoomTo(view[2], null, true);
       viewport.panTo(new OpenSeadragon.Point(view[0], view[1]), true);
     }
+    await app.setSelectionParam(params.get("sel"));
     return app.setFilters(filters);
   }
 
   app.viewer.addHandler("animation-finish", scheduleWrite);
-  for (const name of ["select", "filters", "embedding", "layout"]) {
+  for (const name of ["select", "filters", "embedding", "layout", "selection"]) {
     app.events.addEventListener(name, scheduleWrite);
   }
   window.addEventListener("hashchange", apply);

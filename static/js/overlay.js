@@ -1,12 +1,32 @@
 // A canvas over the OpenSeadragon canvas: dims cells that do not match the
-// filters, outlines neighbours, the items most like a query image and the selected
-// cell. The dimming mask is one pixel per grid cell, drawn scaled and clipped to
-// the visible cells, so a redraw costs the same at 100 items or 1,000,000.
+// filters or lie outside the selection on the map, outlines neighbours, the items most
+// like a query image and the selected cell, and draws the selection's shape. The
+// dimming mask is one pixel per grid cell, drawn scaled and clipped to the visible
+// cells, so a redraw costs the same at 100 items or 1,000,000.
 
-const DIM = [0, 0, 0, 190];
+const DIM = 190; // the mask's alpha over a dimmed cell
 const MARKER = "#ffb000";
 const FOUND = "#ff3df2";
 const SELECTED = "#00e5ff";
+const SHAPE = "#ffffff";
+
+// The mask's RGBA pixels, one per cell: clear where the cell's item is in every one of
+// `sets` (arrays of item ids, each without repeats), DIM elsewhere. O(cells + ids).
+export function maskPixels(grid, sets) {
+  const { nRows, nCols, cellOfItem } = grid;
+  const n = nRows * nCols;
+  const hits = new Uint8Array(n);
+  for (const ids of sets) {
+    for (let i = 0; i < ids.length; i++) {
+      const cell = cellOfItem[ids[i]];
+      if (cell >= 0) hits[cell]++;
+    }
+  }
+  const data = new Uint8ClampedArray(4 * n);
+  const all = sets.length;
+  for (let cell = 0; cell < n; cell++) if (hits[cell] !== all) data[4 * cell + 3] = DIM;
+  return data;
+}
 
 export class MapOverlay {
   constructor(viewer, grid) {
@@ -14,6 +34,8 @@ export class MapOverlay {
     this.grid = grid;
     this.mask = null;
     this.matches = null;
+    this.area = null;
+    this.shape = null;
     this.markers = [];
     this.found = [];
     this.selected = -1;
@@ -27,16 +49,33 @@ export class MapOverlay {
     }
   }
 
-  // Another layout's grid: the same matches, markers and selection, in its cells.
+  // Another layout's grid: the same matches, selection, markers and item, in its cells.
   setGrid(grid) {
     this.grid = grid;
-    this.setMatches(this.matches);
+    this.updateMask();
   }
 
-  // ids: the matching item ids, or null for "no filter".
+  // ids: the items matching the filters, or null for "no filter".
   setMatches(ids) {
     this.matches = ids;
-    if (ids === null) {
+    this.updateMask();
+  }
+
+  // ids: the items inside the selection on the map, or null for "no selection".
+  setArea(ids) {
+    this.area = ids;
+    this.updateMask();
+  }
+
+  // The selection's outline in this layout's cell units ([x1, y1, ...], closed), or null.
+  setShape(polygon) {
+    this.shape = polygon;
+    this.requestDraw();
+  }
+
+  updateMask() {
+    const sets = [this.matches, this.area].filter((ids) => ids !== null);
+    if (!sets.length) {
       this.mask = null;
     } else {
       const { nRows, nCols } = this.grid;
@@ -44,14 +83,7 @@ export class MapOverlay {
       mask.width = nCols;
       mask.height = nRows;
       const context = mask.getContext("2d");
-      const pixels = context.createImageData(nCols, nRows);
-      const data = pixels.data;
-      for (let i = 0; i < nRows * nCols; i++) data.set(DIM, 4 * i);
-      for (const id of ids) {
-        const cell = this.grid.cellOfItem[id];
-        if (cell >= 0) data[4 * cell + 3] = 0;
-      }
-      context.putImageData(pixels, 0, 0);
+      context.putImageData(new ImageData(maskPixels(this.grid, sets), nCols, nRows), 0, 0);
       this.mask = mask;
     }
     this.requestDraw();
@@ -127,6 +159,24 @@ export class MapOverlay {
       context.lineWidth = lineWidth;
       context.strokeRect(x, y, size, size);
     };
+    if (this.shape && this.shape.length >= 4) {
+      context.beginPath();
+      for (let i = 0; i < this.shape.length; i += 2) {
+        const x = origin.x + this.shape[i] * cellW;
+        const y = origin.y + this.shape[i + 1] * cellH;
+        if (i === 0) context.moveTo(x, y); else context.lineTo(x, y);
+      }
+      context.closePath();
+      context.setLineDash([]);
+      context.strokeStyle = "rgba(0, 0, 0, 0.8)";
+      context.lineWidth = 4;
+      context.stroke();
+      context.setLineDash([6, 4]);
+      context.strokeStyle = SHAPE;
+      context.lineWidth = 2;
+      context.stroke();
+      context.setLineDash([]);
+    }
     for (const id of this.markers) outline(id, MARKER, 2);
     for (const id of this.found) outline(id, FOUND, 3);
     if (this.selected >= 0) outline(this.selected, SELECTED, 3);

@@ -1,5 +1,7 @@
 // Keyword search, facet chips with counts and numeric ranges. Matching cells
 // stay bright (the overlay dims the rest); the first matches show as a strip.
+// app.matchIds holds every match (null: no filter), announced by a "matches" event,
+// for the selection on the map to combine with (AND).
 // Filters are kept as URLSearchParams in the API's own names
 // (q, <facet>=VALUE, <number>_min, <number>_max).
 
@@ -20,11 +22,17 @@ export function setupSearch(app) {
   // A CSV column whose name the search API or the URL hash already uses (q, limit,
   // view, item...) is addressed as meta.<name>, which always means the column.
   const RESERVED = new Set(["q", "_searchmode", "limit", "offset", "ids", "n", "seed",
-    "view", "item", "emb", "layout"]);
+    "view", "item", "emb", "layout", "sel"]);
   const param = (name) => (RESERVED.has(name) || name.startsWith("meta.") ? `meta.${name}` : name);
   let token = 0;
 
   app.filters = new URLSearchParams();
+  app.matchIds = null;
+  const announce = (ids) => {
+    app.matchIds = ids;
+    app.overlay.setMatches(ids);
+    app.events.dispatchEvent(new CustomEvent("matches"));
+  };
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -42,7 +50,7 @@ export function setupSearch(app) {
     const active = [...app.filters.keys()].length > 0;
     clear.hidden = !active;
     if (!active) {
-      app.overlay.setMatches(null);
+      announce(null);
       count.textContent = `${app.collection.n_items} items`;
       count.dataset.total = String(app.collection.n_items);
       results.replaceChildren();
@@ -57,7 +65,7 @@ export function setupSearch(app) {
       return;
     }
     if (mine !== token) return;
-    app.overlay.setMatches(body.ids);
+    announce(body.ids);
     count.textContent = `${body.total} of ${app.collection.n_items} match`;
     count.dataset.total = String(body.total);
     renderStrip(results, body.items, (item) => app.select(item.id, { fly: true }));

@@ -2,16 +2,20 @@
 // files of a published static site (StaticSource, written by mosaic/publish.py).
 // Both have the same async methods, so every feature module works with either:
 //   collection(), grid(url), item(id), titles(ids), neighbours(id, embedding, k),
+//   rows(ids) -> [{id, title, thumbnail}],
 //   search(filters, limit) -> {total, ids, items}, facets(), random(n, filters, seed),
-//   exportCsv(filters) -> {url} or {blob}, posterUrl(filters, format, title),
+//   exportCsv(filters, ids) -> {url} or {blob}, posterUrl(filters, format, title),
+//   poster(filters, format, title, ids) -> Blob,
 //   similar(file, k, embedding) -> {embedding, metric, method, k, neighbors}
+// `ids` (optional) restricts an export or a poster to those items, AND the filters:
+// the selection on the map (selection.js).
 // `server` says whether a server stands behind the source: posters and query by
-// example (similar) need one, so a StaticSource's posterUrl is null and its similar
-// rejects.
+// example (similar) need one, so a StaticSource's posterUrl is null and its poster and
+// similar reject.
 // A page picks one with <meta name="mosaic-source" content="static"> (the published
 // index.html); without it, the collection id is the last segment of the URL path.
 
-import { apiRoot, getGrid, getJSON, postForm } from "./api.js";
+import { apiRoot, getGrid, getJSON, postForm, postIds } from "./api.js";
 
 export function pickSource(location = window.location) {
   const meta = document.querySelector('meta[name="mosaic-source"]');
@@ -34,6 +38,14 @@ export class ServerSource {
 
   async titles(ids) {
     return Promise.all(ids.map(async (id) => (await this.item(id)).title));
+  }
+
+  // {id, title, thumbnail} per id: what a strip shows.
+  async rows(ids) {
+    return Promise.all(ids.map(async (id) => {
+      const { title, thumbnail } = await this.item(id);
+      return { id, title, thumbnail };
+    }));
   }
 
   async neighbours(id, embedding, k) {
@@ -61,7 +73,11 @@ export class ServerSource {
     return getJSON(`${this.root}/random?n=${n}&${filters || ""}`);
   }
 
-  async exportCsv(filters) { return { url: `${this.root}/export.csv?${filters}` }; }
+  // The matches as a link, or (given ids) those of them among `ids`, POSTed.
+  async exportCsv(filters, ids = null) {
+    const url = `${this.root}/export.csv?${filters}`;
+    return ids ? { blob: await postIds(url, ids) } : { url };
+  }
 
   posterUrl(filters, format, title) {
     const params = new URLSearchParams(filters);
@@ -70,6 +86,8 @@ export class ServerSource {
     params.set("title", title);
     return `${this.root}/poster.${format}?${params}`;
   }
+
+  poster(filters, format, title, ids) { return postIds(this.posterUrl(filters, format, title), ids); }
 }
 
 // The search parameters' rules, as mosaic/query.py reads them.
@@ -342,9 +360,10 @@ export class StaticSource {
     return { seed, total, items: await this.rows(picked) };
   }
 
-  async exportCsv(filters) {
+  async exportCsv(filters, only = null) {
     const info = await this.meta();
-    const ids = await this.matches(filters) || range(0, info.n_items);
+    let ids = await this.matches(filters) || range(0, info.n_items);
+    if (only) ids = intersect(Uint32Array.from(only).sort(), ids);
     const fields = info.export_fields;
     const lines = [fields.map(csvCell).join(",")];
     for (const id of ids) {
@@ -357,6 +376,8 @@ export class StaticSource {
   }
 
   posterUrl() { return null; }
+
+  async poster() { throw new Error("posters need the mosaic server (`run.py serve`)"); }
 
   // Embedding a new image takes the pipeline's decoder: a static site has no server.
   async similar() {

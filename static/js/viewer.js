@@ -14,6 +14,7 @@ import { setupPanel } from "./panel.js";
 import { setupPoster } from "./poster.js";
 import { setupSample } from "./sample.js";
 import { setupSearch } from "./search.js";
+import { setupSelection } from "./selection.js";
 import { setupSimilar } from "./similar.js";
 import { pickSource } from "./source.js";
 
@@ -51,7 +52,7 @@ async function main() {
   });
 
   const app = {
-    viewer, collection, grid, root, source, layouts,
+    viewer, collection, grid, gridOf, root, source, layouts,
     overlay: new MapOverlay(viewer, grid),
     events: new EventTarget(),
     state: { item: -1, embedding: collection.embeddings[0]?.name ?? "", layout: layouts[0].name },
@@ -131,6 +132,7 @@ async function main() {
   setupHotspots(app);
   setupHover(app);
   await setupSearch(app);
+  setupSelection(app);
   setupPoster(app);
   setupExport(app);
   setupSample(app);
