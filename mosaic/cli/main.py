@@ -64,7 +64,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def get_parser() -> argparse.ArgumentParser:
     """The parser of every command (imports each command's module, not the heavy libraries)."""
-    from mosaic.cli import pipeline, poster, publish, serve, similar
+    from mosaic.cli import duplicates, pipeline, poster, publish, serve, similar
 
     parser = ArgumentParser(prog="mosaic", formatter_class=HelpFormatter,
                             description="Turn an image collection into a zoomable "
@@ -105,6 +105,8 @@ def get_parser() -> argparse.ArgumentParser:
     poster.configure_parser(command("poster", "export a print-ready poster from a bundle"))
     publish.configure_parser(command("publish", "write a bundle as a static site (no server)"))
     similar.configure_parser(command("similar", "list a bundle's items most like new images"))
+    duplicates.configure_parser(command("duplicates", "list groups of exact and near "
+                                        "duplicates in a bundle"))
     return parser
 
 
@@ -224,6 +226,9 @@ def _run(args: argparse.Namespace) -> int:
         return run(args)
     if args.command == "publish":
         from mosaic.cli.publish import run
+        return run(args)
+    if args.command == "duplicates":
+        from mosaic.cli.duplicates import run
         return run(args)
     if args.command == "similar":
         from mosaic.cli.similar import run

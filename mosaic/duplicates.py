@@ -1,0 +1,442 @@
+"""Groups of exact and near duplicates in a bundle (read side: reads only the bundle).
+
+The same picture comes into a collection resized, re-encoded, lightly cropped or as a
+small screenshot-like copy. Comparing every pair is O(N²); the bundle already holds
+each item's 50 nearest neighbours in the ``pixels`` embedding (``embeddings[].top``,
+docs/bundle.md), which finds the same picture at other sizes, aspects and crops among
+the first few. So, with every stage taking and returning arrays:
+
+1. ``candidate_pairs``: each item and its first ``MAX_RANK`` stored neighbours within
+   ``MAX_DISTANCE`` (99.3 % of same-picture pairs are within the first 10 either way),
+   of aspects that a crop can join (``similar_aspects``);
+2. ``read_pictures``: each candidate's picture at 32 x 32 RGB from its stored cell,
+   with the letterbox bars cut off (``picture_boxes``), decoded once;
+3. ``pair_differences``: the two pictures aligned (the crop of one that best matches
+   the other, found on their row and column profiles: up to ``MAX_CUT`` off each
+   side) and the largest colour difference left after a Gaussian blur, less what a
+   misalignment of ``SHIFT`` pixel explains at that point (the local slope). A signed
+   difference blurred cancels what resampling and JPEG leave (small, both signs,
+   along edges) and keeps what makes another picture (a region of another colour:
+   another skin tone, a flag's other stripe);
+4. ``group_labels``: union-find over the pairs within ``MAX_DIFFERENCE``;
+   ``groups_from_labels`` numbers the groups of two or more from 0, in order of their
+   smallest id.
+
+A 64-bit perceptual hash (pHash, dHash, PDQ) was the first design and was measured
+out: on emoji it cannot tell a picture from its other skin tone or a near-equal flag,
+nor survive a 10 % crop (docs/benchmarks.md, "Duplicate groups (issue 19)").
+
+Memory: the neighbour lists are read ``CHUNK`` items at a time, the candidates'
+pictures (3 KB each) are kept in a temporary file and read back with ``pread``, so the
+process holds O(N) small integers (labels, row numbers) whatever N is.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mosaic.bundle import RowFile, open_cells, open_top_neighbors
+from mosaic.errors import BundleError
+
+# The thresholds, set once here and measured together by bench/duplicates_bench.py on
+# 10,600 real pictures: the Google emoji set, 757 of them copied 4 ways (resized, JPEG,
+# cropped, screenshot), Twitter's drawings of the same code points as distractors, and
+# the sets' own skin-tone variants, which are other pictures too (docs/benchmarks.md,
+# "Duplicate groups (issue 19)"): pair precision 0.960 and recall 0.954 at these values;
+# MAX_DIFFERENCE 10: 0.976 and 0.927; 13: 0.949 and 0.961; 16: 0.910 and 0.974.
+MAX_DIFFERENCE = 12.0  # largest blurred colour difference (0-255) of aligned pictures
+MAX_DISTANCE = 6.0     # ``pixels`` distance (L2 of 768 values in [0, 1]) of a candidate
+MAX_RANK = 10          # candidates among each item's first stored neighbours
+MAX_CUT = 0.12         # crops looked for: up to 12 % off each side, in steps of 1 %
+CUT_STEP = 0.01
+# Pairs whose grey row and column profiles, at their best crop, differ by more than
+# this (mean absolute, 0-255, the two axes added) are not compared in 2-D: 99.8 % of the
+# bench's same-picture pairs are within it and half of the others are not.
+MAX_PROFILE = 20.0
+BLUR = 1.5             # Gaussian sigma, in pixels of the 32-px picture
+SHIFT = 0.5            # misalignment forgiven, in pixels: difference less local slope
+SIDE = 32              # pictures compared at 32 x 32 RGB
+EMBEDDING = "pixels"   # the distances above are this embedding's
+CHUNK = 65_536         # items whose neighbour lists are read (and paired) at a time
+_BATCH = 512           # pairs compared, or cells decoded, per task of the thread pool
+_TOP = 2              # alignments tried in 2-D per axis and direction: the best by profile
+
+
+def pixels_entry(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``pixels`` embedding with stored neighbour lists.
+
+    BundleError when the bundle has none: the thresholds are distances of that
+    embedding, and its lists are what makes the search O(N)."""
+    for entry in manifest.get("embeddings", []):
+        if entry.get("name") == EMBEDDING and entry.get("top"):
+            return entry
+    raise BundleError(
+        f"bundle {manifest.get('id')!r} has no stored neighbour lists of the {EMBEDDING!r} "
+        f"embedding, which duplicates are found with; build it again with "
+        f"`run.py pipeline --embedding {EMBEDDING}` (the default)")
+
+
+def iter_neighbor_blocks(directory: str | Path, entry: dict[str, Any], chunk: int = CHUNK
+                         ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(start, ids int32 (b, k), distances float32 (b, k))`` of the stored lists of
+    ``chunk`` items at a time, from item 0."""
+    stored = open_top_neighbors(directory, entry)
+    if stored is None:
+        raise BundleError(f"embedding {entry.get('name')!r} has no stored neighbour lists")
+    ids_rows, distance_rows = stored
+    try:
+        for start in range(0, len(ids_rows), chunk):
+            rows = np.arange(start, min(start + chunk, len(ids_rows)))
+            yield start, ids_rows.read_rows(rows), distance_rows.read_rows(rows)
+    finally:
+        ids_rows.close()
+        distance_rows.close()
+
+
+def candidate_pairs(start: int, ids: np.ndarray, distances: np.ndarray,
+                    max_distance: float = MAX_DISTANCE, max_rank: int = MAX_RANK
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)`` int64, ``a < b``, each pair once: items ``start, start + 1, ...`` and
+    those of their first ``max_rank`` stored neighbours (``ids``/``distances`` (b, k))
+    within ``max_distance``. A pair listed both ways in another block comes again
+    from there; that costs one comparison, never a wrong group."""
+    ids, distances = ids[:, :max_rank], distances[:, :max_rank]
+    rows, columns = np.nonzero((distances <= max_distance) & (ids >= 0))
+    a = rows.astype(np.int64) + start
+    b = ids[rows, columns].astype(np.int64)
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    keep = low != high
+    pairs = np.unique(np.stack([low[keep], high[keep]]), axis=1)
+    return pairs[0], pairs[1]
+
+
+def similar_aspects(sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
+                    max_cut: float = MAX_CUT) -> np.ndarray:
+    """bool, one per pair: whether the source pictures' aspects (``sizes`` (N, 2)
+    ``(width, height)``) are close enough for one to be a crop of the other (at most
+    ``max_cut`` off each axis, plus a pixel of rounding). Pictures are compared
+    squashed to a square, where a wide and a square picture of the same scene can
+    look alike; their sizes cannot. An unknown size (0) passes."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    width_a, height_a = sizes[a, 0], sizes[a, 1]
+    width_b, height_b = sizes[b, 0], sizes[b, 1]
+    known = (width_a > 0) & (height_a > 0) & (width_b > 0) & (height_b > 0)
+    ratio = (np.maximum(width_a, 1) * np.maximum(height_b, 1)) / \
+        (np.maximum(height_a, 1) * np.maximum(width_b, 1))
+    slack = 1 / (1 - max_cut) + 2 / np.maximum(np.minimum(sizes[a], sizes[b]).min(axis=1), 1)
+    return ~known | ((ratio <= slack) & (1 / ratio <= slack))
+
+
+def read_sizes(directory: str | Path, manifest: dict[str, Any]) -> np.ndarray:
+    """int64 (N, 2) ``(width, height)`` of every item's source picture, as the
+    pipeline decoded it (metadata.sqlite ``items``); 0 where unknown."""
+    database = Path(directory) / manifest["files"]["metadata"]
+    conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        sizes = np.array(conn.execute("SELECT width, height FROM items ORDER BY id").fetchall(),
+                         dtype=np.float64).reshape(-1, 2)
+    finally:
+        conn.close()
+    return np.nan_to_num(sizes, nan=0).astype(np.int64)
+
+
+def picture_boxes(sizes: np.ndarray, cell_size: int, fit: str = "fit") -> np.ndarray:
+    """int64 (N, 4) ``(top, left, bottom, right)`` of each picture inside its cell.
+
+    The pipeline letterboxes a picture of ``(width, height)`` into the square cell
+    (``thumbnail.square_array``); the bars are background, not picture, and move with
+    the aspect, so a copy cut to another aspect would compare badly with its original.
+    ``fill`` cells are the picture's centre square: the whole cell. An unknown size
+    (0) also gives the whole cell."""
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    boxes = np.tile(np.array([0, 0, cell_size, cell_size], np.int64), (len(sizes), 1))
+    known = (sizes > 0).all(axis=1)
+    if fit == "fill" or not known.any():
+        return boxes
+    width, height = sizes[known, 0], sizes[known, 1]
+    scale = cell_size / np.maximum(width, height)
+    new_height = np.clip(np.round(height * scale), 1, cell_size).astype(np.int64)
+    new_width = np.clip(np.round(width * scale), 1, cell_size).astype(np.int64)
+    top, left = (cell_size - new_height) // 2, (cell_size - new_width) // 2
+    bottom, right = top + new_height, left + new_width
+    # One pixel less on a side with a bar: the cell's JPEG bleeds the bar into it.
+    inset = [(top > 0) & (new_height > 2), (left > 0) & (new_width > 2)]
+    boxes[known] = np.column_stack([top + inset[0], left + inset[1], bottom - inset[0],
+                                    right - inset[1]])
+    return boxes
+
+
+def read_pictures(cells, boxes: np.ndarray, items: np.ndarray, cell_size: int,
+                  n_jobs: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(items, uint8 (b, 32, 32, 3))`` blocks: each item's picture (its ``boxes`` row,
+    in cell pixels) from its stored cell, squashed to 32 x 32 with an area filter.
+
+    A 128-px cell is decoded at 64 px (libjpeg's DCT scaling: a quarter of the work);
+    blocks run on ``n_jobs`` threads (Pillow releases the GIL while it decodes and
+    resizes), in order, a few at a time."""
+    items = np.asarray(items, dtype=np.int64)
+
+    def run(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(part), SIDE, SIDE, 3), dtype=np.uint8)
+        for row, item in enumerate(part):
+            out[row] = _picture(cells.read_encoded(int(item)), boxes[item], cell_size)
+        return part, out
+
+    blocks = [items[i:i + _BATCH] for i in range(0, len(items), _BATCH)]
+    with ThreadPoolExecutor(max(1, n_jobs or os.cpu_count() or 1)) as pool:
+        yield from pool.map(run, blocks)
+
+
+def _picture(encoded: bytes, box: np.ndarray, cell_size: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            image.draft("RGB", (2 * SIDE, 2 * SIDE))
+            scale = image.size[0] / cell_size
+            top, left, bottom, right = (float(v) * scale for v in box)
+            picture = image.convert("RGB").resize(
+                (SIDE, SIDE), Image.Resampling.BOX, box=(left, top, right, bottom))
+            return np.asarray(picture, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BundleError(f"a stored cell does not decode: {error}") from None
+
+
+def crop_matrices(side: int = SIDE, max_cut: float = MAX_CUT, step: float = CUT_STEP
+                  ) -> np.ndarray:
+    """float32 (H, side, side): for every crop ``(first, last)`` of one axis, each a
+    multiple of ``step`` up to ``max_cut`` (together too), the linear resampling of a
+    profile or picture row to that crop stretched back to ``side`` samples. The first
+    is the identity (no crop)."""
+    cuts = np.arange(0, max_cut + step / 2, step)
+    out = []
+    for first in cuts:
+        for last in cuts:
+            if first + last > max_cut + step / 2:
+                continue
+            centres = first + (np.arange(side) + 0.5) / side * (1 - first - last)
+            position = centres * side - 0.5
+            low = np.floor(position).astype(np.int64)
+            weight = position - low
+            matrix = np.zeros((side, side))
+            matrix[np.arange(side), np.clip(low, 0, side - 1)] += 1 - weight
+            matrix[np.arange(side), np.clip(low + 1, 0, side - 1)] += weight
+            out.append(matrix)
+    return np.stack(out).astype(np.float32)
+
+
+def blur_matrix(side: int = SIDE, sigma: float = BLUR) -> np.ndarray:
+    """float32 (side, side) ``G`` with ``G @ v`` = ``v`` blurred by a Gaussian of
+    ``sigma`` (scipy's ``gaussian_filter1d``, reflected at the ends)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(np.eye(side), sigma, axis=0).astype(np.float32)
+
+
+def pair_differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray | None = None,
+                     blur: np.ndarray | None = None) -> np.ndarray:
+    """float32 (P,): for pictures ``x``, ``y`` (P, S, S, 3), the largest blurred colour
+    difference (0-255) left after the best alignment of either as a crop of the other;
+    inf where even their profiles differ by more than ``MAX_PROFILE``.
+
+    For each direction, the crop of the first picture is chosen per axis by how well
+    its grey row (column) profile, cropped and stretched, matches the other's (the
+    ``_TOP`` best each); those crops are tried in 2-D and the smallest difference
+    kept. Every step is a batched matrix product."""
+    crops = crop_matrices(x.shape[1]) if crops is None else crops
+    blur = blur_matrix(x.shape[1]) if blur is None else blur
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    blurred_crops = blur @ crops  # (H, S, S): crop, then blur
+    best = np.full(len(x), np.inf, dtype=np.float32)
+    for first, second in ((x, y), (y, x)):
+        grey_first, grey_second = first.mean(axis=3), second.mean(axis=3)
+        row_choices, row_error = _best_crops(crops, grey_first.mean(axis=2),
+                                             grey_second.mean(axis=2))
+        col_choices, col_error = _best_crops(crops, grey_first.mean(axis=1),
+                                             grey_second.mean(axis=1))
+        live = np.flatnonzero(row_error + col_error <= MAX_PROFILE)
+        if len(live) == 0:
+            continue
+        first, target = first[live], _blur2(second[live], blur)
+        slack = SHIFT * _gradient(target)  # what half a pixel's misalignment explains
+        flat = first.reshape(len(live), first.shape[1], -1)
+        for rows in row_choices[live].T:
+            cropped_rows = (blurred_crops[rows] @ flat).reshape(first.shape)
+            channels_first = cropped_rows.transpose(0, 3, 1, 2)  # (P, 3, S, S)
+            for cols in col_choices[live].T:
+                aligned = channels_first @ blurred_crops[cols].transpose(0, 2, 1)[:, None]
+                excess = np.maximum(np.abs(aligned - target) - slack, 0)
+                worst = excess.reshape(len(live), -1).max(axis=1)
+                best[live] = np.minimum(best[live], worst)
+    return best
+
+
+def _gradient(pictures: np.ndarray) -> np.ndarray:
+    """(P, 3, S, S): the larger of each pixel's differences to its neighbours in rows
+    and in columns: how much a shift of one pixel changes it."""
+    rows = np.abs(np.diff(pictures, axis=2))
+    cols = np.abs(np.diff(pictures, axis=3))
+    out = np.zeros_like(pictures)
+    out[:, :, 1:] = rows
+    out[:, :, :-1] = np.maximum(out[:, :, :-1], rows)
+    out[:, :, :, 1:] = np.maximum(out[:, :, :, 1:], cols)
+    out[:, :, :, :-1] = np.maximum(out[:, :, :, :-1], cols)
+    return out
+
+
+def _blur2(pictures: np.ndarray, blur: np.ndarray) -> np.ndarray:
+    """(P, 3, S, S): each channel of (P, S, S, 3) pictures blurred in both axes."""
+    channels = pictures.transpose(0, 3, 1, 2)
+    return blur @ channels @ blur.T
+
+
+def _best_crops(crops: np.ndarray, profile: np.ndarray, target: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(choices int (P, _TOP), error (P,))``: the crops whose resampled ``profile``
+    (P, S) best match ``target`` (P, S), by mean absolute difference, and the best
+    one's difference."""
+    size = crops.shape[1]
+    resampled = (profile @ crops.reshape(-1, size).T).reshape(len(profile), -1, size)
+    error = np.abs(resampled - target[:, None, :]).mean(axis=2)
+    top = min(_TOP, error.shape[1])
+    return np.argpartition(error, top - 1, axis=1)[:, :top], error.min(axis=1)
+
+
+def group_labels(n_items: int, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """int64 (N,): each item's group as its smallest member's id (union-find over
+    ``pairs``, an iterable of ``(a, b)`` arrays, consumed one at a time).
+
+    Vectorised union-find: ``labels`` always points at a root that points at itself;
+    a batch's roots are joined by connected components, each component's roots
+    pointed at its smallest, and one ``labels[labels]`` restores the invariant. Memory
+    is the labels plus one batch, whatever the number of pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    labels = np.arange(n_items, dtype=np.int64)
+    for a, b in pairs:
+        if len(a) == 0:
+            continue
+        root_a, root_b = labels[np.asarray(a)], labels[np.asarray(b)]
+        roots, inverse = np.unique(np.concatenate([root_a, root_b]), return_inverse=True)
+        edges = coo_matrix((np.ones(len(root_a), np.int8),
+                            (inverse[:len(root_a)], inverse[len(root_a):])),
+                           shape=(len(roots), len(roots)))
+        count, component = connected_components(edges, directed=False)
+        smallest = np.full(count, n_items, dtype=np.int64)
+        np.minimum.at(smallest, component, roots)
+        labels[roots] = smallest[component]
+        labels = labels[labels]
+    return labels
+
+
+def groups_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(group, ids)`` int64 arrays, one entry per member of a group of two or more:
+    groups numbered from 0 in order of their smallest id, members by id."""
+    labels = np.asarray(labels, dtype=np.int64)
+    sizes = np.bincount(labels, minlength=len(labels))
+    ids = np.flatnonzero(sizes[labels] > 1)
+    ids = ids[np.argsort(labels[ids], kind="stable")]
+    roots = labels[ids]
+    group = np.cumsum(np.concatenate([[0], roots[1:] != roots[:-1]])) if len(ids) \
+        else np.empty(0, np.int64)
+    return group.astype(np.int64), ids
+
+
+def largest_members(group: np.ndarray, ids: np.ndarray, pixels, sizes_in_bytes) -> np.ndarray:
+    """bool, one per member: the one of its group with the most pixels, ties by the
+    most bytes (an unknown size is -1), then by the smallest id: the copy to keep."""
+    group, ids = np.asarray(group), np.asarray(ids)
+    order = np.lexsort((-ids, np.asarray(sizes_in_bytes), np.asarray(pixels), group))
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = group[order][1:] != group[order][:-1]
+    out = np.zeros(len(ids), dtype=bool)
+    out[order[last]] = True
+    return out
+
+
+def file_sizes(sources: Iterable[str]) -> np.ndarray:
+    """int64 bytes of each source file, -1 where it is gone: metadata.sqlite does not
+    store sizes, so this is the one thing read outside the bundle."""
+    out = []
+    for source in sources:
+        try:
+            out.append(os.stat(source).st_size)
+        except (OSError, ValueError):
+            out.append(-1)
+    return np.array(out, dtype=np.int64)
+
+
+def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
+                          max_distance: float = MAX_DISTANCE, max_rank: int = MAX_RANK,
+                          n_jobs: int | None = None
+                          ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(a, b, difference)`` for every candidate pair, a block of items at a time.
+
+    Two passes over the stored lists: the first finds the items to decode (each
+    once, into a temporary file), the second pairs them and compares the pairs on
+    ``n_jobs`` threads."""
+    entry = pixels_entry(manifest)
+    n_items = int(manifest["counts"]["items"])
+    sizes = read_sizes(directory, manifest)
+
+    def pairs_of(start: int, ids: np.ndarray, distances: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        a, b = candidate_pairs(start, ids, distances, max_distance, max_rank)
+        keep = similar_aspects(sizes, a, b)
+        return a[keep], b[keep]
+
+    wanted = np.zeros(n_items, dtype=bool)
+    for start, ids, distances in iter_neighbor_blocks(directory, entry):
+        a, b = pairs_of(start, ids, distances)
+        wanted[a] = wanted[b] = True
+    items = np.flatnonzero(wanted)
+    row_of = np.full(n_items, -1, dtype=np.int64)
+    row_of[items] = np.arange(len(items))
+    cell_size = int(manifest["cells"]["cell_size"])
+    boxes = picture_boxes(sizes, cell_size, manifest.get("grid", {}).get("fit", "fit"))
+    crops, blur = crop_matrices(), blur_matrix()
+    jobs = max(1, n_jobs or os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="mosaic-duplicates-") as scratch:
+        pictures = RowFile(Path(scratch) / "pictures.u8", (max(1, len(items)), SIDE, SIDE, 3),
+                           np.uint8, writable=True)
+        try:
+            with open_cells(directory, manifest) as cells:
+                for part, block in read_pictures(cells, boxes, items, cell_size, jobs):
+                    pictures.write_rows(int(row_of[part[0]]), block)
+
+            def compare(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                first, second = pair
+                return pair_differences(pictures.read_rows(row_of[first]),
+                                        pictures.read_rows(row_of[second]), crops, blur)
+
+            with ThreadPoolExecutor(jobs) as pool:
+                for start, ids, distances in iter_neighbor_blocks(directory, entry):
+                    a, b = pairs_of(start, ids, distances)
+                    batches = [(a[i:i + _BATCH], b[i:i + _BATCH])
+                               for i in range(0, len(a), _BATCH)]
+                    differences = list(pool.map(compare, batches))
+                    yield a, b, (np.concatenate(differences) if differences
+                                 else np.empty(0, np.float32))
+        finally:
+            pictures.close()
+
+
+def find_duplicates(directory: str | Path, manifest: dict[str, Any],
+                    max_difference: float = MAX_DIFFERENCE, n_jobs: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(group, ids)`` of a bundle's duplicate groups (``groups_from_labels``)."""
+    def confirmed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for a, b, difference in iter_pair_differences(directory, manifest, n_jobs=n_jobs):
+            same = difference <= max_difference
+            yield a[same], b[same]
+
+    return groups_from_labels(group_labels(int(manifest["counts"]["items"]), confirmed()))
