@@ -24,7 +24,7 @@ import mosaic.bundle as bundle_module
 from mosaic import SCHEMA_VERSION
 from mosaic.bundle import CELL_QUALITY, RowFile, open_cells, read_manifest
 from mosaic.errors import BundleError
-from mosaic.pipeline.thumbnail import decode_image
+from mosaic.pipeline.thumbnail import DECODER, decode_image
 from server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,8 @@ def test_ids_are_dense_after_skipped_inputs(built):
     assert manifest["counts"]["skipped"] == len(BROKEN)
     assert manifest["cells"] == {"path": "cells.pack", "index": "cells.idx", "codec": "jpeg",
                                  "quality": CELL_QUALITY, "cell_size": CELL,
-                                 "shape": [N_IMAGES, CELL, CELL, 3], "dtype": "uint8"}
+                                 "shape": [N_IMAGES, CELL, CELL, 3], "dtype": "uint8",
+                                 "decoder": DECODER}
     offsets = np.fromfile(bundle / "cells.idx", dtype="<u8")
     assert len(offsets) == N_IMAGES + 1 and offsets[0] == 0
     assert offsets[-1] == (bundle / "cells.pack").stat().st_size
