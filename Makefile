@@ -16,10 +16,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: venv npm
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-models.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	mkdir -p build && printf '[build_ext]\ncmake_args=-DCMAKE_BUILD_TYPE=Release\n' > $(MTSNE_CFG)
 	command -v cmake >/dev/null || $(call apt_install,cmake)
 	DIST_EXTRA_CONFIG=$(MTSNE_CFG) CMAKE_POLICY_VERSION_MINIMUM=3.5 \

@@ -153,7 +153,7 @@ def test_a_vgg16_query_takes_the_pipelines_model_input_and_rounding(work, source
     widens the pixels' box) and the float16 storage, through the same model cache."""
     weights = work / "weights.h5"
     weights.write_bytes(b"not read: the fake model is cached under this name")
-    monkeypatch.setitem(decode._VGG, str(weights), _FakeVgg())
+    monkeypatch.setitem(decode._MODELS, ("vgg16", str(weights)), _FakeVgg())
     manifest = read_manifest(work / "output" / CID)
     manifest = {**manifest, "parameters": {**manifest["parameters"], "weights": str(weights)},
                 "embeddings": [{"name": "vgg16", "kind": "vgg16", "dim": 4096,

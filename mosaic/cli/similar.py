@@ -1,10 +1,13 @@
-"""``python run.py similar``: the items of a bundle most like one or more new images.
+"""``python run.py similar``: the items of a bundle most like one or more new images,
+or (``--text``) closest in meaning to a text.
 
 A query image goes through the pipeline's own decode and embedding
 (``mosaic.pipeline.decode.embed_query``, with the bundle's settings) and the server's
 neighbour search (``server.neighbors.NeighborIndex``: exact for small bundles, else the
 bundle's annoy index with its metric and ``search_k``), so the command, the API and
-the map cannot disagree about what is near what.
+the map cannot disagree about what is near what. A text goes through the text tower
+of the model that embedded the bundle's images (``decode.embed_text_query``: a ``clip``
+embedding only) and the same neighbour search.
 """
 
 from __future__ import annotations
@@ -33,24 +36,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="neighbours per query image")
     parser.add_argument("--embedding", metavar="NAME",
                         help="the bundle's embedding to compare in (`info` lists them); "
-                        "file: and xy: embeddings cannot embed a new image "
-                        "(default: the bundle's first)")
+                        "file: and xy: embeddings cannot embed a new image, and only clip "
+                        "embeds a text (default: the bundle's first, with --text its "
+                        "first clip)")
+    parser.add_argument("--text", action="append", metavar="TEXT",
+                        help="search by meaning: the items closest to this text in a clip "
+                        "embedding, instead of query images; repeat for more texts")
     parser.add_argument("--format", choices=["csv", "json"], default="csv",
                         help="csv: one row per neighbour, columns " + ",".join(FIELDS)
                         + "; json: a list of the same rows as objects")
     parser.add_argument("-o", "--output",
                         help="file to write, or - for standard output (default: -)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
                         help="query image files, decoded as the pipeline decoded the bundle's")
 
 
 def run(args: argparse.Namespace) -> int:
     """Every query's ``k`` nearest items, nearest first; each query is embedded before
     anything is written, so a bad one fails the command with no partial output."""
-    from mosaic.pipeline.decode import embed_query
+    from mosaic.pipeline.decode import embed_query, embed_text_query
     from server import EXACT_MAX
     from server.bundles import Bundle
 
+    if bool(args.images) == bool(args.text):
+        raise UsageError("give query IMAGE files or --text, one of the two")
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, not {args.k}")
     to_stdout = args.output in (None, "-")
@@ -60,17 +69,23 @@ def run(args: argparse.Namespace) -> int:
     manifest, version = open_manifest(directory)
     bundle = Bundle(cid=args.id, path=directory, manifest=manifest, version=version,
                     exact_max=EXACT_MAX)
-    name = args.embedding or (bundle.embedding_names or [None])[0]
+    if args.text:
+        clips = [e["name"] for e in manifest.get("embeddings", []) if e.get("kind") == "clip"]
+        name = args.embedding or (clips or bundle.embedding_names or [None])[0]
+    else:
+        name = args.embedding or (bundle.embedding_names or [None])[0]
     embedding = bundle.embedding(name) if name else None
     if embedding is None:
         raise UsageError(f"--embedding {name!r}: collection {args.id!r} has "
                          f"{', '.join(bundle.embedding_names) or 'no embeddings'}")
-    vectors = [embed_query(path, manifest, embedding) for path in args.images]
+    queries = args.text or args.images
+    vectors = [embed_text_query(text, manifest, embedding) for text in args.text] \
+        if args.text else [embed_query(path, manifest, embedding) for path in args.images]
     index = bundle.neighbor_index(name)
     found = [index.query_vector(vector, args.k) for vector in vectors]
     sources = _sources(bundle, sorted({int(i) for ids, _ in found for i in ids}))
     rows = [(query, rank, int(item), sources[int(item)], round(float(distance), 6))
-            for query, (ids, distances) in zip(args.images, found, strict=True)
+            for query, (ids, distances) in zip(queries, found, strict=True)
             for rank, (item, distance) in enumerate(zip(ids, distances, strict=True), 1)]
     handle = sys.stdout if to_stdout else open(args.output, "w", newline="", encoding="utf-8")
     try:

@@ -40,6 +40,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -54,10 +55,12 @@ from mosaic.bundle import encode_cell
 from mosaic.errors import ImageError, MosaicError, UsageError
 from mosaic.pipeline import thumbnail
 from mosaic.pipeline.embed import (
+    MODEL_KINDS,
     PIXEL_KINDS,
     PIXELS_SIDE,
     VECTOR_DTYPES,
     VGG_INPUT_SIZE,
+    ClipEmbedder,
     Vgg16Embedder,
     pixel_dims,
     pixels_vectors,
@@ -82,8 +85,8 @@ class DecodeOptions:
     fit: str
     background: tuple[int, int, int]
     max_pixels: int
-    weights: str = "none"
-    kinds: tuple[str, ...] = ()  # the pixel embeddings: "pixels", "raw", "vgg16"
+    weights: str = "none"  # --weights, for vgg16 and clip (embed.clip_weights)
+    kinds: tuple[str, ...] = ()  # the pixel embeddings: "pixels", "raw", "vgg16", "clip"
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,17 @@ class DecodeSummary:
 # -- the worker side -----------------------------------------------------------
 
 
-_VGG: dict[str, Vgg16Embedder] = {}  # one model per process, built on first use
+# One model per process and (kind, weights), built on first use: a worker's VGG16 or
+# CLIP image tower, a server worker's CLIP text tower.
+_MODELS: dict[tuple[str, str], Vgg16Embedder | ClipEmbedder] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     """Decode one chunk's images (in a worker); the arrays of its chunk file."""
     _quiet_vips()
     options = task.options
-    vgg = _vgg16(options.weights) if "vgg16" in options.kinds else None
+    models = _models(options)
     n = len(task.indices)
     status = np.full(n, FAILED, dtype=np.int8)
     sizes = np.zeros((n, 2), dtype=np.int64)
@@ -135,7 +141,7 @@ def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     arrays = {"indices": np.asarray(task.indices, dtype="<i8"), "status": status,
               "sizes": sizes.astype("<i8"), "reasons": _text_array(json.dumps(reasons)),
               "offsets": offsets, "cells": np.frombuffer(b"".join(cells), dtype=np.uint8)}
-    for kind, vectors in image_vectors(inputs, options.kinds, vgg).items():
+    for kind, vectors in image_vectors(inputs, options.kinds, models).items():
         arrays[f"vectors-{kind}"] = vectors
     return arrays
 
@@ -143,16 +149,16 @@ def decode_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
 def decode_one(source: str | bytes, options: DecodeOptions) -> thumbnail.DecodedImage:
     """One image's cell, and the model input and picture its pixel embeddings need.
 
-    The decode asks for what every one of ``options.kinds`` needs (``vgg16``'s input
-    size widens the box the picture is shrunk into), so the cell and vectors depend on
-    the bundle's whole set of kinds: a query must pass the same set as the pipeline
-    did. ImageError for any failure: one file's failure is recorded, never fatal.
+    The decode asks for what every one of ``options.kinds`` needs (``vgg16``'s and
+    ``clip``'s input size widens the box the picture is shrunk into), so the cell and
+    vectors depend on the bundle's whole set of kinds: a query must pass the same set
+    as the pipeline did. ImageError for any failure: one file's failure is recorded, never fatal.
     """
     try:
         return thumbnail.decode_image(
             source, cell_size=options.cell_size, fit=options.fit,
             background=options.background, max_pixels=options.max_pixels,
-            model_size=VGG_INPUT_SIZE if "vgg16" in options.kinds else None,
+            model_size=VGG_INPUT_SIZE if set(MODEL_KINDS) & set(options.kinds) else None,
             picture_side=PIXELS_SIDE if "pixels" in options.kinds else None)
     except ImageError:
         raise
@@ -164,23 +170,29 @@ def vector_inputs(image: thumbnail.DecodedImage, kinds: tuple[str, ...]
                   ) -> dict[str, np.ndarray]:
     """What each pixel embedding among ``kinds`` needs of one decoded image: ``raw``'s
     vector itself (a chunk then keeps no cell, only its JPEG), ``pixels``' picture,
-    ``vgg16``'s model input; ``image_vectors`` turns a list of them into vectors."""
+    ``vgg16``'s and ``clip``'s model input; ``image_vectors`` turns a list of them into
+    vectors."""
     inputs = {}
     if "raw" in kinds:
         inputs["raw"] = thumbnail.raw_vector(image.cell)
     if "pixels" in kinds:
         inputs["pixels"] = image.picture
-    if "vgg16" in kinds:
-        inputs["vgg16"] = image.model_input
+    for kind in MODEL_KINDS:
+        if kind in kinds:
+            inputs[kind] = image.model_input
     return inputs
 
 
 def image_vectors(inputs: list[dict[str, np.ndarray]], kinds: tuple[str, ...],
-                  vgg: Vgg16Embedder | None = None) -> dict[str, np.ndarray]:
+                  models: dict | None = None) -> dict[str, np.ndarray]:
     """``{kind: (len(inputs), dim)}`` in the bundle's stored dtype (``VECTOR_DTYPES``)
     for each pixel embedding among ``kinds``, from ``vector_inputs``: ``pixels``
-    vectorised over the images, ``vgg16`` (``vgg`` given) in batches of ``VGG_BATCH``."""
-    dims = pixel_dims(kinds)
+    vectorised over the images, ``vgg16`` and ``clip`` (their embedder in ``models``,
+    ``_models``) in batches of ``VGG_BATCH``."""
+    models = models or {}
+    dims = pixel_dims([kind for kind in kinds if kind != "clip"])
+    if "clip" in kinds:
+        dims["clip"] = models["clip"].dim
     arrays = {kind: np.empty((len(inputs), dims[kind]), VECTOR_DTYPES[kind])
               for kind in kinds if kind in dims}
     if not inputs:
@@ -189,21 +201,50 @@ def image_vectors(inputs: list[dict[str, np.ndarray]], kinds: tuple[str, ...],
         arrays["raw"][:] = np.stack([one["raw"] for one in inputs])
     if "pixels" in arrays:
         arrays["pixels"][:] = pixels_vectors(np.stack([one["pixels"] for one in inputs]))
-    if "vgg16" in arrays:
+    for kind in MODEL_KINDS:
+        if kind not in arrays:
+            continue
         for start in range(0, len(inputs), VGG_BATCH):
-            batch = np.stack([one["vgg16"] for one in inputs[start:start + VGG_BATCH]])
-            arrays["vgg16"][start:start + len(batch)] = vgg.embed(batch)
+            batch = np.stack([one[kind] for one in inputs[start:start + VGG_BATCH]])
+            arrays[kind][start:start + len(batch)] = models[kind].embed(batch)
     return arrays
 
 
-def _vgg16(weights: str) -> Vgg16Embedder:
-    """The process's VGG16 for ``weights``, built on first use and kept."""
-    vgg = _VGG.get(weights)
-    if vgg is None:
-        vgg = Vgg16Embedder(weights)
-        vgg.load()
-        _VGG[weights] = vgg
-    return vgg
+def _models(options: DecodeOptions) -> dict[str, Vgg16Embedder | ClipEmbedder]:
+    """The process's embedder for each model kind among ``options.kinds``."""
+    return {kind: _model(kind, options.weights) for kind in MODEL_KINDS
+            if kind in options.kinds}
+
+
+def _model(kind: str, weights: str) -> Vgg16Embedder | ClipEmbedder:
+    """The process's VGG16 or CLIP for ``weights``, built on first use and kept (one
+    per process: a server's threads share it)."""
+    with _MODELS_LOCK:
+        model = _MODELS.get((kind, weights))
+        if model is None:
+            model = Vgg16Embedder(weights) if kind == "vgg16" else ClipEmbedder(weights)
+            model.load()
+            _MODELS[(kind, weights)] = model
+    return model
+
+
+def embed_text_query(text: str, manifest: dict, embedding: dict) -> np.ndarray:
+    """A text's vector in a bundle's ``clip`` embedding (a ``manifest["embeddings"]``
+    entry): float32 (dim,), unit length, from the text tower of the model that embedded
+    the images (the entry's ``weights``, loaded once per process). A search by meaning
+    ranks the items by their cosine with it (the embedding's angular index).
+
+    UsageError for an empty text or an embedding that has no text tower."""
+    name = embedding.get("name")
+    if embedding.get("kind") != "clip":
+        usable = [e["name"] for e in manifest.get("embeddings", []) if e.get("kind") == "clip"]
+        raise UsageError(
+            f"embedding {name!r} ({embedding.get('kind')}) has no text tower: a search by "
+            f"meaning needs a clip embedding ({', '.join(usable) or 'this bundle has none'})")
+    if not text.strip():
+        raise UsageError("the text to search for is empty")
+    weights = embedding.get("weights") or query_options(manifest).weights
+    return _model("clip", weights).embed_text([text])[0]
 
 
 def embed_query(source: str | os.PathLike | bytes, manifest: dict,
@@ -237,12 +278,13 @@ def embed_query(source: str | os.PathLike | bytes, manifest: dict,
         logger.warning("the bundle's images were decoded by decoder %s, this program's is "
                        "%s: an image of the collection may not find itself at distance 0",
                        made_by or "1 or 2", thumbnail.DECODER)
-    if kind == "vgg16":
-        if options.weights == "none":
+    if kind in MODEL_KINDS:
+        if kind == "vgg16" and options.weights == "none":
             raise UsageError(
                 f"embedding {name!r} was built with random VGG16 weights (--weights none), "
                 "which cannot be rebuilt: a new image cannot be embedded the same way")
-        if options.weights != "imagenet" and not os.path.isfile(options.weights):
+        if kind == "vgg16" and options.weights != "imagenet" \
+                and not os.path.isfile(options.weights):
             raise UsageError(
                 f"embedding {name!r} needs the VGG16 weights it was built with "
                 f"(--weights {options.weights}), and that is not a file here")
@@ -252,8 +294,8 @@ def embed_query(source: str | os.PathLike | bytes, manifest: dict,
                            options)
     except ImageError as error:
         raise UsageError(f"{label}: {error}") from None
-    vgg = _vgg16(options.weights) if kind == "vgg16" else None
-    stored = image_vectors([vector_inputs(image, (kind,))], (kind,), vgg)[kind][0]
+    models = {kind: _model(kind, options.weights)} if kind in MODEL_KINDS else None
+    stored = image_vectors([vector_inputs(image, (kind,))], (kind,), models)[kind][0]
     vector = stored.astype(np.float32)
     if embedding.get("scale") is not None:
         vector *= np.float32(embedding["scale"])
@@ -271,8 +313,19 @@ def query_options(manifest: dict) -> DecodeOptions:
         cell_size=int(manifest["grid"]["cell_size"]), fit=manifest["grid"].get("fit", "fit"),
         background=tuple(int(c) for c in background),
         max_pixels=int(parameters.get("max_pixels") or thumbnail.DEFAULT_MAX_PIXELS),
-        weights=str(parameters.get("weights") or "imagenet") if "vgg16" in kinds else "none",
-        kinds=kinds)
+        weights=_query_weights(manifest, kinds), kinds=kinds)
+
+
+def _query_weights(manifest: dict, kinds: tuple[str, ...]) -> str:
+    """The run's ``--weights``; for clip alone, the preset its manifest entry records
+    (an absolute path: the run's own may have been relative to another folder)."""
+    if "clip" in kinds and "vgg16" not in kinds:
+        entry = next(e for e in manifest["embeddings"] if e.get("kind") == "clip")
+        if entry.get("weights"):
+            return str(entry["weights"])
+    if set(MODEL_KINDS) & set(kinds):
+        return str((manifest.get("parameters") or {}).get("weights") or "imagenet")
+    return "none"
 
 
 def _quiet_vips() -> None:

@@ -312,8 +312,10 @@ def _try(function):
 
 
 def model_size(cell_size: int, embeddings: list[str]) -> int:
-    """S: the cell size, or VGG16's input (224) when it is computed from pixels."""
-    return max(cell_size, 224 if any(e.split(":")[0] == "vgg16" for e in embeddings) else 0)
+    """S: the cell size, or VGG16's and CLIP's input (224) when one is computed from
+    pixels."""
+    return max(cell_size, 224 if any(e.split(":")[0] in ("vgg16", "clip")
+                                     for e in embeddings) else 0)
 
 
 

@@ -3,7 +3,9 @@
 // app.matchIds holds every match (null: no filter), announced by a "matches" event,
 // for the selection on the map to combine with (AND).
 // Filters are kept as URLSearchParams in the API's own names
-// (q, <facet>=VALUE, <number>_min, <number>_max).
+// (q, <facet>=VALUE, <number>_min, <number>_max). "by meaning" (shown when the server
+// holds a clip embedding for the collection) sends mode=meaning&text=... instead: the
+// nearest pictures to the text, on its own (the API does not combine it with filters).
 
 import { renderStrip } from "./strip.js";
 
@@ -13,6 +15,9 @@ const MAX_CHIPS = 40;
 export function setupSearch(app) {
   const form = document.getElementById("search-form");
   const input = document.getElementById("search-q");
+  const meaning = document.getElementById("search-meaning");
+  document.getElementById("search-meaning-box").hidden =
+    !(app.source.server && app.collection.search_by_meaning);
   const facetBox = document.getElementById("facets");
   const rangeBox = document.getElementById("ranges");
   const count = document.getElementById("match-count");
@@ -22,7 +27,8 @@ export function setupSearch(app) {
   // A CSV column whose name the search API or the URL hash already uses (q, limit,
   // view, item...) is addressed as meta.<name>, which always means the column.
   const RESERVED = new Set(["q", "_searchmode", "limit", "offset", "ids", "n", "seed",
-    "view", "item", "emb", "layout", "sel"]);
+    "view", "item", "emb", "layout", "sel", "mode", "text"]);
+  const byMeaning = (params) => params.get("mode") === "meaning";
   const param = (name) => (RESERVED.has(name) || name.startsWith("meta.") ? `meta.${name}` : name);
   let token = 0;
 
@@ -36,8 +42,13 @@ export function setupSearch(app) {
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const next = new URLSearchParams(app.filters);
-    if (input.value.trim()) next.set("q", input.value.trim()); else next.delete("q");
+    const text = input.value.trim();
+    if (meaning.checked) {
+      app.setFilters(text ? new URLSearchParams({ mode: "meaning", text }) : new URLSearchParams());
+      return;
+    }
+    const next = byMeaning(app.filters) ? new URLSearchParams() : new URLSearchParams(app.filters);
+    if (text) next.set("q", text); else next.delete("q");
     app.setFilters(next);
   });
   clear.addEventListener("click", () => app.setFilters(new URLSearchParams()));
@@ -66,13 +77,16 @@ export function setupSearch(app) {
     }
     if (mine !== token) return;
     announce(body.ids);
-    count.textContent = `${body.total} of ${app.collection.n_items} match`;
+    count.textContent = byMeaning(app.filters)
+      ? `${body.total} nearest in meaning to “${app.filters.get("text")}”`
+      : `${body.total} of ${app.collection.n_items} match`;
     count.dataset.total = String(body.total);
     renderStrip(results, body.items, (item) => app.select(item.id, { fly: true }));
   };
 
   function syncControls() {
-    input.value = app.filters.get("q") || "";
+    meaning.checked = byMeaning(app.filters);
+    input.value = (meaning.checked ? app.filters.get("text") : app.filters.get("q")) || "";
     for (const [name, widgets] of controls.facets) {
       const value = app.filters.get(param(name));
       for (const chip of widgets.chips) {
@@ -87,7 +101,7 @@ export function setupSearch(app) {
   }
 
   function setParam(name, value) {
-    const next = new URLSearchParams(app.filters);
+    const next = byMeaning(app.filters) ? new URLSearchParams() : new URLSearchParams(app.filters);
     if (value === "" || value === null) next.delete(name); else next.set(name, value);
     app.setFilters(next);
   }

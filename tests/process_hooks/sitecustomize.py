@@ -12,7 +12,7 @@ is set.
   file in DIR waits (after its log line, at most 120 s) until that file is removed:
   a test holds one chunk in a known worker while it kills that worker.
 - ``MOSAIC_TEST_OFFLINE_WEIGHTS=1``: Keras's VGG16 fails to fetch the imagenet
-  weights as it does without internet.
+  weights, and KerasHub a preset by name, as they do without internet.
 """
 
 import os
@@ -58,3 +58,11 @@ if os.environ.get("MOSAIC_TEST_OFFLINE_WEIGHTS"):
         raise AssertionError("only the imagenet path is exercised here")
 
     keras.applications.VGG16 = _offline_vgg16
+
+    from keras_hub.src.utils import preset_utils
+
+    def _offline_get_file(preset, path):
+        raise OSError(f"HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries "
+                      f"exceeded ({preset}/{path}: Name or service not known)")
+
+    preset_utils.get_file = _offline_get_file
