@@ -45,7 +45,7 @@ PIPELINE_ARGS = ["--embedding", "raw", "--cell-size", "32", "--jobs", "2", "--pe
                  "--layout-sample", "20"]
 # every stage, in the order the pipeline runs them
 KILL_POINTS = ["decode", "compact", "layout", "grid", "render", "overview", "index",
-               "metadata", "hotspots", "manifest"]
+               "metadata", "hotspots", "regions", "manifest"]
 RUN_TIMEOUT = 180
 
 
@@ -124,6 +124,15 @@ def _install_kill_point(point: str, bundle: Path) -> None:
         after(pipeline, "write_metadata_db")
     elif point == "hotspots":
         before(clusters, "find_clusters")
+    elif point == "regions":  # regions.npy and regions.order.i32 written, regions.json not
+        write_bytes_atomic = pipeline.write_bytes_atomic
+
+        def order_then_die(path, data) -> None:
+            write_bytes_atomic(path, data)
+            if Path(path).name == "regions.order.i32":
+                _die()
+
+        pipeline.write_bytes_atomic = order_then_die
     elif point == "manifest":
         pipeline.write_json_atomic = half_manifest
     elif point == "pause":

@@ -87,7 +87,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     look.add_argument("--font", default="sans", help="fontconfig family, e.g. 'serif'")
     look.add_argument("--gutter", default="0mm", help="space between cells (mm, cm, in or px)")
     look.add_argument("--hotspots", action=argparse.BooleanOptionalAction, default=False,
-                      help="label the bundle's hotspots (clusters) on the map")
+                      help="label the map: the bundle's hotspots (pipeline --clusters) if it "
+                      "has any, else its top-level labelled regions; overlapping labels are "
+                      "left out")
     look.add_argument("--sources", action=argparse.BooleanOptionalAction, default=True,
                       help="re-read source images when a print cell is bigger than the "
                       "stored thumbnails")

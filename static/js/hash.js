@@ -4,7 +4,7 @@
 // so a copied link reproduces the view. Filter keys are the search API's; `sel` is the
 // selection's shape in map cells (shape.js: encodeShape), not a list of ids.
 
-const VIEWER_KEYS = new Set(["view", "item", "emb", "layout", "sel"]);
+const VIEWER_KEYS = new Set(["view", "item", "emb", "layout", "sel", "labels"]);
 const WRITE_DELAY_MS = 150;
 
 export function setupHash(app) {
@@ -23,6 +23,7 @@ export function setupHash(app) {
     }
     const selection = app.selectionParam();
     if (selection) params.set("sel", selection);
+    if (app.state.labels === false) params.set("labels", "off"); // region labels (regions.js)
     for (const [key, value] of app.filters) params.append(key, value);
     const hash = `#${params}`;
     if (hash !== window.location.hash) history.replaceState(null, "", hash);
@@ -52,12 +53,13 @@ export function setupHash(app) {
       viewport.zoomTo(view[2], null, true);
       viewport.panTo(new OpenSeadragon.Point(view[0], view[1]), true);
     }
+    app.setLabels?.(params.get("labels") !== "off");
     await app.setSelectionParam(params.get("sel"));
     return app.setFilters(filters);
   }
 
   app.viewer.addHandler("animation-finish", scheduleWrite);
-  for (const name of ["select", "filters", "embedding", "layout", "selection"]) {
+  for (const name of ["select", "filters", "embedding", "layout", "selection", "labels"]) {
     app.events.addEventListener(name, scheduleWrite);
   }
   window.addEventListener("hashchange", apply);

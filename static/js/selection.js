@@ -7,7 +7,8 @@
 // so a link reproduces it; Esc or "Clear" clears it. While drawing, OpenSeadragon's drag
 // (pan) is suppressed for that gesture (canvas-drag's preventDefaultAction); the wheel
 // still zooms. A layout switch keeps the selected items; the shape shows on its own
-// layout only.
+// layout only. A click on a region's label (regions.js) selects that region's items
+// the same way (kind "region", `sel=r<id>` in the URL), without a shape.
 
 import { layoutLabel } from "./layouts.js";
 import { decodeShape, encodeShape, idsInPolygon, lasso, polygonOf, rectangle } from "./shape.js";
@@ -16,7 +17,8 @@ import { renderStrip } from "./strip.js";
 const STRIP = 48;
 const MIN_STEP_PX = 2; // a lasso takes a point per 2 screen pixels moved
 const SIMPLIFY_PX = 0.75; // ... and keeps within 0.75 px of the drawn path
-const NAMES = { rect: "rectangle", lasso: "lasso" };
+const NAMES = { rect: "rectangle", lasso: "lasso", region: "region" };
+const REGION_PARAM = /^r(\d+)$/;
 
 const format = (n) => n.toLocaleString("en-US");
 
@@ -41,8 +43,11 @@ export function setupSelection(app) {
   // {kind, coords, layout, ids: in the shape (reading order), combined: ids AND filters}
   app.selection = null;
   app.selectionIds = () => (app.selection ? app.selection.combined : null);
-  app.selectionParam = () => (app.selection
-    ? encodeShape(app.selection, app.selection.layout, defaultLayout) : null);
+  app.selectionParam = () => {
+    if (!app.selection) return null;
+    if (app.selection.kind === "region") return `r${app.selection.region}`;
+    return encodeShape(app.selection, app.selection.layout, defaultLayout);
+  };
 
   // The selection from the URL's `sel` (null or invalid: none); the same shape is kept.
   app.setSelectionParam = async (text) => {
@@ -50,17 +55,22 @@ export function setupSelection(app) {
     let shape = decodeShape(text, defaultLayout);
     if (shape && !app.layouts.some((layout) => layout.name === shape.layout)) shape = null;
     try {
+      const region = REGION_PARAM.exec(text || "");
+      if (region && app.regionSelection) shape = await app.regionSelection(Number(region[1]));
       await app.setSelection(shape);
     } catch (error) {
       app.report(error); // e.g. that layout's grid did not load: no selection
     }
   };
 
-  // Select the items inside shape ({kind, coords, layout}), or none (null).
+  // Select the items inside shape ({kind, coords, layout}), or none (null); a shape
+  // with `ids` (a region: {kind, region, label, layout, ids}) selects those.
   app.setSelection = async (shape) => {
     const mine = ++token;
     if (!shape) {
       app.selection = null;
+    } else if (shape.ids) {
+      app.selection = { ...shape, combined: shape.ids };
     } else {
       const grid = await app.gridOf(app.layouts.find((layout) => layout.name === shape.layout));
       if (mine !== token) return;
@@ -85,7 +95,7 @@ export function setupSelection(app) {
 
   function showShape() {
     const selection = app.selection;
-    app.overlay.setShape(selection && selection.layout === app.state.layout
+    app.overlay.setShape(selection && selection.coords && selection.layout === app.state.layout
       ? polygonOf(selection) : null);
   }
 
@@ -108,7 +118,9 @@ export function setupSelection(app) {
     count.dataset.total = String(combined.length);
     count.dataset.inShape = String(ids.length);
     let text = `${format(combined.length)} selected`;
-    if (app.matchIds) text += ` (of ${format(ids.length)} in the ${NAMES[selection.kind]})`;
+    const where = selection.kind === "region" ? `region ${selection.label}` : NAMES[selection.kind];
+    if (app.matchIds) text += ` (of ${format(ids.length)} in the ${where})`;
+    else if (selection.kind === "region") text += ` (the ${where})`;
     if (selection.layout !== app.state.layout) {
       const layout = app.layouts.find((entry) => entry.name === selection.layout);
       text += ` on ${layoutLabel(layout)}`;

@@ -7,6 +7,7 @@
 //   exportCsv(filters, ids) -> {url} or {blob}, posterUrl(filters, format, title),
 //   poster(filters, format, title, ids) -> Blob,
 //   similar(file, k, embedding) -> {embedding, metric, method, k, neighbors}
+//   regions(entry) -> {levels, regions}, regionOrder(entry) -> Int32Array (regions.js)
 // `ids` (optional) restricts an export or a poster to those items, AND the filters:
 // the selection on the map (selection.js).
 // `server` says whether a server stands behind the source: posters and query by
@@ -79,6 +80,10 @@ export class ServerSource {
     return ids ? { blob: await postIds(url, ids) } : { url };
   }
 
+  regions(entry) { return getJSON(entry.url); }
+
+  regionOrder(entry) { return getGrid(entry.order_url); }
+
   posterUrl(filters, format, title) {
     const params = new URLSearchParams(filters);
     params.set("paper", "A4");
@@ -148,11 +153,19 @@ export class StaticSource {
       layout.dzi = this.url(layout.dzi);
       layout.grid_url = this.url(layout.grid_url);
     }
+    if (info.regions) {
+      info.regions.url = this.url(info.regions.url);
+      info.regions.order_url = this.url(info.regions.order_url);
+    }
     this.info = info;
     return info;
   }
 
   grid(url) { return getGrid(url); }
+
+  regions(entry) { return this.json(entry.url); }
+
+  async regionOrder(entry) { return new Int32Array(await this.bytes(entry.order_url)); }
 
   async meta() { return this.info || this.collection(); }
 

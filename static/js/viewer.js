@@ -12,6 +12,7 @@ import { setupNeighbours } from "./neighbours.js";
 import { MapOverlay } from "./overlay.js";
 import { setupPanel } from "./panel.js";
 import { setupPoster } from "./poster.js";
+import { setupRegions } from "./regions.js";
 import { setupSample } from "./sample.js";
 import { setupSearch } from "./search.js";
 import { setupSelection } from "./selection.js";
@@ -138,6 +139,7 @@ async function main() {
   setupSample(app);
   setupSimilar(app);
   setupLayouts(app);
+  setupRegions(app);
   await setupHash(app);
   element.dataset.ready = "true";
 }

@@ -83,10 +83,12 @@ def live(bundle):
 
 @pytest.fixture(scope="module")
 def site(bundle):
-    """The published site of the bundle under a prefix, served by http.server."""
+    """The published site of the bundle under a prefix, served by http.server (also the
+    region labels' tests' site, of their bundle)."""
     work = bundle.parent.parent
     done = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "-q", "publish", "--out", "out", "--id", CID,
+        [sys.executable, str(ROOT / "run.py"), "-q", "publish", "--out", "out", "--id",
+         bundle.name,
          "--to", "www/sub/site"], cwd=work, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
