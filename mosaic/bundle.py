@@ -349,9 +349,11 @@ def grid_shape(n_items: int) -> tuple[int, int]:
 
 
 def cell_ids(positions: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
-    """The inverse map: int32 (n_rows, n_cols) of item ids, -1 where empty."""
+    """The inverse map: int32 (n_rows, n_cols) of item ids, -1 where empty (removed
+    items, at ``(-1, -1)``, are on no cell)."""
     grid = np.full((n_rows, n_cols), -1, dtype=np.int32)
-    grid[positions[:, 0], positions[:, 1]] = np.arange(len(positions), dtype=np.int32)
+    placed = np.flatnonzero(positions[:, 0] >= 0)
+    grid[positions[placed, 0], positions[placed, 1]] = placed.astype(np.int32)
     return grid
 
 
@@ -392,6 +394,16 @@ def layout_entry(manifest: dict[str, Any], name: str | None = None) -> dict[str,
                      f"{', '.join(e['name'] for e in entries)}")
 
 
+def removed_ids(directory: str | Path, manifest: dict[str, Any]) -> np.ndarray:
+    """The ids (int64, sorted) of the items ``run.py remove`` took out: they keep their
+    ids but sit on no cell (positions ``(-1, -1)``) and have no row in metadata.sqlite.
+    Empty, without reading anything, for a bundle that never lost an item."""
+    if not manifest.get("counts", {}).get("removed"):
+        return np.zeros(0, dtype=np.int64)
+    positions = read_layout_positions(directory, layout_entries(manifest)[0], mmap=True)
+    return np.flatnonzero(positions[:, 0] < 0)
+
+
 def read_layout_positions(directory: str | Path, entry: dict[str, Any],
                           mmap: bool = False) -> np.ndarray:
     """int32 (N, 2) ``(row, col)`` of every item in the layout ``entry``."""
@@ -400,3 +412,23 @@ def read_layout_positions(directory: str | Path, entry: dict[str, Any],
     except (OSError, ValueError) as error:
         raise BundleError(f"cannot read the positions of layout {entry['name']!r}: "
                           f"{error}") from None
+
+
+def read_regions(directory: str | Path, manifest: dict[str, Any]
+                 ) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """The labelled regions (``manifest["regions"]``, docs/bundle.md): ``regions.json``'s
+    list of regions (by id) and ``regions.npy``, int32 (N, levels), each item's region at
+    each level (memory-mapped). None for a bundle without them."""
+    entry = manifest.get("regions")
+    if not entry:
+        return None
+    directory = Path(directory)
+    with open(directory / entry["path"], encoding="utf-8") as handle:
+        regions = json.load(handle)["regions"]
+    return regions, np.load(directory / entry["ids"], mmap_mode="r")
+
+
+def region_text(region: dict[str, Any]) -> str:
+    """What a region is called in an export: its label, else ``#<id>`` (never a word
+    the metadata does not hold)."""
+    return region["label"] if region.get("label") is not None else f"#{region['id']}"

@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mosaic.bundle import open_cells
+from mosaic.bundle import open_cells, removed_ids
 from mosaic.store import read_columns, read_metadata
 
 IMAGE_CONTEXT = "http://iiif.io/api/image/3/context.json"
@@ -253,8 +254,10 @@ def build_item_manifest(directory: str | os.PathLike, manifest: dict[str, Any], 
         raise IndexError(item)
     urls, cell = Urls(base), manifest["grid"]["cell_size"]
     with _connect(directory, manifest) as conn:
-        title, url = conn.execute("SELECT title, url FROM items WHERE id = ?",
-                                  (item,)).fetchone()
+        row = conn.execute("SELECT title, url FROM items WHERE id = ?", (item,)).fetchone()
+        if row is None:  # removed (run.py remove)
+            raise IndexError(item)
+        title, url = row
         values = read_metadata(conn, read_columns(conn), item)
     metadata = [KeyValueString(label=_lang(name), value=_lang(_text(value)))
                 for name, value in values.items() if value is not None and value != ""]
@@ -313,8 +316,11 @@ def iter_item_files(directory: str | os.PathLike, manifest: dict[str, Any], base
     cell = manifest["cells"]["cell_size"]
     urls = Urls(base)
     cells = open_cells(directory, manifest)
+    removed = set(removed_ids(directory, manifest).tolist())
     try:
         for item in range(manifest["counts"]["items"]):
+            if item in removed:
+                continue
             image = cells.read_encoded(item)
             folder = f"items/{item}"
             yield f"{folder}/info.json", _dump(item_info(manifest, urls.item_service(item)))
@@ -346,5 +352,7 @@ def write_documents(directory: str | os.PathLike, manifest: dict[str, Any], fold
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         sizes["items"] += len(data)
+    for item in removed_ids(directory, manifest).tolist():  # published before the removal
+        shutil.rmtree(folder / "items" / str(item), ignore_errors=True)
     return sizes
 

@@ -79,6 +79,20 @@ def iter_top_neighbors(vectors, index, metric: str, search_k: int = -1, k: int =
             yield pending.popleft().result()
 
 
+def drop_neighbors(ids: np.ndarray, distances: np.ndarray, gone: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Stored neighbour lists (int32 ids, -1 past the end; float32 distances) without
+    the items where the boolean ``gone`` is set: the others move up in order, and each
+    row ends with as many more -1 (distance inf) as it lost."""
+    drop = (ids >= 0) & gone[np.clip(ids, 0, None)]
+    keep = ~drop & (ids >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, in order
+    ids = np.take_along_axis(np.where(keep, ids, -1), order, axis=1).astype(np.int32)
+    distances = np.take_along_axis(np.where(keep, distances, np.inf), order,
+                                   axis=1).astype(np.float32)
+    return ids, distances
+
+
 def row_norms(vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     """float64 L2 norm of every row of ``vectors`` (N, dim), read ``chunk`` rows at a time."""
     norms = np.empty(len(vectors), dtype=np.float64)
@@ -112,21 +126,22 @@ def exact_distances(vectors: np.ndarray, query: np.ndarray, metric: str,
 
 
 def exact_neighbors(vectors: np.ndarray, query: np.ndarray, k: int, metric: str, *,
-                    exclude: int | None = None, norms: np.ndarray | None = None
+                    exclude: int | np.ndarray | None = None, norms: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``vectors`` nearest to ``query``: ``(ids int64, distances float64)``.
 
-    Nearest first, ties by id. ``exclude`` (the query's own row) is never
-    returned. The returned euclidean and angular distances are recomputed
-    directly in float64: the norm expansion ranks fast but loses ~1e-4 to
-    cancellation in float32.
+    Nearest first, ties by id. ``exclude`` (the query's own row, or an array
+    of rows: removed items too) is never returned. The returned euclidean and
+    angular distances are recomputed directly in float64: the norm expansion
+    ranks fast but loses ~1e-4 to cancellation in float32.
     """
     distances = exact_distances(vectors, query, metric, norms)
     order_key = -distances if metric == "dot" else distances.copy()
     available = len(distances)
     if exclude is not None:
-        order_key[exclude] = np.inf
-        available -= 1
+        excluded = np.unique(np.asarray(exclude, dtype=np.int64).reshape(-1))
+        order_key[excluded] = np.inf
+        available -= len(excluded)
     k = min(k, available)
     if k <= 0:
         return np.empty(0, np.int64), np.empty(0, np.float64)

@@ -10,6 +10,7 @@ The viewer's ``StaticSource`` (static/js/source.js) reads what is written here::
     data/facets.json             facet values, numeric bounds, the index's layout
     data/tiles/, data/grid.i32   the map (hard links to the bundle's files)
     data/layouts/<slug>/         every other layout's tiles and grid
+    data/regions.json, data/regions.order.i32   the labelled regions (hard links)
     data/titles/<k>.json         titles of items k*TITLE_SHARD ...
     data/items/<k>.json          full items (fields + metadata), ITEM_SHARD per file
     data/thumbs/<k>/<id>.jpg     each cell's JPEG, k = id // THUMB_FOLDER
@@ -40,6 +41,7 @@ from mosaic.bundle import (
     open_top_neighbors,
     open_vectors,
     read_manifest,
+    removed_ids,
 )
 from mosaic.errors import UsageError
 from mosaic.knn import iter_top_neighbors
@@ -117,6 +119,9 @@ def write_map(directory: Path, manifest: dict, data: Path) -> int:
         tiles = Path(entry["tiles"]["dzi"]).parent
         total += _link_tree(directory / tiles, data / tiles)
         total += _link_file(directory / entry["grid_file"], data / entry["grid_file"])
+    regions = manifest.get("regions")
+    for name in ("path", "order") if regions else ():  # the labelled regions, as they are
+        total += _link_file(directory / regions[name], data / regions[name])
     return total
 
 
@@ -143,6 +148,10 @@ def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> i
                        for e in manifest.get("embeddings", [])] if neighbors else [],
         "columns": manifest.get("columns", []),
         "hotspots": manifest.get("hotspots", []),
+        "regions": {"url": manifest["regions"]["path"], "order_url": manifest["regions"]["order"],
+                    "levels": manifest["regions"]["levels"],
+                    "labelled": manifest["regions"]["labelled"]}
+        if manifest.get("regions") else None,
         "display": manifest.get("display", {}),
         "counts": manifest.get("counts", {}),
         "layouts": layouts,
@@ -188,8 +197,13 @@ def _flush_items(items: list[dict], data: Path) -> int:
 def write_thumbnails(directory: Path, manifest: dict, data: Path) -> int:
     """Each item's cell as ``thumbs/<id // THUMB_FOLDER>/<id>.jpg`` (its bytes as stored)."""
     total = 0
+    removed = set(removed_ids(directory, manifest).tolist())
     with open_cells(directory, manifest) as cells:
         for item in range(manifest["counts"]["items"]):
+            if item in removed:  # a site published before the removal loses its picture
+                (data / "thumbs" / str(item // THUMB_FOLDER) / f"{item}.jpg").unlink(
+                    missing_ok=True)
+                continue
             folder = data / "thumbs" / str(item // THUMB_FOLDER)
             if item % THUMB_FOLDER == 0:
                 folder.mkdir(parents=True, exist_ok=True)

@@ -59,12 +59,26 @@ def collection(cid: str):
         thumbnail_url=_collection_url(bundle, "thumbs/{id}.jpg"),
         embeddings=[{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
                     for e in m.get("embeddings", [])],
+        # the embedding a search by meaning uses (search?mode=meaning), or None
+        search_by_meaning=_meaning_embedding(bundle),
         columns=bundle.columns,
         hotspots=m.get("hotspots", []),
+        regions=_regions(bundle),
         display=m.get("display", {}),
         counts=m.get("counts", {}),
     )
     return jsonify(ok=True, **body)
+
+
+def _regions(bundle: Bundle) -> dict | None:
+    """Where the viewer finds the labelled regions, and their count per level."""
+    entry = bundle.manifest.get("regions")
+    if not entry:
+        return None
+    version = f"?v={bundle.version}"
+    return {"url": _collection_url(bundle, "regions.json") + version,
+            "order_url": _collection_url(bundle, "regions.order.i32") + version,
+            "levels": entry["levels"], "labelled": entry["labelled"]}
 
 
 @bp.get("/collections/<cid>/items/<int:item_id>")
@@ -141,7 +155,12 @@ def similar(cid: str):
 @bp.get("/collections/<cid>/search")
 def search(cid: str):
     bundle = get_bundle(cid)
-    query = parse_search_args(request.args, bundle.columns, extra=("ids",))
+    mode = request.args.get("mode", "keyword")
+    if mode == "meaning":
+        return _search_meaning(bundle)
+    if mode != "keyword":
+        abort(400, description=f"mode must be keyword or meaning, not {mode!r}")
+    query = parse_search_args(request.args, bundle.columns, extra=("ids", "mode"))
     limit = _int_arg("limit", 100, 0, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     want_ids = request.args.get("ids", "")
@@ -161,6 +180,55 @@ def search(cid: str):
     return jsonify(body)
 
 
+MEANING_ARGS = {"mode", "text", "embedding", "k", "limit", "offset", "ids"}
+
+
+def _search_meaning(bundle: Bundle):
+    """``search?mode=meaning&text=...``: the ``k`` items (default 100) nearest to the
+    text in a clip embedding (``embedding``, default the first), nearest first, as
+    ``total``, ``items`` (``limit`` from ``offset``, each with its angular ``distance``)
+    and, with ``ids=all``, ``ids``. The text goes through the text tower of the model
+    that embedded the images (``mosaic.pipeline.decode.embed_text_query``, imported here
+    only: loaded once per worker process, on the first such search)."""
+    unknown = sorted(set(request.args) - MEANING_ARGS)
+    if unknown:
+        abort(400, description=f"a search by meaning takes {', '.join(sorted(MEANING_ARGS))}; "
+                               f"not {', '.join(unknown)}")
+    text = request.args.get("text", "").strip()
+    if not text:
+        abort(400, description="a search by meaning needs text=...")
+    name = request.args.get("embedding") or _meaning_embedding(bundle)
+    spec = bundle.embedding(name) if name else None
+    if spec is None or spec.get("kind") != "clip":
+        abort(400, description=f"a search by meaning needs a clip embedding; collection "
+                               f"{bundle.cid!r} has {', '.join(bundle.embedding_names) or 'none'}"
+                               f" (python run.py pipeline --embedding clip)")
+    k = _int_arg("k", 100, 1, MAX_LIMIT)
+    limit = _int_arg("limit", 100, 0, MAX_LIMIT)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
+    want_ids = request.args.get("ids", "")
+    if want_ids not in ("", "all"):
+        abort(400, description=f"ids must be 'all' or absent, not {want_ids!r}")
+    from mosaic.pipeline.decode import embed_text_query
+
+    vector = embed_text_query(text, bundle.manifest, spec)
+    index = bundle.neighbor_index(name)
+    ids, distances = index.query_vector(vector, k)
+    body = dict(ok=True, total=len(ids), limit=limit, offset=offset, embedding=name,
+                metric=index.metric, method=index.method,
+                items=_neighbor_rows(bundle, ids[offset:offset + limit],
+                                     distances[offset:offset + limit]))
+    if want_ids:
+        body["ids"] = [int(i) for i in ids]
+    return jsonify(body)
+
+
+def _meaning_embedding(bundle: Bundle) -> str | None:
+    """The bundle's first clip embedding: the one a search by meaning uses."""
+    return next((e["name"] for e in bundle.manifest.get("embeddings", [])
+                 if e.get("kind") == "clip"), None)
+
+
 @bp.get("/collections/<cid>/random")
 def random_items(cid: str):
     bundle = get_bundle(cid)
@@ -170,7 +238,7 @@ def random_items(cid: str):
     if seed is None:
         seed = secrets.randbelow(2**31)
     if query.is_empty:
-        population = np.arange(bundle.n_items)
+        population = np.setdiff1d(np.arange(bundle.n_items), bundle.removed)
     else:
         population = np.array(search_items(get_db(bundle), query)[1], dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -324,6 +392,8 @@ def _check_item(bundle: Bundle, item_id: int) -> None:
     if not 0 <= item_id < bundle.n_items:
         abort(404, description=f"item {item_id} not in collection {bundle.cid!r} "
                                f"(ids are 0..{bundle.n_items - 1})")
+    if bundle.is_removed(item_id):
+        abort(404, description=f"item {item_id} was removed from collection {bundle.cid!r}")
 
 
 def _int_arg(name: str, default: int | None, low: int, high: int | None,

@@ -25,6 +25,7 @@ from mosaic.bundle import (
     open_cells,
     open_manifest,
     read_layout_positions,
+    removed_ids,
 )
 from mosaic.errors import BundleError, BundleNotFound
 from server.neighbors import NeighborIndex
@@ -83,6 +84,15 @@ class Bundle:
                 self._positions[entry["name"]] = positions
             return positions
 
+    @cached_property
+    def removed(self) -> np.ndarray:
+        """The ids ``run.py remove`` took out (``mosaic.bundle.removed_ids``), sorted."""
+        return removed_ids(self.path, self.manifest)
+
+    def is_removed(self, item_id: int) -> bool:
+        index = int(np.searchsorted(self.removed, item_id))
+        return index < len(self.removed) and int(self.removed[index]) == item_id
+
     def file(self, key: str) -> Path:
         """A path named in ``manifest["files"]``."""
         return self.path / self.manifest["files"][key]
@@ -115,7 +125,7 @@ class Bundle:
                 if spec is None:
                     raise KeyError(name)
                 exact = self.n_items * int(spec["dim"]) <= self.exact_max
-                index = NeighborIndex(self.path, spec, exact=exact)
+                index = NeighborIndex(self.path, spec, exact=exact, removed=self.removed)
                 self._indexes[name] = index
             return index
 

@@ -44,6 +44,26 @@ def grid(cid: str):
     return response
 
 
+@bp.get("/regions.json")
+def regions(cid: str):
+    """The labelled regions (``manifest["regions"]["path"]``, docs/bundle.md)."""
+    return _send(get_bundle(cid), ".", _regions_entry(cid)["path"], "application/json")
+
+
+@bp.get("/regions.order.i32")
+def regions_order(cid: str):
+    """Item ids as raw little-endian int32, region by region: a region's items are
+    ``[start, end)`` of it."""
+    return _send(get_bundle(cid), ".", _regions_entry(cid)["order"])
+
+
+def _regions_entry(cid: str) -> dict:
+    entry = get_bundle(cid).manifest.get("regions")
+    if not entry:
+        abort(404, description=f"collection {cid!r} has no regions (pipeline --region-size)")
+    return entry
+
+
 @bp.get("/layouts/<slug>/tiles/<path:filename>")
 def layout_tiles(cid: str, slug: str, filename: str):
     """A ``--layout``'s pyramid (``manifest["layouts"][k]["tiles"]``)."""
@@ -84,7 +104,7 @@ def _layout(bundle: Bundle, slug: str) -> dict:
 def thumbnail(cid: str, item_id: int):
     """One item's cell: its stored JPEG bytes from ``cells.pack``, sent as they are."""
     bundle = get_bundle(cid)
-    if not 0 <= item_id < bundle.n_items:
+    if not 0 <= item_id < bundle.n_items or bundle.is_removed(item_id):
         abort(404, description=f"item {item_id} not in collection {cid!r}")
     response = Response(mimetype="image/jpeg")
     response.set_etag(f"{bundle.version}-{item_id}")

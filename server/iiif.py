@@ -126,7 +126,7 @@ def item_image(cid: str, item_id: int, region: str, size: str, rotation: str, qu
 
 def _item_bundle(cid: str, item_id: int) -> Bundle:
     bundle = get_bundle(cid)
-    if not 0 <= item_id < bundle.n_items:
+    if not 0 <= item_id < bundle.n_items or bundle.is_removed(item_id):
         abort(404, description=f"item {item_id} not in collection {cid!r}")
     return bundle
 

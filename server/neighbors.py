@@ -21,7 +21,8 @@ from mosaic.knn import METRICS, exact_neighbors, row_norms
 class NeighborIndex:
     """k-nearest-neighbour lookups for one embedding; safe to share between threads."""
 
-    def __init__(self, bundle_path: Path, spec: dict, exact: bool) -> None:
+    def __init__(self, bundle_path: Path, spec: dict, exact: bool,
+                 removed: np.ndarray | None = None) -> None:
         self.name = spec["name"]
         self.metric = spec.get("metric", "angular")
         if self.metric not in METRICS:
@@ -35,6 +36,8 @@ class NeighborIndex:
         if not (has_vectors or has_index):
             raise FileNotFoundError(f"embedding {self.name!r} has neither vectors nor index")
         self.method = "exact" if (exact and has_vectors) or not has_index else "annoy"
+        # removed items' vectors are zeros (the annoy index was rebuilt without them)
+        self._removed = np.zeros(0, np.int64) if removed is None else removed
         if self.method == "exact":
             self._vectors = open_vectors(bundle_path, spec)[:]
             self._norms = row_norms(self._vectors) if self.metric in ("angular", "euclidean") \
@@ -64,11 +67,12 @@ class NeighborIndex:
             raise ValueError(f"embedding {self.name!r} has {self.dim} dimensions, "
                              f"not {vector.shape}")
         if self.method == "exact":
-            return exact_neighbors(self._vectors, vector, k, self.metric, norms=self._norms)
+            return exact_neighbors(self._vectors, vector, k, self.metric, norms=self._norms,
+                                   exclude=self._removed)
         ids, distances = self._annoy.get_nns_by_vector(
             vector.tolist(), k, search_k=self.search_k, include_distances=True)
         return np.array(ids, dtype=np.int64), np.array(distances, dtype=np.float64)
 
     def _exact(self, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_neighbors(self._vectors, self._vectors[item_id], k, self.metric,
-                               exclude=item_id, norms=self._norms)
+                               exclude=np.append(self._removed, item_id), norms=self._norms)

@@ -15,6 +15,8 @@ from mosaic.bundle import (
     layout_entry,
     read_layout_positions,
     read_manifest,
+    read_regions,
+    region_text,
 )
 from mosaic.errors import UsageError
 from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
@@ -49,7 +51,8 @@ def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
 def export(args: argparse.Namespace) -> int:
     """One row per item, streamed: CSV (the user's columns as ``meta.<name>``) or JSON
     (the user's columns nested under ``"metadata"``); ``-o -`` or no ``-o`` is stdout.
-    ``row``/``col`` are those of ``--layout`` (default: similarity)."""
+    ``row``/``col`` are those of ``--layout`` (default: similarity). ``region_1``,
+    ``region_2``... (after the item's fields) name its labelled region at each level."""
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
     entry = layout_entry(manifest, getattr(args, "layout", None))
@@ -60,6 +63,9 @@ def export(args: argparse.Namespace) -> int:
     to_stdout = args.output in (None, "-")
     if not to_stdout and not Path(args.output).parent.is_dir():
         raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
+    regions = read_regions(directory, manifest)
+    level_names = [f"region_{level + 1}" for level in range(regions[1].shape[1])] \
+        if regions else []
     database = directory / manifest["files"]["metadata"]
     conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     handle = sys.stdout if to_stdout else open(args.output, "w", newline="", encoding="utf-8")
@@ -73,19 +79,30 @@ def export(args: argparse.Namespace) -> int:
             handle.write("[")
             for count, (fields, values) in enumerate(rows):
                 item = dict(zip(EXPORT_FIELDS, fields))
+                item.update(zip(level_names, _region_texts(regions, fields[0])))
                 item["metadata"] = {c["name"]: v for c, v in zip(columns, values)}
                 handle.write(("," if count else "") + "\n" + json.dumps(item, ensure_ascii=False))
             handle.write("\n]\n")
         else:
             writer = csv.writer(handle)
-            writer.writerow(export_header(columns))
+            header = export_header(columns)
+            writer.writerow([*header[:len(EXPORT_FIELDS)], *level_names,
+                             *header[len(EXPORT_FIELDS):]])
             for fields, values in rows:
-                writer.writerow([*fields, *values])
+                writer.writerow([*fields, *_region_texts(regions, fields[0]), *values])
     finally:
         conn.close()
         if not to_stdout:
             handle.close()
     return 0
+
+
+def _region_texts(regions, item: int) -> list[str]:
+    """An item's region at each level as ``region_text`` names it; none without regions."""
+    if regions is None:
+        return []
+    described, ids = regions
+    return [region_text(described[region]) for region in ids[item].tolist()]
 
 
 def _with_cell(fields: tuple, positions, at_row: int, at_col: int) -> tuple:
@@ -104,6 +121,9 @@ def info(args: argparse.Namespace) -> int:
     print(f"  built {manifest['created']} by mosaic {manifest['program_version']}, "
           f"schema {manifest['schema_version']}")
     print(f"  items {counts['items']} of {counts['inputs']} inputs, skipped {counts['skipped']}")
+    if counts.get("removed"):
+        print(f"  removed {counts['removed']} of them (run.py remove), "
+              f"{counts['items'] - counts['removed']} left; generation {manifest['generation']}")
     print(f"  grid {grid['n_rows']} rows x {grid['n_cols']} cols, cell {grid['cell_size']} px "
           f"({grid['method']})")
     for entry in layout_entries(manifest)[1:]:
@@ -118,6 +138,13 @@ def info(args: argparse.Namespace) -> int:
     for column in manifest["columns"]:
         print(f"  column {column['name']}: {column['kind']}")
     print(f"  hotspots {len(manifest['hotspots'])}")
+    regions = manifest.get("regions")
+    if regions:
+        print(f"  regions {' / '.join(map(str, regions['levels']))} at levels "
+              f"1-{len(regions['levels'])} (about {regions['region_size']} items at the "
+              f"finest), {regions['labelled']} labelled"
+              + (f" from {', '.join(regions['terms_from'])}" if regions["terms_from"] else
+                 " (no metadata: no labels)"))
     return 0
 
 
@@ -127,7 +154,7 @@ def demo(args: argparse.Namespace, quiet: bool) -> int:
     images, metadata = write_digits(Path(args.data))
     config = PipelineConfig(images=str(images), metadata=str(metadata), out=args.out,
                             id="digits", title="Handwritten digits (scikit-learn)",
-                            title_template="Digit {label} (#{index})", clusters="auto",
+                            title_template="Digit {label} (#{index})",
                             layouts=["category:label"])
     result = run_pipeline(config, show_progress=not quiet)
     if not quiet:

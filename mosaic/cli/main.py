@@ -64,7 +64,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def get_parser() -> argparse.ArgumentParser:
     """The parser of every command (imports each command's module, not the heavy libraries)."""
-    from mosaic.cli import duplicates, pipeline, poster, publish, serve, similar
+    from mosaic.cli import duplicates, pipeline, poster, publish, remove, serve, similar
 
     parser = ArgumentParser(prog="mosaic", formatter_class=HelpFormatter,
                             description="Turn an image collection into a zoomable "
@@ -104,9 +104,12 @@ def get_parser() -> argparse.ArgumentParser:
     serve.configure_parser(command("serve", "serve bundles over HTTP with the viewer"))
     poster.configure_parser(command("poster", "export a print-ready poster from a bundle"))
     publish.configure_parser(command("publish", "write a bundle as a static site (no server)"))
-    similar.configure_parser(command("similar", "list a bundle's items most like new images"))
+    similar.configure_parser(command("similar",
+                                     "list a bundle's items most like new images, or a text"))
     duplicates.configure_parser(command("duplicates", "list groups of exact and near "
                                         "duplicates in a bundle"))
+    remove.configure_parser(command("remove", "take items out of a bundle (a takedown), "
+                                    "without a rebuild"))
     return parser
 
 
@@ -232,6 +235,9 @@ def _run(args: argparse.Namespace) -> int:
         return run(args)
     if args.command == "similar":
         from mosaic.cli.similar import run
+        return run(args)
+    if args.command == "remove":
+        from mosaic.cli.remove import run
         return run(args)
     raise AssertionError(args.command)
 

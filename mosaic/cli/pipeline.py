@@ -49,9 +49,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                     "tcp://10.0.0.5:8786, instead of local processes (docs/scale.md)")
     em = p.add_argument_group("embedding and layout")
     em.add_argument("--embedding", dest="embeddings", action="append",
-                    help="pixels | raw | vgg16 | file:PATH | xy:PATH; repeat for more "
-                    "indexes, the first drives the layout (default: pixels)")
-    em.add_argument("--weights", default=d.weights, help="VGG16 weights: imagenet | none | PATH")
+                    help="pixels | raw | vgg16 | clip | file:PATH | xy:PATH; repeat for "
+                    "more indexes, the first drives the layout (default: pixels); clip "
+                    "(CLIP or SigLIP through KerasHub) also answers searches by meaning")
+    em.add_argument("--weights", default=d.weights,
+                    help="VGG16 weights: imagenet | none | PATH; for clip a KerasHub preset: "
+                    "a folder saved with save_to_preset (PATH) or a preset name "
+                    "(imagenet means clip_vit_base_patch32; a name needs internet)")
     em.add_argument("--pca", type=int, default=d.pca,
                     help="PCA components before the layout (0 = off)")
     em.add_argument("--reducer", choices=["tsne", "umap"], default=d.reducer)
@@ -95,7 +99,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     ti.add_argument("--tile-format", choices=["jpeg", "webp", "png"], default=d.tile_format)
     ti.add_argument("--quality", type=int, default=d.quality, help="jpeg/webp quality")
     ti.add_argument("--n-trees", type=int, default=d.n_trees, help="annoy trees")
-    ti.add_argument("--clusters", default=d.clusters, help="hotspots: off | auto | N")
+    ti.add_argument("--clusters", default=d.clusters,
+                    help="the older hotspots list (off | auto | N), kept for compatibility: "
+                    "the labelled regions (--region-size) subsume it")
+    ti.add_argument("--region-size", type=int, default=d.region_size, metavar="N",
+                    help="labelled regions of the map at every zoom: about 12 at the top, "
+                    "split until they hold about N items, each labelled by the metadata "
+                    "values and words most distinctive of it; 0 = none "
+                    f"(default: {d.region_size})")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:

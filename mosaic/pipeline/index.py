@@ -19,14 +19,17 @@ ADD_BLOCK = 4_096
 
 
 def build_annoy(vectors: np.ndarray, metric: str, n_trees: int = 20,
-                random_state: int = 0) -> AnnoyIndex:
+                random_state: int = 0, skip: np.ndarray | None = None) -> AnnoyIndex:
     """An annoy index over the rows of ``vectors`` (an array or a row reader such as
-    ``mosaic.bundle.VectorRows``, read a block at a time); annoy id = item id."""
+    ``mosaic.bundle.VectorRows``, read a block at a time); annoy id = item id. Rows
+    where the boolean ``skip`` is set are left out (annoy never returns an id it was
+    not given)."""
     index = AnnoyIndex(vectors.shape[1], metric)
     index.set_seed(random_state)
     for start in range(0, len(vectors), ADD_BLOCK):
         for offset, vector in enumerate(np.asarray(vectors[start:start + ADD_BLOCK])):
-            index.add_item(start + offset, vector.tolist())
+            if skip is None or not skip[start + offset]:
+                index.add_item(start + offset, vector.tolist())
     index.build(n_trees, n_jobs=1)
     return index
 

@@ -38,16 +38,20 @@ from mosaic.bundle import (
     open_vectors,
 )
 from mosaic.errors import MosaicError, UsageError
-from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, render, thumbnail
+from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, regions, render, thumbnail
 from mosaic.pipeline import hotspots as clusters_mod
 from mosaic.pipeline.decode import DONE, DecodeOptions, compact, open_executor, run_decode
 from mosaic.pipeline.embed import (
+    MODEL_KINDS,
     VECTOR_DTYPES,
     VECTOR_SCALES,
     EmbeddingSpec,
+    check_model_weights,
+    clip_weights,
     parse_embedding_specs,
     pixel_dims,
     read_user_vectors,
+    weights_signature,
 )
 from mosaic.pipeline.index import build_annoy, choose_search_k
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db
@@ -113,7 +117,8 @@ class PipelineConfig:
     tile_format: str = "jpeg"
     quality: int = 85
     n_trees: int = 20
-    clusters: str = "off"
+    clusters: str = "off"  # the older hotspots; regions (below) subsume them
+    region_size: int = regions.REGION_SIZE  # labelled regions: the finest ones' size; 0 = none
     iiif_concurrency: int = 4  # IIIF in: downloads at a time
 
     def n_jobs(self) -> int:
@@ -160,6 +165,7 @@ def validate(config: PipelineConfig) -> None:
          "--tsne-backend must be opentsne, multicore or sklearn"),
         (config.clusters == "off" or config.clusters == "auto" or config.clusters.isdigit()
          and int(config.clusters) >= 1, "--clusters must be off, auto or a positive count"),
+        (config.region_size >= 0, "--region-size must be 0 (no regions) or positive"),
         (COLLECTION_ID.match(config.collection_id()) is not None,
          f"--id must be letters, digits, '.', '_' or '-', starting with a letter or digit, "
          f"not {config.collection_id()!r}"),
@@ -180,6 +186,7 @@ def run_pipeline(config: PipelineConfig, show_progress: bool = False) -> Pipelin
     """Run every stage (resuming/caching); returns the written manifest and what was cached."""
     validate(config)
     specs = parse_embedding_specs(config.embeddings)
+    check_model_weights([s.kind for s in specs], config.weights)
     inputs = collect.collect_inputs(config.images)
     if inputs.urls and config.metadata:
         raise UsageError("--metadata cannot be used with a list of IIIF URLs: their labels "
@@ -315,6 +322,8 @@ class _Run:
         pixel_specs = [asdict(s) for s in self.specs if s.from_pixels]
         decode_key = cache_key(input_key, c.cell_size, c.fit, c.background, c.max_pixels,
                                pixel_specs, c.weights if pixel_specs else None,
+                               *([weights_signature(c.weights)]
+                                 if any(s.kind == "clip" for s in self.specs) else []),
                                CELL_CODEC, CELL_QUALITY, "decoder", thumbnail.DECODER)
         decoded = self.stage("decode", decode_key, lambda: self.build_decode(decode_key))
         kept = np.load(self.path("cache/kept.npy"))
@@ -358,7 +367,10 @@ class _Run:
         stored = self.stage("metadata", meta_key, lambda: self.build_metadata(kept))
         hotspot_key = cache_key(meta_key, c.clusters)
         hotspots = self.stage("hotspots", hotspot_key, lambda: self.build_hotspots(stored))
+        regions_key = cache_key(meta_key, c.region_size, c.random_state, regions.REGIONS_VERSION)
+        labelled = self.stage("regions", regions_key, lambda: self.build_regions(stored, kept))
         manifest = self.manifest(decoded, layout, gridded, tiles, indexes, stored, hotspots)
+        manifest["regions"] = labelled["regions"]
         manifest["layouts"] = self.layout_entries(manifest, extra_layouts)
         write_json_atomic(self.path(MANIFEST), manifest)
         return manifest
@@ -369,7 +381,8 @@ class _Run:
         n = len(self.inputs.paths)
         kinds = tuple(s.kind for s in self.specs if s.from_pixels)
         options = DecodeOptions(c.cell_size, c.fit, c.background, c.max_pixels,
-                                c.weights if "vgg16" in kinds else "none", kinds)
+                                c.weights if set(MODEL_KINDS) & set(kinds) else "none",
+                                kinds)
         work = self.path("cache/decode-work")
         with Progress(n, "decode", self.show_progress) as bar, \
                 open_executor(c.n_jobs(), c.dask) as (executor, workers):
@@ -381,7 +394,7 @@ class _Run:
         if len(kept) == 0:
             reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
             raise MosaicError(f"no usable images: all {n} inputs failed ({reasons})")
-        dims = pixel_dims(kinds)
+        dims = pixel_dims(kinds, c.weights)
         vector_paths = {name: self.path(f"embeddings/{name}.npy") for name in dims}
         compact(work, n, len(kept), self.path(CELLS_PACK), self.path(CELLS_INDEX),
                 vector_paths, dims)
@@ -596,7 +609,10 @@ class _Run:
                           "metric": spec.metric, **self.vector_entry(spec),
                           "index": f"embeddings/{spec.name}.ann",
                           "n_trees": self.config.n_trees, "search_k": search_k,
-                          "recall_at_20": round(recall, 4), "top": top}}
+                          "recall_at_20": round(recall, 4), "top": top,
+                          # what the server loads to embed a text (embed.clip_weights)
+                          **({"weights": clip_weights(self.config.weights)}
+                             if spec.kind == "clip" else {})}}
 
     def write_top_neighbors(self, spec: EmbeddingSpec, vectors, index, search_k: int) -> dict:
         """Every item's ``knn.TOP_K`` nearest (exact for small collections, else through
@@ -682,6 +698,36 @@ class _Run:
             categories = [v for (v,) in conn.execute(f"SELECT {column} FROM metadata ORDER BY id")]
             conn.close()
         return [], {"hotspots": clusters_mod.describe_hotspots(labels, xy, positions, categories)}
+
+    def build_regions(self, stored: dict, kept: np.ndarray):
+        """The labelled regions (``regions.py``): ``regions.npy``, ``regions.order.i32``
+        and ``regions.json``; none with ``--region-size 0``."""
+        size = self.config.region_size
+        if not size:
+            return [], {"regions": None}
+        xy = np.load(self.path("layout.npy"))
+        positions = np.load(self.path("positions.npy"))
+        ids, parents, spans = regions.build_hierarchy(xy, size,
+                                                      random_state=self.config.random_state)
+        kinds = {col["name"]: col["kind"] for col in stored["columns"]}
+        values = {name: collect.item_values(self.metadata, self.match, kept.tolist(), name)
+                  for name, kind in kinds.items() if kind in regions.LABEL_KINDS} \
+            if self.metadata else {}
+        terms, vocabulary = regions.item_terms(values, kinds)
+        labels = regions.label_regions(ids, spans, terms, vocabulary)
+        described = regions.describe_regions(ids, parents, spans, xy, positions, labels)
+        save_npy_atomic(self.path("regions.npy"), ids)
+        write_bytes_atomic(self.path("regions.order.i32"),
+                           regions.region_order(ids).astype("<i4").tobytes())
+        write_json_atomic(self.path("regions.json"), {"levels": int(ids.shape[1]),
+                                                      "regions": described})
+        entry = {"path": "regions.json", "ids": "regions.npy", "order": "regions.order.i32",
+                 "method": "kmeans-layout", "region_size": size,
+                 "top": regions.TOP_REGIONS, "branching": regions.BRANCHING,
+                 "levels": regions.level_counts(spans, ids.shape[1]),
+                 "labelled": sum(label is not None for label, _ in labels),
+                 "terms_from": [name for name in values if kinds[name] in regions.LABEL_KINDS]}
+        return ["regions.npy", "regions.order.i32", "regions.json"], {"regions": entry}
 
     # -- manifest -----------------------------------------------------------
     def layout_entries(self, manifest: dict, extra) -> list[dict]:

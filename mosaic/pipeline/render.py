@@ -28,7 +28,7 @@ import numpy as np
 import pyvips
 
 TILE_FORMATS = ("jpeg", "webp", "png")
-_SUFFIX = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
+SUFFIXES = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 OVERVIEW_SIZE = 2048
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_BYTES = 1 << 20  # pixel bytes per IDAT chunk: the encoder holds a few chunks at a time
@@ -247,7 +247,7 @@ def cut_tiles(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    suffix = _SUFFIX[tile_format]
+    suffix = SUFFIXES[tile_format]
     if tile_format != "png":
         suffix += f"[Q={quality},strip]" if tile_format == "jpeg" else f"[Q={quality}]"
     dzsave_streamed(matrix, tmp / "map", tile_size=tile_size, overlap=overlap, suffix=suffix,
@@ -278,7 +278,7 @@ def render_overview(tiles_dir: Path, tiles: dict, size: int = OVERVIEW_SIZE) -> 
     level_width = -(-width // 2 ** (top - level))
     level_height = -(-height // 2 ** (top - level))
     across, down = -(-level_width // tile), -(-level_height // tile)
-    suffix = _SUFFIX[tiles["format"]]
+    suffix = SUFFIXES[tiles["format"]]
     pieces = []
     for y in range(down):
         for x in range(across):

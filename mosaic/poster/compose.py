@@ -32,7 +32,14 @@ import pyvips
 from threadpoolctl import threadpool_limits
 
 from mosaic import __version__
-from mosaic.bundle import cell_ids, grid_shape, layout_entry, read_layout_positions
+from mosaic.bundle import (
+    cell_ids,
+    grid_shape,
+    layout_entry,
+    read_layout_positions,
+    read_regions,
+    removed_ids,
+)
 from mosaic.poster.cells import CellFetcher
 from mosaic.poster.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
 from mosaic.poster.pdf import PDF_COMPRESSIONS, write_pdf
@@ -117,7 +124,7 @@ def select_items(
         raise PosterError(f"--random must be a whole number >= 1, not {random_n}")
     if not search_args and random_n is None:
         return None
-    ids = np.arange(n_items)
+    ids = np.setdiff1d(np.arange(n_items), removed_ids(bundle_dir, manifest))
     if search_args:
         try:
             query = parse_search_args(search_args, manifest.get("columns", []))
@@ -321,7 +328,8 @@ def _build_page(
     warnings += fetcher.warnings()
     overlays = _place_texts(page, layout, texts, header)
     if options.hotspots:
-        overlays += _hotspot_labels(manifest, cell_grid, layout, options, warnings)
+        overlays += _hotspot_labels(_label_spots(bundle_dir, manifest), cell_grid, layout,
+                                    options, warnings)
 
     def open_page() -> pyvips.Image:
         # Plain sequential reads (no memory map); revalidate: never reuse a
@@ -374,17 +382,31 @@ def _place_texts(page: Page, layout: Layout, texts: dict, header: int) -> list:
     return overlays
 
 
+def _label_spots(bundle_dir: Path, manifest: dict) -> list[dict]:
+    """What ``--hotspots`` labels: the bundle's hotspots (pipeline ``--clusters``) if it
+    has any, else its top-level labelled regions at their anchor items, largest first."""
+    if manifest.get("hotspots"):
+        return manifest["hotspots"]
+    regions = read_regions(bundle_dir, manifest)
+    if regions is None:
+        return []
+    top = [r for r in regions[0] if r["level"] == 1 and r["label"] is not None]
+    return [{"label": r["label"], "representative": r["anchor"]}
+            for r in sorted(top, key=lambda r: -r["size"])]
+
+
 def _hotspot_labels(
-    manifest: dict, cell_grid: np.ndarray, layout: Layout, options: PosterOptions,
+    spots: list[dict], cell_grid: np.ndarray, layout: Layout, options: PosterOptions,
     warnings: list[str],
 ) -> list:
-    """White label boxes centred on each hotspot's representative, where it is placed."""
+    """White label boxes centred on each spot's representative, where it is placed;
+    one that would overlap a label already placed is left out."""
     page = options.page
     where = {int(i): (r, c) for (r, c), i in np.ndenumerate(cell_grid) if i >= 0}
     size_pt = min(page.width_mm, page.height_mm) * 0.016 / MM_PER_INCH * 72
     montage_w, montage_h = layout.montage_size
-    overlays = []
-    for hotspot in manifest.get("hotspots", []):
+    overlays, boxes = [], []
+    for hotspot in spots:
         cell = where.get(int(hotspot.get("representative", -1)))
         if cell is None or not str(hotspot.get("label", "")).strip():
             continue
@@ -397,6 +419,11 @@ def _hotspot_labels(
         y = y + layout.cell_px // 2 - label.height // 2
         x = min(max(x, layout.montage_x), layout.montage_x + montage_w - label.width)
         y = min(max(y, layout.montage_y), layout.montage_y + montage_h - label.height)
+        box = (x, y, x + label.width, y + label.height)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+               for b in boxes):
+            continue
+        boxes.append(box)
         overlays.append((label, x, y))
     return overlays
 

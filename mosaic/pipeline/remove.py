@@ -1,0 +1,433 @@
+"""``run.py remove``: take items out of a finished bundle (a takedown), as a new generation.
+
+The removed items keep their ids (no other id changes) and leave no trace a
+reader can show: their cells are emptied on every layout's grid (``positions``
+``(-1, -1)``, ``-1`` in ``grid.i32``) and in every tile at every level and the
+overviews; their cell in ``cells.pack`` becomes a blank one; their vectors are
+zeroed and the annoy indexes rebuilt without them; they leave every other
+item's stored neighbour lists; their rows leave ``metadata.sqlite`` (search,
+facet counts, exports, IIIF), written with ``secure_delete`` and vacuumed so no
+page keeps their text. Only the tiles over their cells are rendered again
+(``mosaic.pipeline.retile``). The whole change is one new generation
+(``mosaic.pipeline.generation``): served at once, or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyvips
+from scipy import sparse
+
+from mosaic import knn
+from mosaic.bundle import (
+    CELL_QUALITY,
+    encode_cell,
+    layout_entries,
+    npy_layout,
+    open_cells,
+    open_top_neighbors,
+    open_vectors,
+    read_manifest,
+    read_regions,
+)
+from mosaic.errors import UsageError
+from mosaic.pipeline import generation, regions, render, retile
+from mosaic.pipeline.index import build_annoy
+from mosaic.pipeline.metadata import COUNTED_KINDS, TAGS_TABLE, split_tags
+from mosaic.pipeline.store import bundle_lock, create_npy_rows, write_json_atomic
+from mosaic.store import sql_names
+
+_BLOCK = 65_536  # rows of a neighbour list or vector file handled at a time
+# A level's rewritten tiles are kept as computed for the level above while they fit in
+# this; beyond it (a takedown of many thousands of items) the level above reads them back
+# decoded, which adds a little JPEG noise there.
+_EXACT_BYTES = 256 << 20
+
+
+@dataclass
+class RemoveResult:
+    directory: Path
+    removed: list[int]  # taken out by this run
+    already: list[int]  # asked for, but out before it
+    generation: int
+    tiles: dict[str, int] = field(default_factory=dict)  # layout name -> tiles rewritten
+    seconds: float = 0.0
+
+
+def select_ids(directory: Path, manifest: dict, ids: list[int] | None = None,
+               where: tuple[str, str] | None = None) -> np.ndarray:
+    """The sorted item ids to remove: ``ids`` as given, or the items whose metadata
+    column ``where[0]`` equals ``where[1]`` (a ``tags`` column: carries the tag).
+    UsageError for an id outside the collection, an unknown column, or no match."""
+    n_items = int(manifest["counts"]["items"])
+    if ids is not None:
+        chosen = np.unique(np.asarray(ids, dtype=np.int64))
+        outside = chosen[(chosen < 0) | (chosen >= n_items)]
+        if len(outside):
+            raise UsageError(f"--ids: no item {', '.join(str(i) for i in outside[:5])} in "
+                             f"collection {manifest['id']!r} (ids are 0 to {n_items - 1})")
+        return chosen
+    column, value = where
+    columns = manifest.get("columns", [])
+    kinds = {c["name"]: c["kind"] for c in columns}
+    if column not in kinds:
+        raise UsageError(f"--where: collection {manifest['id']!r} has no metadata column "
+                         f"{column!r}" + (f" (it has {', '.join(kinds)})" if kinds else ""))
+    conn = sqlite3.connect(f"{(directory / manifest['files']['metadata']).resolve().as_uri()}"
+                           "?mode=ro", uri=True)
+    try:
+        if kinds[column] == "tags":
+            rows = conn.execute(f"SELECT id FROM {TAGS_TABLE} WHERE name = ? AND value = ?",
+                                (column, value))
+        else:
+            stored = sql_names(columns)[column]
+            rows = conn.execute(f"SELECT id FROM metadata WHERE CAST({stored} AS TEXT) = ?",
+                                (value,))
+        chosen = np.unique(np.fromiter((r for (r,) in rows), dtype=np.int64))
+    finally:
+        conn.close()
+    if not len(chosen):
+        raise UsageError(f"--where {column}={value}: no item of collection "
+                         f"{manifest['id']!r} has that value")
+    return chosen
+
+
+def remove_items(directory: Path, ids: np.ndarray) -> RemoveResult:
+    """Take ``ids`` out of the bundle at ``directory`` (held under its lock) as its next
+    generation. Ids already out are reported, not an error; if none is left to take
+    out, only a previous run's old generation is cleared away."""
+    started = time.perf_counter()
+    with bundle_lock(directory):
+        manifest = read_manifest(directory)
+        entries = layout_entries(manifest)
+        positions = np.load(directory / entries[0]["positions"])
+        ids = np.asarray(ids, dtype=np.int64)
+        out_before = positions[ids, 0] < 0
+        todo = ids[~out_before]
+        result = RemoveResult(directory, todo.tolist(), ids[out_before].tolist(),
+                              int(manifest.get("generation", 1)))
+        if not len(todo):
+            generation.finish(directory)
+            return result
+        # cache/: stage records that a later pipeline run must not trust, and IIIF downloads
+        new = generation.start(directory, skip=("cache",))
+        gone = positions[:, 0] < 0
+        gone[todo] = True
+        background = tuple(manifest["parameters"].get("background", (255, 255, 255)))
+        _blank_cells(directory, new, manifest, gone, background)
+        cells = open_cells(directory, manifest)
+        try:
+            for entry in entries:
+                result.tiles[entry["name"]] = _empty_cells(new, entry, todo, cells, background)
+        finally:
+            cells.close()
+        for embedding in manifest.get("embeddings", []):
+            _remove_vectors(directory, new, embedding, gone,
+                            int(manifest["parameters"].get("random_state", 0)))
+        _remove_rows(directory, new, manifest, todo)
+        updated = dict(manifest)
+        updated["generation"] = result.generation + 1
+        updated["counts"] = {**manifest["counts"], "removed": int(gone.sum())}
+        updated["layouts"] = [_recount_labels(new, entry, todo) for entry in entries]
+        updated["hotspots"] = _move_representatives(manifest.get("hotspots", []), gone,
+                                                    np.load(new / entries[0]["positions"]))
+        if manifest.get("regions"):
+            updated["regions"] = _relabel_regions(directory, new, manifest, gone)
+        write_json_atomic(new / "manifest.json", updated)
+        generation.exchange(directory, new)
+        generation.finish(directory)
+        result.generation += 1
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _blank_cells(directory: Path, new: Path, manifest: dict, gone: np.ndarray,
+                 background: tuple[int, int, int]) -> None:
+    """A new ``cells.pack`` + ``cells.idx``: the other cells' bytes as they were (copied
+    in the kernel), a blank cell of the background for each removed item."""
+    entry = manifest["cells"]
+    size = int(entry["cell_size"])
+    blank = encode_cell(np.full((size, size, 3), background, dtype=np.uint8),
+                        int(entry.get("quality", CELL_QUALITY)))
+    offsets = np.fromfile(directory / entry["index"], dtype="<u8").astype(np.int64)
+    lengths = np.diff(offsets)
+    lengths[gone] = len(blank)
+    new_offsets = np.zeros(len(offsets), dtype="<u8")
+    np.cumsum(lengths, out=new_offsets[1:])
+
+    def write(tmp: Path) -> None:
+        with open(directory / entry["path"], "rb") as source, open(tmp, "wb") as target:
+            position = 0
+            for keep, start, stop in _runs(gone):
+                if keep:
+                    _copy_range(source.fileno(), target.fileno(), int(offsets[start]),
+                                int(offsets[stop] - offsets[start]), position)
+                    position += int(offsets[stop] - offsets[start])
+                else:
+                    os.pwrite(target.fileno(), blank * (stop - start), position)
+                    position += len(blank) * (stop - start)
+            os.fsync(target.fileno())
+
+    generation.replace(new / entry["path"], write)
+    generation.replace(new / entry["index"], lambda tmp: new_offsets.tofile(tmp))
+
+
+def _runs(mask: np.ndarray):
+    """``(not mask[start], start, stop)`` for each run of equal values of ``mask``."""
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+    bounds = [0, *edges.tolist(), len(mask)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if stop > start:
+            yield not bool(mask[start]), start, stop
+
+
+def _copy_range(source: int, target: int, offset: int, count: int, position: int) -> None:
+    while count > 0:
+        done = os.copy_file_range(source, target, count, offset, position)
+        if done <= 0:
+            raise OSError(f"copy_file_range stopped with {count} bytes left")
+        offset, position, count = offset + done, position + done, count - done
+
+
+def _empty_cells(new: Path, entry: dict, todo: np.ndarray, cells, background) -> int:
+    """Empty the removed items' cells of one layout: its positions, grid, the tiles over
+    them at every level and its overview. Returns how many tiles were written."""
+    positions = np.load(new / entry["positions"])
+    where = positions[todo]
+    where = where[where[:, 0] >= 0]
+    positions[todo] = -1
+    generation.replace(new / entry["positions"], lambda tmp: _save_npy(tmp, positions))
+    grid_info = entry["grid"]
+    grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(
+        grid_info["n_rows"], grid_info["n_cols"])
+    grid[where[:, 0], where[:, 1]] = -1
+    generation.replace(new / entry["grid_file"], lambda tmp: grid.tofile(tmp))
+    tiles = entry["tiles"]
+    cell = int(grid_info["cell_size"])
+    rects = [(int(c) * cell, int(r) * cell, (int(c) + 1) * cell, (int(r) + 1) * cell)
+             for r, c in where]
+    folder = new / Path(tiles["dzi"]).parent / "map_files"
+    written = _retile(folder, tiles, rects, grid, cell, cells, background)
+    overview = render.render_overview(new / Path(tiles["dzi"]).parent, tiles)
+    generation.replace(new / entry["overview"]["path"],
+                       lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
+    return written
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def _tile_options(tiles: dict) -> tuple[str, str]:
+    """The tile files' suffix and libvips save options, as ``render.cut_tiles`` wrote them."""
+    suffix = render.SUFFIXES[tiles["format"]]
+    if tiles["format"] == "jpeg":
+        return suffix, f"[Q={tiles['quality']},strip]"
+    if tiles["format"] == "webp":
+        return suffix, f"[Q={tiles['quality']}]"
+    return suffix, ""
+
+
+def _retile(folder: Path, tiles: dict, rects, grid: np.ndarray, cell: int, cells,
+            background) -> int:
+    """Write again every tile over ``rects`` (pixels of the deepest level), deepest
+    level first, each level from the one below it: the rewritten tiles of that level
+    as computed (exact, while they fit in ``_EXACT_BYTES``), the others decoded."""
+    size, overlap, levels = int(tiles["tile_size"]), int(tiles["overlap"]), int(tiles["levels"])
+    sizes = retile.level_sizes(int(tiles["width"]), int(tiles["height"]), levels)
+    suffix, options = _tile_options(tiles)
+    written = 0
+    exact: dict[tuple[int, int], np.ndarray] = {}
+
+    def read_below(level: int):
+        def read(tx: int, ty: int) -> np.ndarray:
+            if (tx, ty) in exact:
+                return exact[tx, ty]
+            image = pyvips.Image.new_from_file(str(folder / str(level) / f"{tx}_{ty}{suffix}"))
+            pixels = image.numpy().reshape(image.height, image.width, image.bands)
+            return pixels[..., :3] if image.bands >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+        return read
+
+    for level in range(levels - 1, -1, -1):
+        dirty = sorted(retile.tiles_over(rects, sizes[level], size, overlap))
+        keep = len(dirty) * (size + 2 * overlap) ** 2 * 3 <= _EXACT_BYTES
+        made: dict[tuple[int, int], np.ndarray] = {}
+        for tx, ty in dirty:
+            if level == levels - 1:
+                region = retile.tile_region(tx, ty, sizes[level], size, overlap)
+                pixels = retile.compose_cells(region, grid, cell, cells.read_rows, background)
+            else:
+                pixels = retile.shrunk_tile(tx, ty, sizes[level], sizes[level + 1], size,
+                                            overlap, read_below(level + 1))
+            path = folder / str(level) / f"{tx}_{ty}{suffix}"
+            image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(
+                interpretation="srgb")
+            generation.replace(path, lambda tmp, image=image: image.write_to_file(
+                f"{tmp}{options}"))
+            if keep:
+                made[tx, ty] = pixels
+            written += 1
+        exact = made
+        rects = retile.halve_rects(rects)
+    return written
+
+
+def _remove_vectors(directory: Path, new: Path, embedding: dict, gone: np.ndarray,
+                    random_state: int) -> None:
+    """Zero the removed items' vectors, rebuild the annoy index without them, and
+    take them out of every stored neighbour list."""
+    def zero(tmp: Path) -> None:
+        shutil.copyfile(directory / embedding["vectors"], tmp)
+        shape, dtype, offset = npy_layout(tmp)
+        row = int(shape[1]) * np.dtype(dtype).itemsize
+        with open(tmp, "r+b") as handle:
+            for _, start, stop in (r for r in _runs(gone) if not r[0]):
+                os.pwrite(handle.fileno(), bytes(row * (stop - start)), offset + start * row)
+            os.fsync(handle.fileno())
+
+    generation.replace(new / embedding["vectors"], zero)
+    vectors = open_vectors(new, embedding)
+    index = build_annoy(vectors, embedding["metric"], int(embedding.get("n_trees", 20)),
+                        random_state, skip=gone)
+    generation.replace(new / embedding["index"], lambda tmp: index.save(str(tmp)))
+    index.unload()
+    stored = open_top_neighbors(directory, embedding)
+    if stored is None:
+        return
+    old_ids, old_distances = stored
+    k = old_ids.shape[1]
+    files = {}
+    for part, dtype in (("ids", np.int32), ("distances", np.float32)):
+        path = new / embedding["top"][part]
+        tmp = path.with_name(f".new.{path.name}")
+        files[part] = (tmp, path, create_npy_rows(tmp, (len(gone), k), dtype))
+    for start in range(0, len(gone), _BLOCK):
+        rows = np.arange(start, min(start + _BLOCK, len(gone)))
+        ids, distances = old_ids.read_rows(rows), old_distances.read_rows(rows)
+        ids, distances = knn.drop_neighbors(ids, distances, gone)
+        ids[gone[rows]] = -1
+        distances[gone[rows]] = np.inf
+        files["ids"][2].write_rows(start, ids)
+        files["distances"][2].write_rows(start, distances)
+    for tmp, path, rows in files.values():
+        rows.flush()
+        rows.close()
+        os.replace(tmp, path)
+    old_ids.close()
+    old_distances.close()
+
+
+def _remove_rows(directory: Path, new: Path, manifest: dict, todo: np.ndarray) -> None:
+    """The removed items' rows out of every table of ``metadata.sqlite``, their facet
+    values and tags out of ``facet_values``; deleted pages zeroed and the file vacuumed."""
+    columns = manifest.get("columns", [])
+    stored = sql_names(columns)
+    counted = [c for c in columns if c["kind"] in COUNTED_KINDS]
+    ids = [int(i) for i in todo]
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(directory / manifest["files"]["metadata"], tmp)
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute("PRAGMA secure_delete = ON")
+            marks = ",".join("?" * len(ids))
+            less = Counter()
+            for column in counted:
+                for (value,) in conn.execute(
+                        f"SELECT {stored[column['name']]} FROM metadata WHERE id IN ({marks})",
+                        ids):
+                    if value in (None, ""):
+                        continue
+                    values = split_tags(value) if column["kind"] == "tags" else [str(value)]
+                    less.update((column["name"], v) for v in values)
+            for (name, value), count in less.items():
+                conn.execute("UPDATE facet_values SET count = count - ? WHERE name = ? AND "
+                             "value = ?", (count, name, value))
+            conn.execute("DELETE FROM facet_values WHERE count <= 0")
+            for table in ("items", "metadata"):
+                conn.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM items_fts WHERE rowid IN ({marks})", ids)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                            (TAGS_TABLE,)).fetchone():
+                conn.execute(f"DELETE FROM {TAGS_TABLE} WHERE id IN ({marks})", ids)
+            conn.execute("INSERT INTO items_fts (items_fts) VALUES ('optimize')")
+            conn.commit()
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+
+    generation.replace(new / manifest["files"]["metadata"], write)
+
+
+def _relabel_regions(directory: Path, new: Path, manifest: dict, gone: np.ndarray) -> dict:
+    """The labelled regions over the items left (``regions.without``): the removed items
+    leave every region, and sizes, representatives and labels come from the rest, with
+    terms read from the new ``metadata.sqlite`` (no removed item's words stay in a label)."""
+    entry = manifest["regions"]
+    described, ids = read_regions(directory, manifest)
+    columns = [c for c in manifest.get("columns", []) if c["name"] in entry["terms_from"]]
+    stored = sql_names(manifest.get("columns", []))
+    values: dict[str, list] = {c["name"]: [None] * len(gone) for c in columns}
+    if columns:
+        conn = sqlite3.connect(f"{(new / manifest['files']['metadata']).resolve().as_uri()}"
+                               "?mode=ro", uri=True)
+        try:
+            names = ", ".join(stored[c["name"]] for c in columns)
+            for row in conn.execute(f"SELECT id, {names} FROM metadata"):
+                for column, value in zip(columns, row[1:]):
+                    values[column["name"]][row[0]] = value
+        finally:
+            conn.close()
+    terms, vocabulary = regions.item_terms(values, {c["name"]: c["kind"] for c in columns})
+    if not vocabulary:  # no term left (or none ever): an empty items x terms matrix
+        terms = sparse.csr_matrix((len(gone), 0))
+    remaining, order, fresh = regions.without(
+        np.asarray(ids), described, gone, np.load(directory / "layout.npy"),
+        np.load(new / layout_entries(manifest)[0]["positions"]), terms, vocabulary)
+    generation.replace(new / entry["ids"], lambda tmp: _save_npy(tmp, remaining))
+    generation.replace(new / entry["order"],
+                       lambda tmp: tmp.write_bytes(order.astype("<i4").tobytes()))
+    generation.replace(new / entry["path"], lambda tmp: write_json_atomic(
+        tmp, {"levels": int(remaining.shape[1]), "regions": fresh}))
+    return {**entry, "labelled": sum(r["label"] is not None for r in fresh)}
+
+
+def _recount_labels(new: Path, entry: dict, todo: np.ndarray) -> dict:
+    """A layout's entry with its block labels' counts less the removed items in them
+    (their cells, read before the removal, from the unchanged labels' rectangles)."""
+    if not entry.get("labels"):
+        return entry
+    grid_info = entry["grid"]
+    grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(
+        grid_info["n_rows"], grid_info["n_cols"])
+    labels = []
+    for label in entry["labels"]:
+        block = grid[label["row"]:label["row"] + label["n_rows"],
+                     label["col"]:label["col"] + label["n_cols"]]
+        labels.append({**label, "count": int((block >= 0).sum())})
+    return {**entry, "labels": labels}
+
+
+def _move_representatives(hotspots: list[dict], gone: np.ndarray,
+                          positions: np.ndarray) -> list[dict]:
+    """Hotspots whose representative was removed get the nearest item still on the map."""
+    present = np.flatnonzero(~gone)
+    moved = []
+    for hotspot in hotspots:
+        if 0 <= hotspot["representative"] < len(gone) and gone[hotspot["representative"]] \
+                and len(present):
+            here = np.array([hotspot["row"], hotspot["col"]])
+            nearest = int(present[np.argmin(((positions[present] - here) ** 2).sum(axis=1))])
+            hotspot = {**hotspot, "representative": nearest,
+                       "row": int(positions[nearest, 0]), "col": int(positions[nearest, 1])}
+        moved.append(hotspot)
+    return moved

@@ -1,0 +1,130 @@
+"""Re-render part of a Deep Zoom pyramid: the tiles over some changed cells, at every level.
+
+``run.py remove`` empties a few cells of a map that ``dzsave`` cut; cutting the
+whole pyramid again would read every cell. Instead the tiles that hold a changed
+cell are built again from the cells (the deepest level), and each level above
+from the four tiles under it, exactly as ``dzsave`` shrinks a level: the mean of
+each 2 x 2 block, rounded (``(a + b + c + d + 2) >> 2``), the last column or row
+repeated where a level's size is odd (checked against ``dzsave`` on PNG tiles in
+tests/test_remove.py). With JPEG tiles a rebuilt tile above the deepest level
+is shrunk from decoded JPEG tiles where ``dzsave`` shrank exact pixels: it
+differs from a full re-cut by JPEG noise (the test bounds it).
+
+Geometry only here (regions, tile lists, shrinking, composing); reading and
+writing tile files is the caller's (``mosaic.pipeline.remove``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+
+def level_sizes(width: int, height: int, levels: int) -> list[tuple[int, int]]:
+    """``(width, height)`` of each pyramid level, level 0 (1 x 1) to ``levels - 1`` (full)."""
+    sizes = []
+    for level in range(levels):
+        scale = 2 ** (levels - 1 - level)
+        sizes.append((-(-width // scale), -(-height // scale)))
+    return sizes
+
+
+def tile_region(tx: int, ty: int, size: tuple[int, int], tile: int, overlap: int
+                ) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``, the pixels of one level that tile ``(tx, ty)`` holds
+    (``dzsave``'s ``dz`` layout: ``overlap`` more on each inner side)."""
+    width, height = size
+    x0 = tx * tile - (overlap if tx else 0)
+    y0 = ty * tile - (overlap if ty else 0)
+    return x0, y0, min((tx + 1) * tile + overlap, width), min((ty + 1) * tile + overlap, height)
+
+
+def tiles_over(rects: Iterable[tuple[int, int, int, int]], size: tuple[int, int], tile: int,
+               overlap: int) -> set[tuple[int, int]]:
+    """Every tile ``(tx, ty)`` of a level whose region meets one of ``rects`` (x0, y0, x1, y1)."""
+    width, height = size
+    across, down = -(-width // tile), -(-height // tile)
+    found = set()
+    for x0, y0, x1, y1 in rects:
+        for ty in range(max(0, (y0 - overlap) // tile), min(down, -(-(y1 + overlap) // tile))):
+            for tx in range(max(0, (x0 - overlap) // tile),
+                            min(across, -(-(x1 + overlap) // tile))):
+                rx0, ry0, rx1, ry1 = tile_region(tx, ty, size, tile, overlap)
+                if rx0 < x1 and x0 < rx1 and ry0 < y1 and y0 < ry1:
+                    found.add((tx, ty))
+    return found
+
+
+def halve_rects(rects: Iterable[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """The pixels of the level above that depend on ``rects``."""
+    return [(x0 // 2, y0 // 2, -(-x1 // 2), -(-y1 // 2)) for x0, y0, x1, y1 in rects]
+
+
+def shrink(block: np.ndarray) -> np.ndarray:
+    """``dzsave``'s 2 x 2 mean of a uint8 (h, w, bands) block that starts at even
+    coordinates; an odd last row or column is repeated (the level's edge)."""
+    if block.shape[1] % 2:
+        block = np.concatenate([block, block[:, -1:]], axis=1)
+    if block.shape[0] % 2:
+        block = np.concatenate([block, block[-1:]], axis=0)
+    wide = block.astype(np.uint16)
+    total = wide[0::2, 0::2] + wide[1::2, 0::2] + wide[0::2, 1::2] + wide[1::2, 1::2]
+    return ((total + 2) >> 2).astype(np.uint8)
+
+
+def compose_cells(region: tuple[int, int, int, int], grid: np.ndarray, cell: int,
+                  read_cells: Callable[[np.ndarray], np.ndarray],
+                  background: tuple[int, int, int]) -> np.ndarray:
+    """The deepest level's pixels in ``region`` (x0, y0, x1, y1): the cells of ``grid``
+    (int32 (n_rows, n_cols) of item ids, -1 empty) that fall in it, ``background`` elsewhere.
+    ``read_cells(ids)`` gives uint8 (k, cell, cell, 3)."""
+    x0, y0, x1, y1 = region
+    out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    out[:] = background
+    rows = range(y0 // cell, -(-y1 // cell))
+    cols = range(x0 // cell, -(-x1 // cell))
+    block = grid[rows.start:rows.stop, cols.start:cols.stop]
+    where = np.argwhere(block >= 0)
+    if not len(where):
+        return out
+    ids = block[where[:, 0], where[:, 1]]
+    order = np.argsort(ids, kind="stable")  # read the pack in id order
+    pictures = read_cells(ids[order])
+    for (r, c), picture in zip(where[order], pictures):
+        top, left = (rows.start + int(r)) * cell, (cols.start + int(c)) * cell
+        sy0, sx0 = max(y0, top), max(x0, left)
+        sy1, sx1 = min(y1, top + cell), min(x1, left + cell)
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = picture[sy0 - top:sy1 - top,
+                                                            sx0 - left:sx1 - left]
+    return out
+
+
+def assemble(region: tuple[int, int, int, int], size: tuple[int, int], tile: int, overlap: int,
+             read_tile: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """The pixels of one level in ``region`` (x0, y0, x1, y1), from its tiles
+    (``read_tile(tx, ty)`` gives a uint8 (h, w, 3) tile as stored)."""
+    x0, y0, x1, y1 = region
+    out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    for ty in range(y0 // tile, -(-y1 // tile)):
+        for tx in range(x0 // tile, -(-x1 // tile)):
+            rx0, ry0, _, _ = tile_region(tx, ty, size, tile, overlap)
+            # the tile's own square, without the overlap it shares with its neighbours
+            ox0, oy0 = tx * tile, ty * tile
+            ox1, oy1 = min(ox0 + tile, size[0]), min(oy0 + tile, size[1])
+            sx0, sy0, sx1, sy1 = max(x0, ox0), max(y0, oy0), min(x1, ox1), min(y1, oy1)
+            if sx0 >= sx1 or sy0 >= sy1:
+                continue
+            pixels = read_tile(tx, ty)
+            out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = pixels[sy0 - ry0:sy1 - ry0,
+                                                               sx0 - rx0:sx1 - rx0]
+    return out
+
+
+def shrunk_tile(tx: int, ty: int, size: tuple[int, int], below: tuple[int, int], tile: int,
+                overlap: int, read_below: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Tile ``(tx, ty)`` of a level of ``size`` made from the level ``below`` it (twice
+    as large), whose tiles ``read_below(tx, ty)`` gives."""
+    x0, y0, x1, y1 = tile_region(tx, ty, size, tile, overlap)
+    source = (2 * x0, 2 * y0, min(2 * x1, below[0]), min(2 * y1, below[1]))
+    return shrink(assemble(source, below, tile, overlap, read_below))
