@@ -198,3 +198,62 @@ def _direct_distances(rows: np.ndarray, query: np.ndarray, metric: str) -> np.nd
         rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         query = query / max(float(np.linalg.norm(query)), 1e-300)
     return np.linalg.norm(rows - query, axis=1)
+
+
+def pairwise_distances(rows: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+    """float32 (len(rows), len(queries)): euclidean or angular distances as annoy defines
+    them (angular: the euclidean distance of the unit vectors, sqrt(2 - 2 cos))."""
+    if metric not in ("euclidean", "angular"):
+        raise ValueError(f"pairwise_distances supports euclidean and angular, not {metric!r}")
+    rows = np.asarray(rows, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    if metric == "angular":
+        rows, queries = _unit_rows(rows), _unit_rows(queries)
+    squared = ((rows ** 2).sum(axis=1)[:, None] - 2 * rows @ queries.T
+               + (queries ** 2).sum(axis=1)[None, :])
+    return np.sqrt(np.maximum(squared, 0)).astype(np.float32)
+
+
+def merge_neighbors(ids: np.ndarray, distances: np.ndarray, more_ids: np.ndarray,
+                    more_distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored neighbour lists (int32 (b, k), -1 past the end; float32) with candidates
+    ``more_ids`` (m,) at ``more_distances`` (b, m) taken in where nearer: each row's k
+    nearest of both, nearest first (a stored entry before an equally near candidate)."""
+    k = ids.shape[1]
+    if more_distances.shape[1] > k:
+        best = np.argpartition(more_distances, k - 1, axis=1)[:, :k]
+    else:
+        best = np.broadcast_to(np.arange(more_distances.shape[1]), more_distances.shape)
+    all_ids = np.concatenate([ids, np.asarray(more_ids, np.int32)[best]], axis=1)
+    all_distances = np.concatenate(
+        [distances, np.take_along_axis(more_distances, best, axis=1).astype(np.float32)],
+        axis=1)
+    order = np.argsort(all_distances, axis=1, kind="stable")[:, :k]
+    return (np.take_along_axis(all_ids, order, axis=1),
+            np.take_along_axis(all_distances, order, axis=1))
+
+
+def neighbors_of(vectors, index, items: np.ndarray, metric: str, search_k: int, k: int,
+                 gone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored-list rows (int32 (len(items), k), -1 past the end; float32) of some
+    ``items``: exact where ``exact_is_cheap``, else from the annoy ``index`` (built
+    without the ``gone`` items) with ``search_k``; the item itself and the gone left out."""
+    ids = np.full((len(items), k), -1, dtype=np.int32)
+    distances = np.full((len(items), k), np.inf, dtype=np.float32)
+    exact = exact_is_cheap(*vectors.shape, metric)
+    if exact:
+        matrix = np.asarray(vectors[:], dtype=np.float32)
+        norms = row_norms(matrix)
+        excluded = np.flatnonzero(gone)
+    for row, item in enumerate(np.asarray(items).tolist()):
+        if exact:
+            found, dist = exact_neighbors(matrix, matrix[item], k, metric,
+                                          exclude=np.append(excluded, item), norms=norms)
+        else:
+            found, dist = index.get_nns_by_item(item, k + 1, search_k=search_k,
+                                                include_distances=True)
+            pairs = [(i, d) for i, d in zip(found, dist, strict=True) if i != item][:k]
+            found, dist = [p[0] for p in pairs], [p[1] for p in pairs]
+        ids[row, :len(found)] = found
+        distances[row, :len(found)] = dist
+    return ids, distances

@@ -64,7 +64,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def get_parser() -> argparse.ArgumentParser:
     """The parser of every command (imports each command's module, not the heavy libraries)."""
-    from mosaic.cli import duplicates, pipeline, poster, publish, remove, serve, similar
+    from mosaic.cli import add, duplicates, pipeline, poster, publish, remove, serve, similar
 
     parser = ArgumentParser(prog="mosaic", formatter_class=HelpFormatter,
                             description="Turn an image collection into a zoomable "
@@ -110,6 +110,7 @@ def get_parser() -> argparse.ArgumentParser:
                                         "duplicates in a bundle"))
     remove.configure_parser(command("remove", "take items out of a bundle (a takedown), "
                                     "without a rebuild"))
+    add.configure_parser(command("add", "add new images to a bundle, without a rebuild"))
     return parser
 
 
@@ -238,6 +239,9 @@ def _run(args: argparse.Namespace) -> int:
         return run(args)
     if args.command == "remove":
         from mosaic.cli.remove import run
+        return run(args)
+    if args.command == "add":
+        from mosaic.cli.add import run
         return run(args)
     raise AssertionError(args.command)
 

@@ -205,6 +205,16 @@ def parse_coordinates(lat: Sequence[str | None], lng: Sequence[str | None]) -> n
     return out
 
 
+def layout_values(kind: str, values: Sequence[Sequence[str | None]]):
+    """A column layout's per-item values from its columns' raw strings: years (date),
+    (lat, lng) rows (geo) or category texts."""
+    if kind == "date":
+        return parse_years(values[0])
+    if kind == "geo":
+        return parse_coordinates(values[0], values[1])
+    return category_values(values[0])
+
+
 def category_values(values: Sequence[str | None]) -> list[str | None]:
     """Stripped category strings; None for an empty one."""
     return [(v or "").strip() or None for v in values]
@@ -465,7 +475,7 @@ def place_nearest_free(points: np.ndarray, n_rows: int, n_cols: int) -> np.ndarr
     single = order[starts[alone]]
     out[single] = target[single]
     taken[cells[alone]] = True
-    spiral = _Spiral()
+    spiral = Spiral()
     for g in np.argsort(counts, kind="stable")[int(alone.sum()):]:
         ids = order[starts[g]:starts[g] + counts[g]]
         r0, c0 = divmod(int(cells[g]), n_cols)
@@ -475,7 +485,7 @@ def place_nearest_free(points: np.ndarray, n_rows: int, n_cols: int) -> np.ndarr
     return out
 
 
-class _Spiral:
+class Spiral:
     """Cell offsets sorted by distance from (0, 0), grown on demand."""
 
     def __init__(self) -> None:

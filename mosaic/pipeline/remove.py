@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyvips
 from scipy import sparse
 
 from mosaic import knn
@@ -46,10 +45,6 @@ from mosaic.pipeline.store import bundle_lock, create_npy_rows, write_json_atomi
 from mosaic.store import sql_names
 
 _BLOCK = 65_536  # rows of a neighbour list or vector file handled at a time
-# A level's rewritten tiles are kept as computed for the level above while they fit in
-# this; beyond it (a takedown of many thousands of items) the level above reads them back
-# decoded, which adds a little JPEG noise there.
-_EXACT_BYTES = 256 << 20
 
 
 @dataclass
@@ -215,7 +210,7 @@ def _empty_cells(new: Path, entry: dict, todo: np.ndarray, cells, background) ->
     rects = [(int(c) * cell, int(r) * cell, (int(c) + 1) * cell, (int(r) + 1) * cell)
              for r, c in where]
     folder = new / Path(tiles["dzi"]).parent / "map_files"
-    written = _retile(folder, tiles, rects, grid, cell, cells, background)
+    written = retile.rewrite_tiles(folder, tiles, rects, grid, cell, cells, background)
     overview = render.render_overview(new / Path(tiles["dzi"]).parent, tiles)
     generation.replace(new / entry["overview"]["path"],
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
@@ -225,60 +220,6 @@ def _empty_cells(new: Path, entry: dict, todo: np.ndarray, cells, background) ->
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, array)
-
-
-def _tile_options(tiles: dict) -> tuple[str, str]:
-    """The tile files' suffix and libvips save options, as ``render.cut_tiles`` wrote them."""
-    suffix = render.SUFFIXES[tiles["format"]]
-    if tiles["format"] == "jpeg":
-        return suffix, f"[Q={tiles['quality']},strip]"
-    if tiles["format"] == "webp":
-        return suffix, f"[Q={tiles['quality']}]"
-    return suffix, ""
-
-
-def _retile(folder: Path, tiles: dict, rects, grid: np.ndarray, cell: int, cells,
-            background) -> int:
-    """Write again every tile over ``rects`` (pixels of the deepest level), deepest
-    level first, each level from the one below it: the rewritten tiles of that level
-    as computed (exact, while they fit in ``_EXACT_BYTES``), the others decoded."""
-    size, overlap, levels = int(tiles["tile_size"]), int(tiles["overlap"]), int(tiles["levels"])
-    sizes = retile.level_sizes(int(tiles["width"]), int(tiles["height"]), levels)
-    suffix, options = _tile_options(tiles)
-    written = 0
-    exact: dict[tuple[int, int], np.ndarray] = {}
-
-    def read_below(level: int):
-        def read(tx: int, ty: int) -> np.ndarray:
-            if (tx, ty) in exact:
-                return exact[tx, ty]
-            image = pyvips.Image.new_from_file(str(folder / str(level) / f"{tx}_{ty}{suffix}"))
-            pixels = image.numpy().reshape(image.height, image.width, image.bands)
-            return pixels[..., :3] if image.bands >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
-        return read
-
-    for level in range(levels - 1, -1, -1):
-        dirty = sorted(retile.tiles_over(rects, sizes[level], size, overlap))
-        keep = len(dirty) * (size + 2 * overlap) ** 2 * 3 <= _EXACT_BYTES
-        made: dict[tuple[int, int], np.ndarray] = {}
-        for tx, ty in dirty:
-            if level == levels - 1:
-                region = retile.tile_region(tx, ty, sizes[level], size, overlap)
-                pixels = retile.compose_cells(region, grid, cell, cells.read_rows, background)
-            else:
-                pixels = retile.shrunk_tile(tx, ty, sizes[level], sizes[level + 1], size,
-                                            overlap, read_below(level + 1))
-            path = folder / str(level) / f"{tx}_{ty}{suffix}"
-            image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(
-                interpretation="srgb")
-            generation.replace(path, lambda tmp, image=image: image.write_to_file(
-                f"{tmp}{options}"))
-            if keep:
-                made[tx, ty] = pixels
-            written += 1
-        exact = made
-        rects = retile.halve_rects(rects)
-    return written
 
 
 def _remove_vectors(directory: Path, new: Path, embedding: dict, gone: np.ndarray,

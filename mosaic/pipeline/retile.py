@@ -10,15 +10,30 @@ tests/test_remove.py). With JPEG tiles a rebuilt tile above the deepest level
 is shrunk from decoded JPEG tiles where ``dzsave`` shrank exact pixels: it
 differs from a full re-cut by JPEG noise (the test bounds it).
 
-Geometry only here (regions, tile lists, shrinking, composing); reading and
-writing tile files is the caller's (``mosaic.pipeline.remove``).
+``run.py add`` fills free cells the same way, and where the map grows by rows
+at the bottom (``grow``) the same pyramid gains tiles along its new edge (and a
+level on top when its longest side passes a power of two: the old levels are
+renamed one up, as ``dzsave`` would have numbered them).
+
+The geometry (regions, tile lists, shrinking, composing) is pure; ``rewrite_tiles``
+and ``grow`` read and write the tile files, each through ``generation.replace``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
+import pyvips
+
+from mosaic.pipeline import generation, render
+
+# A level's rewritten tiles are kept as computed for the level above while they fit in
+# this; beyond it (many thousands of changed cells) the level above reads them back
+# decoded, which adds a little JPEG noise there.
+EXACT_BYTES = 256 << 20
 
 
 def level_sizes(width: int, height: int, levels: int) -> list[tuple[int, int]]:
@@ -128,3 +143,86 @@ def shrunk_tile(tx: int, ty: int, size: tuple[int, int], below: tuple[int, int],
     x0, y0, x1, y1 = tile_region(tx, ty, size, tile, overlap)
     source = (2 * x0, 2 * y0, min(2 * x1, below[0]), min(2 * y1, below[1]))
     return shrink(assemble(source, below, tile, overlap, read_below))
+
+
+# -- the tile files ------------------------------------------------------------
+
+
+def tile_options(tiles: dict) -> tuple[str, str]:
+    """The tile files' suffix and libvips save options, as ``render.cut_tiles`` wrote them."""
+    suffix = render.SUFFIXES[tiles["format"]]
+    if tiles["format"] == "jpeg":
+        return suffix, f"[Q={tiles['quality']},strip]"
+    if tiles["format"] == "webp":
+        return suffix, f"[Q={tiles['quality']}]"
+    return suffix, ""
+
+
+def levels_for(width: int, height: int) -> int:
+    """How many levels ``dzsave`` (``depth="onepixel"``) cuts for a ``width x height`` map."""
+    return (max(width, height) - 1).bit_length() + 1
+
+
+def rewrite_tiles(folder: Path, tiles: dict, rects, grid: np.ndarray, cell: int, cells,
+                  background, every_tile_below: int = 0) -> int:
+    """Write again every tile of the pyramid ``folder`` (``map_files``) over ``rects``
+    (pixels of the deepest level), deepest level first, each level from the one below:
+    that level's rewritten tiles as computed (exact, while they fit in ``EXACT_BYTES``),
+    the others decoded. Levels below ``every_tile_below`` are written whole. Returns how
+    many tiles were written."""
+    size, overlap, levels = int(tiles["tile_size"]), int(tiles["overlap"]), int(tiles["levels"])
+    sizes = level_sizes(int(tiles["width"]), int(tiles["height"]), levels)
+    suffix, options = tile_options(tiles)
+    written = 0
+    exact: dict[tuple[int, int], np.ndarray] = {}
+
+    def read_below(level: int):
+        def read(tx: int, ty: int) -> np.ndarray:
+            if (tx, ty) in exact:
+                return exact[tx, ty]
+            image = pyvips.Image.new_from_file(str(folder / str(level) / f"{tx}_{ty}{suffix}"))
+            pixels = image.numpy().reshape(image.height, image.width, image.bands)
+            return pixels[..., :3] if image.bands >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+        return read
+
+    for level in range(levels - 1, -1, -1):
+        level_rects = [(0, 0, *sizes[level])] if level < every_tile_below else rects
+        dirty = sorted(tiles_over(level_rects, sizes[level], size, overlap))
+        keep = len(dirty) * (size + 2 * overlap) ** 2 * 3 <= EXACT_BYTES
+        made: dict[tuple[int, int], np.ndarray] = {}
+        (folder / str(level)).mkdir(parents=True, exist_ok=True)
+        for tx, ty in dirty:
+            if level == levels - 1:
+                region = tile_region(tx, ty, sizes[level], size, overlap)
+                pixels = compose_cells(region, grid, cell, cells.read_rows, background)
+            else:
+                pixels = shrunk_tile(tx, ty, sizes[level], sizes[level + 1], size,
+                                     overlap, read_below(level + 1))
+            path = folder / str(level) / f"{tx}_{ty}{suffix}"
+            image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(
+                interpretation="srgb")
+            generation.replace(path, lambda tmp, image=image: image.write_to_file(
+                f"{tmp}{options}"))
+            if keep:
+                made[tx, ty] = pixels
+            written += 1
+        exact = made
+        rects = halve_rects(rects)
+    return written
+
+
+def grow(tiles_dir: Path, tiles: dict, height: int) -> tuple[dict, int]:
+    """Make the pyramid under ``tiles_dir`` (``map.dzi`` + ``map_files``) ready for a map
+    ``height`` pixels high (taller, same width): the ``.dzi`` says the new size, and where
+    the level count grows the levels are renamed up to where ``dzsave`` puts them.
+    Returns the new tile info and the number of new levels on top (whose tiles the
+    caller writes whole, with ``rewrite_tiles(every_tile_below=...)``)."""
+    levels = levels_for(int(tiles["width"]), height)
+    added = levels - int(tiles["levels"])
+    folder = tiles_dir / "map_files"
+    for level in range(int(tiles["levels"]) - 1, -1, -1) if added else ():
+        (folder / str(level)).rename(folder / str(level + added))
+    dzi = tiles_dir / "map.dzi"
+    text = re.sub(r'Height="\d+"', f'Height="{height}"', dzi.read_text(encoding="utf-8"))
+    generation.replace(dzi, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return {**tiles, "height": height, "levels": levels}, added
