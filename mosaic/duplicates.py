@@ -26,6 +26,12 @@ A 64-bit perceptual hash (pHash, dHash, PDQ) was the first design and was measur
 out: on emoji it cannot tell a picture from its other skin tone or a near-equal flag,
 nor survive a 10 % crop (docs/benchmarks.md, "Duplicate groups (issue 19)").
 
+The pipeline runs this search once, at the default threshold, after the index stage
+and stores the groups in the bundle (``duplicates.json``, ``STORED``; docs/bundle.md,
+"Duplicates"): ``groups_document`` makes it, ``read_stored`` reads it back without the
+items ``run.py remove`` took out since, ``collection_entry`` is what the server's and
+a published site's collection JSON say of it, for the viewer's "Duplicates" filter.
+
 Memory: the neighbour lists are read ``CHUNK`` items at a time, the candidates'
 pictures (3 KB each) are kept in a temporary file and read back with ``pread``, so the
 process holds O(N) small integers (labels, row numbers) whatever N is.
@@ -34,6 +40,7 @@ process holds O(N) small integers (labels, row numbers) whatever N is.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sqlite3
 import tempfile
@@ -45,7 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mosaic.bundle import RowFile, open_cells, open_top_neighbors
+from mosaic.bundle import RowFile, open_cells, open_top_neighbors, removed_ids
 from mosaic.errors import BundleError
 
 # The thresholds, set once here and measured together by bench/duplicates_bench.py on
@@ -70,6 +77,13 @@ EMBEDDING = "pixels"   # the distances above are this embedding's
 CHUNK = 65_536         # items whose neighbour lists are read (and paired) at a time
 _BATCH = 512           # pairs compared, or cells decoded, per task of the thread pool
 _TOP = 2              # alignments tried in 2-D per axis and direction: the best by profile
+STORED = "duplicates.json"  # the groups the pipeline stores in the bundle, at MAX_DIFFERENCE
+# What decides the stored groups besides the bundle's own files: the pipeline stage's
+# cache key holds it, so a change of any of these makes the pipeline search again.
+SETTINGS = {"version": 1, "max_difference": MAX_DIFFERENCE, "max_distance": MAX_DISTANCE,
+            "max_rank": MAX_RANK, "max_cut": MAX_CUT, "cut_step": CUT_STEP,
+            "max_profile": MAX_PROFILE, "blur": BLUR, "shift": SHIFT, "side": SIDE,
+            "top": _TOP, "embedding": EMBEDDING}
 
 
 def pixels_entry(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -139,15 +153,18 @@ def similar_aspects(sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
 
 def read_sizes(directory: str | Path, manifest: dict[str, Any]) -> np.ndarray:
     """int64 (N, 2) ``(width, height)`` of every item's source picture, as the
-    pipeline decoded it (metadata.sqlite ``items``); 0 where unknown."""
+    pipeline decoded it (metadata.sqlite ``items``), by id; 0 where unknown (an item
+    ``run.py remove`` took out has no row)."""
     database = Path(directory) / manifest["files"]["metadata"]
     conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        sizes = np.array(conn.execute("SELECT width, height FROM items ORDER BY id").fetchall(),
-                         dtype=np.float64).reshape(-1, 2)
+        rows = np.array(conn.execute("SELECT id, width, height FROM items ORDER BY id")
+                        .fetchall(), dtype=np.float64).reshape(-1, 3)
     finally:
         conn.close()
-    return np.nan_to_num(sizes, nan=0).astype(np.int64)
+    sizes = np.zeros((int(manifest["counts"]["items"]), 2), dtype=np.int64)
+    sizes[rows[:, 0].astype(np.int64)] = np.nan_to_num(rows[:, 1:], nan=0).astype(np.int64)
+    return sizes
 
 
 def picture_boxes(sizes: np.ndarray, cell_size: int, fit: str = "fit") -> np.ndarray:
@@ -440,3 +457,93 @@ def find_duplicates(directory: str | Path, manifest: dict[str, Any],
             yield a[same], b[same]
 
     return groups_from_labels(group_labels(int(manifest["counts"]["items"]), confirmed()))
+
+
+# -- the stored groups (docs/bundle.md, "Duplicates") ---------------------------------
+
+def groups_document(group: np.ndarray, ids: np.ndarray, largest: np.ndarray,
+                    threshold: float = MAX_DIFFERENCE) -> dict[str, Any]:
+    """What ``duplicates.json`` holds: ``{"threshold", "groups": [{"ids", "largest"}]}``,
+    a group per entry in ``group``'s order (numbered by position, from 0), its members'
+    ids ascending and ``largest`` the id ``largest_members`` marks.
+
+    >>> groups_document(np.array([0, 0, 1, 1, 1]), np.array([2, 9, 4, 5, 7]),
+    ...                 np.array([False, True, True, False, False]))["groups"]
+    [{'ids': [2, 9], 'largest': 9}, {'ids': [4, 5, 7], 'largest': 4}]
+    """
+    group, ids = np.asarray(group, np.int64), np.asarray(ids, np.int64)
+    largest = np.asarray(largest, bool)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) \
+        else np.empty(0, np.int64)
+    groups = []
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(group)]):
+        members = ids[start:end]
+        order = np.argsort(members, kind="stable")
+        top = members[largest[start:end]]
+        groups.append({"ids": members[order].tolist(),
+                       "largest": int(top[0]) if len(top) else None})
+    return {"threshold": float(threshold), "groups": groups}
+
+
+def document_bytes(document: dict[str, Any]) -> bytes:
+    """``document`` as compact UTF-8 JSON, one group a line (a million items' groups
+    stay a few MB, and a diff of two bundles reads group by group)."""
+    head = json.dumps({k: v for k, v in document.items() if k != "groups"},
+                      separators=(",", ":"))[:-1]
+    lines = ",\n".join(json.dumps(g, separators=(",", ":")) for g in document["groups"])
+    return f'{head},"groups":[\n{lines}\n]}}\n'.encode()
+
+
+def without_items(document: dict[str, Any], gone: np.ndarray) -> dict[str, Any]:
+    """A new ``document`` without the items where ``gone`` (bool, by id) is true: they
+    leave their groups, a group left with fewer than two members is dropped, the rest
+    keep their order (numbered again from 0); a group whose largest member went has
+    ``largest`` null (the size of the others is not in the document)."""
+    gone = np.asarray(gone, dtype=bool)
+    groups = []
+    for entry in document["groups"]:
+        members = [i for i in entry["ids"] if not (i < len(gone) and gone[i])]
+        if len(members) >= 2:
+            largest = entry.get("largest")
+            groups.append({"ids": members, "largest": largest if largest in members else None})
+    return {**document, "groups": groups}
+
+
+def read_stored(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The groups the pipeline stored (``manifest["duplicates"]``), without the items
+    ``run.py remove`` took out since (``without_items``); None for a bundle without
+    them (made before them, ``--no-duplicates``, or no ``pixels`` embedding)."""
+    entry = manifest.get("duplicates")
+    if not entry:
+        return None
+    try:
+        with open(Path(directory) / entry["path"], encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise BundleError(f"cannot read the stored duplicate groups {entry['path']!r}: "
+                          f"{error}") from None
+    removed = removed_ids(directory, manifest)
+    if len(removed):
+        gone = np.zeros(int(manifest["counts"]["items"]), dtype=bool)
+        gone[removed] = True
+        document = without_items(document, gone)
+    return document
+
+
+def stored_groups(document: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(group, ids)`` int64 of a stored document, as ``find_duplicates`` returns them."""
+    sizes = [len(entry["ids"]) for entry in document["groups"]]
+    group = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    ids = np.array([i for entry in document["groups"] for i in entry["ids"]], dtype=np.int64)
+    return group, ids
+
+
+def collection_entry(manifest: dict[str, Any], url: str) -> dict[str, Any] | None:
+    """What a collection's JSON says of its stored groups (the server's API and a
+    published site's ``collection.json``, for the viewer): where the file is (``url``)
+    and the manifest's counts; None without them."""
+    entry = manifest.get("duplicates")
+    if not entry:
+        return None
+    return {"url": url, "threshold": entry["threshold"], "groups": entry["groups"],
+            "items": entry["items"]}

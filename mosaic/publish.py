@@ -11,6 +11,7 @@ The viewer's ``StaticSource`` (static/js/source.js) reads what is written here::
     data/tiles/, data/grid.i32   the map (hard links to the bundle's files)
     data/layouts/<slug>/         every other layout's tiles and grid
     data/regions.json, data/regions.order.i32   the labelled regions (hard links)
+    data/duplicates.json         the duplicate groups (a hard link; without removed items)
     data/titles/<k>.json         titles of items k*TITLE_SHARD ...
     data/items/<k>.json          full items (fields + metadata), ITEM_SHARD per file
     data/thumbs/<k>/<id>.jpg     each cell's JPEG, k = id // THUMB_FOLDER
@@ -43,6 +44,7 @@ from mosaic.bundle import (
     read_manifest,
     removed_ids,
 )
+from mosaic.duplicates import collection_entry, document_bytes, read_stored
 from mosaic.errors import UsageError
 from mosaic.knn import iter_top_neighbors
 from mosaic.store import META_PREFIX, SERVER_EXPORT_FIELDS, TAGS_TABLE, iter_export_rows, sql_name
@@ -122,6 +124,11 @@ def write_map(directory: Path, manifest: dict, data: Path) -> int:
     regions = manifest.get("regions")
     for name in ("path", "order") if regions else ():  # the labelled regions, as they are
         total += _link_file(directory / regions[name], data / regions[name])
+    found = manifest.get("duplicates")
+    if found:  # the duplicate groups: as they are, or without the items removed since
+        removed = removed_ids(directory, manifest)
+        total += _link_file(directory / found["path"], data / found["path"]) if not len(removed) \
+            else _put(data / found["path"], document_bytes(read_stored(directory, manifest)))
     return total
 
 
@@ -152,6 +159,8 @@ def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> i
                     "levels": manifest["regions"]["levels"],
                     "labelled": manifest["regions"]["labelled"]}
         if manifest.get("regions") else None,
+        "duplicates": collection_entry(manifest, manifest["duplicates"]["path"])
+        if manifest.get("duplicates") else None,
         "display": manifest.get("display", {}),
         "counts": manifest.get("counts", {}),
         "layouts": layouts,

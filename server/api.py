@@ -13,6 +13,7 @@ import numpy as np
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from mosaic.duplicates import collection_entry
 from mosaic.query import parse_search_args, search_items
 from mosaic.store import (
     SERVER_EXPORT_FIELDS,
@@ -64,6 +65,9 @@ def collection(cid: str):
         columns=bundle.columns,
         hotspots=m.get("hotspots", []),
         regions=_regions(bundle),
+        # the stored duplicate groups (the viewer's Duplicates filter), or None
+        duplicates=collection_entry(
+            m, _collection_url(bundle, "duplicates.json") + f"?v={bundle.version}"),
         display=m.get("display", {}),
         counts=m.get("counts", {}),
     )

@@ -64,6 +64,18 @@ def _regions_entry(cid: str) -> dict:
     return entry
 
 
+@bp.get("/duplicates.json")
+def duplicates(cid: str):
+    """The duplicate groups the pipeline stored (``manifest["duplicates"]["path"]``,
+    docs/bundle.md), as they are: the viewer leaves out items removed since."""
+    bundle = get_bundle(cid)
+    entry = bundle.manifest.get("duplicates")
+    if not entry:
+        abort(404, description=f"collection {cid!r} has no stored duplicate groups "
+                               f"(pipeline --duplicates, with the pixels embedding)")
+    return _send(bundle, ".", entry["path"], "application/json")
+
+
 @bp.get("/layouts/<slug>/tiles/<path:filename>")
 def layout_tiles(cid: str, slug: str, filename: str):
     """A ``--layout``'s pyramid (``manifest["layouts"][k]["tiles"]``)."""

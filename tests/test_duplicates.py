@@ -6,7 +6,10 @@ negative control) and copies of 12 of them, each smaller than its original: resi
 to 60 % and saved as PNG, re-encoded as JPEG at quality 70 at 90 %, or cropped by
 5 % of the width and the height. The pipeline builds the bundle with default flags
 (a subprocess, relative paths), then ``duplicates`` lists the groups: every copy with
-its original, never two originals together, the original marked largest.
+its original, never two originals together, the original marked largest. The
+pipeline stores the same groups in the bundle (``duplicates.json``, the manifest's
+``duplicates``), which ``duplicates`` reads at the default threshold, ``info`` and the
+pipeline's summary count, and a search at another threshold agrees with.
 
 The copied originals are those of aspect 3:5 to 5:3: a 5 % crop of a 16:9 or wider
 picture scores 13-15 here, above the default threshold (12; README, "Finding
@@ -18,6 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +138,138 @@ def test_json_lists_the_same_groups(collection):
             for g in document["groups"] for item in g["items"]]
     assert flat == [(int(r["group"]), int(r["id"]), r["source"], r["largest"] == "1")
                     for r in rows]
+
+
+def _listed(result: subprocess.CompletedProcess) -> list[tuple[list[int], int]]:
+    """``(member ids, the largest's id)`` of each group ``duplicates --format json`` printed."""
+    assert result.returncode == 0, result.stderr
+    return [([item["id"] for item in g["items"]],
+             next(item["id"] for item in g["items"] if item["largest"]))
+            for g in json.loads(result.stdout)["groups"]]
+
+
+def test_the_pipeline_stores_the_groups_that_duplicates_lists(collection):
+    work = collection["work"]
+    bundle = work / "output" / "dups"
+    entry = json.loads((bundle / "manifest.json").read_text())["duplicates"]
+    stored = json.loads((bundle / entry["path"]).read_text())
+    assert entry["threshold"] == stored["threshold"] == duplicates.MAX_DIFFERENCE
+    # read back at the default threshold: the stored groups, counted as the manifest says
+    default = run_cli(work, "duplicates", "--id", "dups", "--format", "json")
+    groups = _listed(default)
+    assert "stored by the pipeline" in default.stderr
+    assert entry["groups"] == len(groups) == len(stored["groups"]) >= len(collection["copy_of"])
+    assert entry["items"] == sum(len(ids) for ids, _ in groups)
+    assert [(g["ids"], g["largest"]) for g in stored["groups"]] == groups
+    # a search made now (a threshold a hair above the stored one) finds the same groups
+    fresh = run_cli(work, "duplicates", "--id", "dups", "--format", "json",
+                    "--threshold", str(duplicates.MAX_DIFFERENCE + 1e-6))
+    assert "searched now" in fresh.stderr and _listed(fresh) == groups
+
+
+def test_info_and_the_summary_count_the_groups(collection):
+    work = collection["work"]
+    entry = json.loads((work / "output" / "dups" / "manifest.json").read_text())["duplicates"]
+    info = run_cli(work, "info", "--id", "dups")
+    assert info.returncode == 0, info.stderr
+    assert f"duplicates {entry['groups']} groups of {entry['items']} items" in info.stdout
+    again = run_cli(work, "pipeline", "--images", "pictures/images", "--id", "dups")
+    assert again.returncode == 0, again.stderr
+    assert f"duplicates: {entry['groups']} groups of {entry['items']} items" in again.stdout
+    assert re.search(r"duplicates \d+\.\ds \(cached\)", again.stdout), again.stdout
+
+
+def test_no_duplicates_stores_none_and_info_says_so(collection):
+    work = collection["work"]
+    shutil.copytree(work / "output" / "dups", work / "off" / "dups")
+    result = run_cli(work, "pipeline", "--images", "pictures/images", "--id", "dups",
+                     "--out", "off", "--no-duplicates", "-q")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((work / "off" / "dups" / "manifest.json").read_text())
+    assert manifest["duplicates"] is None
+    info = run_cli(work, "info", "--id", "dups", "--out", "off")
+    assert "duplicates not stored (pipeline --no-duplicates)" in info.stdout
+    # the command still searches such a bundle
+    listed = run_cli(work, "duplicates", "--id", "dups", "--out", "off", "--format", "json")
+    assert "searched now" in listed.stderr and len(_listed(listed)) == manifest_groups(work)
+
+
+def manifest_groups(work: Path) -> int:
+    return json.loads((work / "output" / "dups" / "manifest.json").read_text())[
+        "duplicates"]["groups"]
+
+
+def test_the_server_and_a_published_site_hand_the_viewer_the_groups(collection):
+    from server import create_app
+
+    work = collection["work"]
+    bundle = work / "output" / "dups"
+    entry = json.loads((bundle / "manifest.json").read_text())["duplicates"]
+    stored = json.loads((bundle / entry["path"]).read_text())
+    client = create_app({"TESTING": True}, out_dir=work / "output").test_client()
+    body = client.get("/api/collections/dups").get_json()
+    assert {k: body["duplicates"][k] for k in ("groups", "items", "threshold")} == \
+        {k: entry[k] for k in ("groups", "items", "threshold")}
+    served = client.get(body["duplicates"]["url"])
+    assert served.status_code == 200 and served.mimetype == "application/json"
+    assert served.get_json() == stored
+    published = run_cli(work, "publish", "--id", "dups", "--to", "site", "--no-thumbnails", "-q")
+    assert published.returncode == 0, published.stderr
+    site = json.loads((work / "site" / "data" / "collection.json").read_text())
+    assert site["duplicates"]["groups"] == entry["groups"]
+    assert json.loads((work / "site" / "data" / site["duplicates"]["url"]).read_text()) == stored
+    # a bundle without stored groups: null, and the file is a 404 in the API's error shape
+    shutil.copytree(bundle, work / "bare" / "dups")
+    manifest = json.loads((work / "bare" / "dups" / "manifest.json").read_text())
+    manifest["duplicates"] = None
+    (work / "bare" / "dups" / "manifest.json").write_text(json.dumps(manifest))
+    bare = create_app({"TESTING": True}, out_dir=work / "bare").test_client()
+    assert bare.get("/api/collections/dups").get_json()["duplicates"] is None
+    missing = bare.get("/collections/dups/duplicates.json")
+    assert missing.status_code == 404 and missing.get_json()["ok"] is False
+
+
+def test_after_a_removal_readers_leave_the_removed_items_out(collection):
+    """``run.py remove`` keeps the stored file; ``info`` counts the groups without the
+    removed item, ``duplicates`` searches the changed bundle (its metadata has no row
+    for the item) and finds those same groups, and a published site gets them."""
+    work = collection["work"]
+    shutil.copytree(work / "output" / "dups", work / "removed" / "dups")
+    stored = json.loads((work / "removed" / "dups" / "duplicates.json").read_text())["groups"]
+    pair = next(g for g in stored if len(g["ids"]) == 2)
+    gone = pair["ids"][0]
+    result = run_cli(work, "remove", "--id", "dups", "--out", "removed", "--ids", str(gone))
+    assert result.returncode == 0, result.stderr
+    left = [g for g in stored if g is not pair]
+    info = run_cli(work, "info", "--id", "dups", "--out", "removed")
+    assert f"duplicates {len(left)} groups of {sum(len(g['ids']) for g in left)} items" \
+        in info.stdout
+    listed = run_cli(work, "duplicates", "--id", "dups", "--out", "removed", "--format", "json")
+    assert "searched now" in listed.stderr
+    assert [ids for ids, _ in _listed(listed)] == [g["ids"] for g in left]
+    published = run_cli(work, "publish", "--id", "dups", "--out", "removed", "--to",
+                        "removed-site", "--no-thumbnails", "-q")
+    assert published.returncode == 0, published.stderr
+    site = json.loads((work / "removed-site" / "data" / "duplicates.json").read_text())
+    assert [g["ids"] for g in site["groups"]] == [g["ids"] for g in left]
+
+
+def test_stored_groups_leave_out_removed_items():
+    """The stages alone: what a reader keeps of the stored groups once items are gone."""
+    group, ids = np.array([0, 0, 0, 1, 1, 2, 2]), np.array([1, 4, 6, 2, 3, 5, 9])
+    largest = np.array([False, True, False, True, False, False, True])
+    document = duplicates.groups_document(group, ids, largest)
+    assert document["groups"] == [{"ids": [1, 4, 6], "largest": 4},
+                                  {"ids": [2, 3], "largest": 2}, {"ids": [5, 9], "largest": 9}]
+    assert json.loads(duplicates.document_bytes(document)) == document
+    assert duplicates.stored_groups(document)[1].tolist() == ids.tolist()
+    gone = np.zeros(10, dtype=bool)
+    gone[[4, 3]] = True
+    left = duplicates.without_items(document, gone)
+    assert left["groups"] == [{"ids": [1, 6], "largest": None}, {"ids": [5, 9], "largest": 9}]
+    assert document["groups"][0]["ids"] == [1, 4, 6]  # the input is left as it was
+    group, ids = duplicates.stored_groups(left)
+    assert group.tolist() == [0, 0, 1, 1] and ids.tolist() == [1, 6, 5, 9]
 
 
 def test_a_strict_threshold_finds_fewer_pairs(collection):

@@ -24,7 +24,7 @@ from mosaic.pipeline.orchestrator import run_pipeline
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 ALL_STAGES = {"decode", "vectors", "layout", "grid", "render", "index-pixels", "metadata",
-              "hotspots", "regions"}
+              "hotspots", "regions", "duplicates"}
 
 
 def categories_by_id(directory):

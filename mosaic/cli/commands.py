@@ -42,6 +42,10 @@ def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
               f"{counts['rows_without_image']} rows without an image (manifest 'unmatched')")
     if counts.get("ignored_files"):
         print(f"  ignored {counts['ignored_files']} non-image files (manifest 'ignored_files')")
+    found = manifest.get("duplicates")
+    if found:
+        print(f"  duplicates: {found['groups']} groups of {found['items']} items "
+              f"(python run.py duplicates --id {manifest['id']} lists them)")
     timings = ", ".join(f"{name} {seconds:.1f}s{' (cached)' if name in cached else ''}"
                         for name, seconds in manifest["timings"].items())
     print(f"  timings: {timings}")
@@ -121,9 +125,13 @@ def info(args: argparse.Namespace) -> int:
     print(f"  built {manifest['created']} by mosaic {manifest['program_version']}, "
           f"schema {manifest['schema_version']}")
     print(f"  items {counts['items']} of {counts['inputs']} inputs, skipped {counts['skipped']}")
+    if counts.get("added"):
+        print(f"  added {counts['added']} of them later (run.py add)")
     if counts.get("removed"):
         print(f"  removed {counts['removed']} of them (run.py remove), "
-              f"{counts['items'] - counts['removed']} left; generation {manifest['generation']}")
+              f"{counts['items'] - counts['removed']} left")
+    if int(manifest.get("generation", 1)) > 1:
+        print(f"  generation {manifest['generation']} (changed in place since the pipeline)")
     print(f"  grid {grid['n_rows']} rows x {grid['n_cols']} cols, cell {grid['cell_size']} px "
           f"({grid['method']})")
     for entry in layout_entries(manifest)[1:]:
@@ -145,7 +153,32 @@ def info(args: argparse.Namespace) -> int:
               f"finest), {regions['labelled']} labelled"
               + (f" from {', '.join(regions['terms_from'])}" if regions["terms_from"] else
                  " (no metadata: no labels)"))
+    print(f"  duplicates {_duplicates_line(directory, manifest)}")
     return 0
+
+
+def _duplicates_line(directory: Path, manifest: dict) -> str:
+    """What ``info`` says of the stored duplicate groups (without removed items)."""
+    from mosaic.duplicates import read_stored
+
+    entry = manifest.get("duplicates")
+    if not entry:
+        pixels = any(e.get("name") == "pixels" and e.get("top")
+                     for e in manifest.get("embeddings", []))
+        why = ("a bundle made before them" if "duplicates" not in manifest
+               else "pipeline --no-duplicates" if pixels else "no pixels embedding")
+        return f"not stored ({why})" + ("; python run.py duplicates finds them" if pixels
+                                        else "")
+    document = read_stored(directory, manifest)
+    groups = document["groups"]
+    counts = manifest.get("counts", {})
+    changes = [f"less the {counts['removed']} removed" if counts.get("removed") else "",
+               f"not looking at the {counts['added']} added" if counts.get("added") else ""]
+    since = "" if int(manifest.get("generation", 1)) == 1 else \
+        (f", as the pipeline found them, {' and '.join(c for c in changes if c)} since: "
+         f"python run.py duplicates searches the bundle as it is now")
+    return (f"{len(groups)} groups of {sum(len(g['ids']) for g in groups)} items "
+            f"(threshold {entry['threshold']:g}{since})")
 
 
 def demo(args: argparse.Namespace, quiet: bool) -> int:

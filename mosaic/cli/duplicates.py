@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
-    group, ids = duplicates.find_duplicates(directory, manifest,
-                                            max_difference=args.threshold)
+    group, ids, how = _groups(directory, manifest, args.threshold)
     rows = _member_rows(directory, manifest, ids)
     sources = [row[1] for row in rows]
     sizes = duplicates.file_sizes(sources)
@@ -67,9 +66,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if not to_stdout:
             handle.close()
-    print(f"{len(set(group.tolist())):,} groups of duplicates, {len(ids):,} items",
+    print(f"{len(set(group.tolist())):,} groups of duplicates, {len(ids):,} items ({how})",
           file=sys.stderr)
     return 0
+
+
+def _groups(directory: Path, manifest: dict, threshold: float):
+    """``(group, ids, how)``: the groups the pipeline stored when they are at this
+    threshold and the bundle is still as the pipeline wrote it (generation 1: items
+    removed or added since change the neighbour lists, so the pairs), else searched now."""
+    from mosaic import duplicates
+
+    stored = manifest.get("duplicates")
+    if stored and stored["threshold"] == threshold and int(manifest.get("generation", 1)) == 1:
+        group, ids = duplicates.stored_groups(duplicates.read_stored(directory, manifest))
+        return group, ids, f"stored by the pipeline, {stored['path']}"
+    group, ids = duplicates.find_duplicates(directory, manifest, max_difference=threshold)
+    return group, ids, "searched now"
 
 
 def _member_rows(directory: Path, manifest: dict, ids) -> list[tuple]:

@@ -107,6 +107,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                     "split until they hold about N items, each labelled by the metadata "
                     "values and words most distinctive of it; 0 = none "
                     f"(default: {d.region_size})")
+    ti.add_argument("--duplicates", action=argparse.BooleanOptionalAction, default=d.duplicates,
+                    help="find the groups of exact and near duplicates (resized, re-encoded, "
+                    "lightly cropped copies; `run.py duplicates` at its default threshold) and "
+                    "store them in the bundle for the viewer's Duplicates filter and `info`; "
+                    "needs the pixels embedding (default: "
+                    f"{'--duplicates' if d.duplicates else '--no-duplicates'})")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from mosaic import SCHEMA_VERSION, __version__, knn, quality
+from mosaic import SCHEMA_VERSION, __version__, duplicates, knn, quality
 from mosaic.bundle import (
     CELL_CODEC,
     CELL_QUALITY,
@@ -119,6 +119,7 @@ class PipelineConfig:
     n_trees: int = 20
     clusters: str = "off"  # the older hotspots; regions (below) subsume them
     region_size: int = regions.REGION_SIZE  # labelled regions: the finest ones' size; 0 = none
+    duplicates: bool = True  # store the duplicate groups (mosaic.duplicates) in the bundle
     iiif_concurrency: int = 4  # IIIF in: downloads at a time
 
     def n_jobs(self) -> int:
@@ -249,7 +250,7 @@ def _check_layouts(values: list[str], metadata: collect.Metadata | None,
                 raise UsageError(f"--layout {spec.name}: no image has a row in {spec.path}")
             continue
         values = [[row.get(column, "") for row in metadata.rows] for column in spec.columns]
-        usable = _layout_values(spec, values)
+        usable = arrange.layout_values(spec.kind, values)
         ok = (np.isfinite(usable).any() if spec.kind == "date"
               else np.isfinite(usable).all(axis=1).any() if spec.kind == "geo"
               else any(v is not None for v in usable))
@@ -260,15 +261,6 @@ def _check_layouts(values: list[str], metadata: collect.Metadata | None,
                              f"{' / '.join(repr(c) for c in spec.columns)} has no usable value "
                              f"({what}) in the CSV")
     return specs
-
-
-def _layout_values(spec: arrange.LayoutSpec, values: list[list[str | None]]):
-    """A column layout's per-item values from its columns' raw strings."""
-    if spec.kind == "date":
-        return arrange.parse_years(values[0])
-    if spec.kind == "geo":
-        return arrange.parse_coordinates(values[0], values[1])
-    return arrange.category_values(values[0])
 
 
 def _read_layout_xy(spec: arrange.LayoutSpec, paths: list[str]) -> np.ndarray:
@@ -358,8 +350,9 @@ class _Run:
                                   lambda spec=spec, placed=placed: self.build_render(
                                       placed, f"layouts/{spec.slug}/"))
             extra_layouts.append((spec, placed, rendered))
-        indexes = [self.stage(f"index-{s.name}", cache_key(vectors_key, s.name, c.n_trees,
-                                                           c.random_state, "top", knn.TOP_K),
+        index_keys = {s.name: cache_key(vectors_key, s.name, c.n_trees, c.random_state, "top",
+                                        knn.TOP_K) for s in self.specs}
+        indexes = [self.stage(f"index-{s.name}", index_keys[s.name],
                               lambda s=s: self.build_annoy(s)) for s in self.specs]
         meta_key = cache_key(grid_key, _file_signature(c.metadata), c.filename_column,
                              c.title_template, c.url_template,
@@ -369,8 +362,15 @@ class _Run:
         hotspots = self.stage("hotspots", hotspot_key, lambda: self.build_hotspots(stored))
         regions_key = cache_key(meta_key, c.region_size, c.random_state, regions.REGIONS_VERSION)
         labelled = self.stage("regions", regions_key, lambda: self.build_regions(stored, kept))
+        # The duplicate groups read the pixels embedding's stored neighbour lists (its index
+        # stage), its cells and sizes (decode) and metadata.sqlite's sizes (written above).
+        duplicates_key = cache_key(index_keys.get(duplicates.EMBEDDING), c.duplicates,
+                                   duplicates.SETTINGS)
+        grouped = self.stage("duplicates", duplicates_key,
+                             lambda: self.build_duplicates(indexes, kept))
         manifest = self.manifest(decoded, layout, gridded, tiles, indexes, stored, hotspots)
         manifest["regions"] = labelled["regions"]
+        manifest["duplicates"] = grouped["duplicates"]
         manifest["layouts"] = self.layout_entries(manifest, extra_layouts)
         write_json_atomic(self.path(MANIFEST), manifest)
         return manifest
@@ -543,9 +543,9 @@ class _Run:
             positions, (n_rows, n_cols), labels = arrange.arrange_xy(
                 coords, xy, self.config.random_state)
         else:
-            values = _layout_values(spec, [collect.item_values(self.metadata, self.match,
-                                                               kept.tolist(), column)
-                                           for column in spec.columns])
+            values = arrange.layout_values(
+                spec.kind, [collect.item_values(self.metadata, self.match, kept.tolist(), column)
+                            for column in spec.columns])
             arrange_kind = {"date": arrange.arrange_date, "category": arrange.arrange_category,
                             "geo": arrange.arrange_geo}[spec.kind]
             positions, (n_rows, n_cols), labels = arrange_kind(values, xy)
@@ -728,6 +728,34 @@ class _Run:
                  "labelled": sum(label is not None for label, _ in labels),
                  "terms_from": [name for name in values if kinds[name] in regions.LABEL_KINDS]}
         return ["regions.npy", "regions.order.i32", "regions.json"], {"regions": entry}
+
+    def build_duplicates(self, indexes: list[dict], kept: np.ndarray):
+        """The groups of exact and near duplicates (``mosaic.duplicates``, at its default
+        threshold) in ``duplicates.json``; none with ``--no-duplicates`` or without a
+        ``pixels`` embedding, whose distances and neighbour lists the search uses."""
+        c = self.config
+        entry = next((record["embedding"] for record in indexes
+                      if record["embedding"]["name"] == duplicates.EMBEDDING
+                      and record["embedding"].get("top")), None)
+        if not c.duplicates or entry is None:
+            return [], {"duplicates": None}
+        n_items = len(kept)
+        # The manifest fields the search reads, before the manifest is written.
+        partial = {"id": c.collection_id(), "counts": {"items": n_items},
+                   "files": {"metadata": "metadata.sqlite"},
+                   "cells": cells_entry(n_items, c.cell_size), "grid": {"fit": c.fit},
+                   "embeddings": [entry]}
+        group, ids = duplicates.find_duplicates(self.directory, partial, n_jobs=c.n_jobs())
+        sizes = np.load(self.path("cache/sizes.npy"))[ids].astype(np.int64)
+        largest = duplicates.largest_members(
+            group, ids, sizes[:, 0] * sizes[:, 1],
+            duplicates.file_sizes(self.inputs.paths[i] for i in kept[ids].tolist()))
+        document = duplicates.groups_document(group, ids, largest, duplicates.MAX_DIFFERENCE)
+        write_bytes_atomic(self.path(duplicates.STORED), duplicates.document_bytes(document))
+        return [duplicates.STORED], {"duplicates": {
+            "path": duplicates.STORED, "embedding": duplicates.EMBEDDING,
+            "threshold": duplicates.MAX_DIFFERENCE, "groups": len(document["groups"]),
+            "items": int(len(ids))}}
 
     # -- manifest -----------------------------------------------------------
     def layout_entries(self, manifest: dict, extra) -> list[dict]:

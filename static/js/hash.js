@@ -2,9 +2,10 @@
 // filters live in the hash, e.g.
 // #layout=date:year&view=0.42,0.37,8.5&item=12&emb=raw&sel=3.2,4,10.5,9.1&q=red&category=a,
 // so a copied link reproduces the view. Filter keys are the search API's; `sel` is the
-// selection's shape in map cells (shape.js: encodeShape), not a list of ids.
+// selection's shape in map cells (shape.js: encodeShape), not a list of ids (or a
+// region, r<id>, or a duplicate group, d<group>); `dups=on`: the Duplicates filter.
 
-const VIEWER_KEYS = new Set(["view", "item", "emb", "layout", "sel", "labels"]);
+const VIEWER_KEYS = new Set(["view", "item", "emb", "layout", "sel", "labels", "dups"]);
 const WRITE_DELAY_MS = 150;
 
 export function setupHash(app) {
@@ -24,6 +25,7 @@ export function setupHash(app) {
     const selection = app.selectionParam();
     if (selection) params.set("sel", selection);
     if (app.state.labels === false) params.set("labels", "off"); // region labels (regions.js)
+    if (app.state.duplicates) params.set("dups", "on"); // the Duplicates filter (duplicates.js)
     for (const [key, value] of app.filters) params.append(key, value);
     const hash = `#${params}`;
     if (hash !== window.location.hash) history.replaceState(null, "", hash);
@@ -54,12 +56,14 @@ export function setupHash(app) {
       viewport.panTo(new OpenSeadragon.Point(view[0], view[1]), true);
     }
     app.setLabels?.(params.get("labels") !== "off");
+    await app.setDuplicates?.(params.get("dups") === "on");
     await app.setSelectionParam(params.get("sel"));
     return app.setFilters(filters);
   }
 
   app.viewer.addHandler("animation-finish", scheduleWrite);
-  for (const name of ["select", "filters", "embedding", "layout", "selection", "labels"]) {
+  for (const name of ["select", "filters", "embedding", "layout", "selection", "labels",
+    "duplicates"]) {
     app.events.addEventListener(name, scheduleWrite);
   }
   window.addEventListener("hashchange", apply);

@@ -1,6 +1,7 @@
 // A canvas over the OpenSeadragon canvas: dims cells that do not match the
-// filters or lie outside the selection on the map, outlines neighbours, the items most
-// like a query image and the selected cell, and draws the selection's shape. The
+// filters, lie outside the selection on the map or (with the Duplicates filter on) hold
+// no duplicate, outlines neighbours, the items most like a query image, a duplicate
+// group's members and the selected cell, and draws the selection's shape. The
 // dimming mask is one pixel per grid cell, drawn scaled and clipped to the visible
 // cells, so a redraw costs the same at 100 items or 1,000,000.
 
@@ -9,6 +10,7 @@ const MARKER = "#ffb000";
 const FOUND = "#ff3df2";
 const SELECTED = "#00e5ff";
 const SHAPE = "#ffffff";
+const GROUP = "#76ff03";
 
 // The mask's RGBA pixels, one per cell: clear where the cell's item is in every one of
 // `sets` (arrays of item ids, each without repeats), DIM elsewhere. O(cells + ids).
@@ -35,9 +37,12 @@ export class MapOverlay {
     this.mask = null;
     this.matches = null;
     this.area = null;
+    this.duplicates = null;
     this.shape = null;
     this.markers = [];
     this.found = [];
+    this.group = [];
+    this.largest = -1;
     this.selected = -1;
     this.frame = 0;
     this.canvas = document.createElement("canvas");
@@ -67,6 +72,19 @@ export class MapOverlay {
     this.updateMask();
   }
 
+  // ids: the items in a duplicate group (duplicates.js), or null for "filter off".
+  setDuplicates(ids) {
+    this.duplicates = ids;
+    this.updateMask();
+  }
+
+  // A duplicate group's members, outlined (its largest copy thicker); [] for none.
+  setGroup(ids, largest = -1) {
+    this.group = ids;
+    this.largest = largest;
+    this.requestDraw();
+  }
+
   // The selection's outline in this layout's cell units ([x1, y1, ...], closed), or null.
   setShape(polygon) {
     this.shape = polygon;
@@ -74,7 +92,7 @@ export class MapOverlay {
   }
 
   updateMask() {
-    const sets = [this.matches, this.area].filter((ids) => ids !== null);
+    const sets = [this.matches, this.area, this.duplicates].filter((ids) => ids !== null);
     if (!sets.length) {
       this.mask = null;
     } else {
@@ -179,6 +197,7 @@ export class MapOverlay {
     }
     for (const id of this.markers) outline(id, MARKER, 2);
     for (const id of this.found) outline(id, FOUND, 3);
+    for (const id of this.group) outline(id, GROUP, id === this.largest ? 5 : 3);
     if (this.selected >= 0) outline(this.selected, SELECTED, 3);
   }
 }

@@ -17,14 +17,16 @@ export function setupRegions(app) {
   const box = document.getElementById("regions-box");
   const toggle = document.getElementById("regions-toggle");
   const element = app.viewer.element;
+  const labelled = Boolean(entry && entry.labelled);
+  let frame = 0;
   app.state.labels = true;
   app.setLabels = (on) => {
     app.state.labels = on;
     toggle.setAttribute("aria-pressed", String(on));
-    schedule();
+    if (labelled) schedule(); // nothing to draw (and no layer) without labels
     app.events.dispatchEvent(new CustomEvent("labels"));
   };
-  if (!entry || !entry.labelled) {
+  if (!labelled) {
     box.hidden = true;
     return;
   }
@@ -35,7 +37,6 @@ export function setupRegions(app) {
   const labels = new Map(); // region id -> its label element
   let regions = null; // regions.json's list, by id
   let order = null; // Promise of the Int32Array of item ids, region by region
-  let frame = 0;
 
   app.source.regions(entry).then((body) => {
     regions = body.regions;

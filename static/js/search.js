@@ -27,7 +27,7 @@ export function setupSearch(app) {
   // A CSV column whose name the search API or the URL hash already uses (q, limit,
   // view, item...) is addressed as meta.<name>, which always means the column.
   const RESERVED = new Set(["q", "_searchmode", "limit", "offset", "ids", "n", "seed",
-    "view", "item", "emb", "layout", "sel", "mode", "text"]);
+    "view", "item", "emb", "layout", "sel", "labels", "dups", "mode", "text"]);
   const byMeaning = (params) => params.get("mode") === "meaning";
   const param = (name) => (RESERVED.has(name) || name.startsWith("meta.") ? `meta.${name}` : name);
   let token = 0;

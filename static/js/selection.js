@@ -8,7 +8,8 @@
 // (pan) is suppressed for that gesture (canvas-drag's preventDefaultAction); the wheel
 // still zooms. A layout switch keeps the selected items; the shape shows on its own
 // layout only. A click on a region's label (regions.js) selects that region's items
-// the same way (kind "region", `sel=r<id>` in the URL), without a shape.
+// the same way (kind "region", `sel=r<id>` in the URL), without a shape, and so does a
+// click on a duplicate group (duplicates.js: kind "duplicates", `sel=d<group>`).
 
 import { layoutLabel } from "./layouts.js";
 import { decodeShape, encodeShape, idsInPolygon, lasso, polygonOf, rectangle } from "./shape.js";
@@ -19,6 +20,7 @@ const MIN_STEP_PX = 2; // a lasso takes a point per 2 screen pixels moved
 const SIMPLIFY_PX = 0.75; // ... and keeps within 0.75 px of the drawn path
 const NAMES = { rect: "rectangle", lasso: "lasso", region: "region" };
 const REGION_PARAM = /^r(\d+)$/;
+const DUPLICATES_PARAM = /^d(\d+)$/;
 
 const format = (n) => n.toLocaleString("en-US");
 
@@ -46,6 +48,7 @@ export function setupSelection(app) {
   app.selectionParam = () => {
     if (!app.selection) return null;
     if (app.selection.kind === "region") return `r${app.selection.region}`;
+    if (app.selection.kind === "duplicates") return `d${app.selection.group}`;
     return encodeShape(app.selection, app.selection.layout, defaultLayout);
   };
 
@@ -57,6 +60,10 @@ export function setupSelection(app) {
     try {
       const region = REGION_PARAM.exec(text || "");
       if (region && app.regionSelection) shape = await app.regionSelection(Number(region[1]));
+      const group = DUPLICATES_PARAM.exec(text || "");
+      if (group && app.duplicateSelection) {
+        shape = await app.duplicateSelection(Number(group[1]));
+      }
       await app.setSelection(shape);
     } catch (error) {
       app.report(error); // e.g. that layout's grid did not load: no selection
@@ -118,9 +125,11 @@ export function setupSelection(app) {
     count.dataset.total = String(combined.length);
     count.dataset.inShape = String(ids.length);
     let text = `${format(combined.length)} selected`;
-    const where = selection.kind === "region" ? `region ${selection.label}` : NAMES[selection.kind];
+    const where = selection.kind === "region" ? `region ${selection.label}`
+      : selection.kind === "duplicates" ? selection.label : NAMES[selection.kind];
     if (app.matchIds) text += ` (of ${format(ids.length)} in the ${where})`;
     else if (selection.kind === "region") text += ` (the ${where})`;
+    else if (!selection.coords) text += ` (${where})`;
     if (selection.layout !== app.state.layout) {
       const layout = app.layouts.find((entry) => entry.name === selection.layout);
       text += ` on ${layoutLabel(layout)}`;

@@ -8,6 +8,7 @@
 //   poster(filters, format, title, ids) -> Blob,
 //   similar(file, k, embedding) -> {embedding, metric, method, k, neighbors}
 //   regions(entry) -> {levels, regions}, regionOrder(entry) -> Int32Array (regions.js)
+//   duplicates(entry) -> {threshold, groups: [{ids, largest}]} (duplicates.js)
 // `ids` (optional) restricts an export or a poster to those items, AND the filters:
 // the selection on the map (selection.js).
 // `server` says whether a server stands behind the source: posters and query by
@@ -84,6 +85,8 @@ export class ServerSource {
 
   regionOrder(entry) { return getGrid(entry.order_url); }
 
+  duplicates(entry) { return getJSON(entry.url); }
+
   posterUrl(filters, format, title) {
     const params = new URLSearchParams(filters);
     params.set("paper", "A4");
@@ -157,6 +160,7 @@ export class StaticSource {
       info.regions.url = this.url(info.regions.url);
       info.regions.order_url = this.url(info.regions.order_url);
     }
+    if (info.duplicates) info.duplicates.url = this.url(info.duplicates.url);
     this.info = info;
     return info;
   }
@@ -166,6 +170,8 @@ export class StaticSource {
   regions(entry) { return this.json(entry.url); }
 
   async regionOrder(entry) { return new Int32Array(await this.bytes(entry.order_url)); }
+
+  duplicates(entry) { return this.json(entry.url); }
 
   async meta() { return this.info || this.collection(); }
 

@@ -2,6 +2,7 @@
 // with the features in the sibling modules. Shared state lives on `app`,
 // which is handed to each feature; nothing is global.
 
+import { setupDuplicates } from "./duplicates.js";
 import { setupExport } from "./export.js";
 import { CellGrid } from "./grid.js";
 import { setupHash } from "./hash.js";
@@ -140,6 +141,7 @@ async function main() {
   setupSimilar(app);
   setupLayouts(app);
   setupRegions(app);
+  setupDuplicates(app);
   await setupHash(app);
   element.dataset.ready = "true";
 }
