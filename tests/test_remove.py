@@ -70,6 +70,10 @@ def work(built, tmp_path) -> Path:
     return target
 
 
+def positions_gone(bundle: Path) -> np.ndarray:
+    return np.load(bundle / "positions.npy")[:, 0] < 0
+
+
 def _all_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -298,6 +302,11 @@ def test_where_removes_a_facet_value(work):
     assert manifest["counts"]["removed"] == 12
     labels = manifest["layouts"][1]["labels"]
     assert {label["text"]: label["count"] for label in labels}["red"] == 0
+    # the stored duplicate groups name none of them
+    stored = json.loads((bundle / manifest["duplicates"]["path"]).read_text())
+    grouped = [i for group in stored["groups"] for i in group["ids"]]
+    assert len(grouped) == manifest["duplicates"]["items"]
+    assert not {i for i in grouped if positions_gone(bundle)[i]}
     # the labelled regions: same hierarchy, without them, labelled from the rest only
     regions, region_ids = read_regions(bundle, manifest)
     gone = np.load(bundle / "positions.npy")[:, 0] < 0

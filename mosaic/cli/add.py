@@ -8,6 +8,7 @@ import sys
 
 from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
 from mosaic.errors import UsageError
+from mosaic.pipeline.add import PUSH_REACH
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-duplicates", action="store_true",
                         help="add images already in the collection (the same file or the "
                              "same pixels) again instead of reporting them")
+    parser.add_argument("--push", type=int, default=PUSH_REACH, metavar="CELLS",
+                        help="how far a new item may push the items between its place and "
+                             "the nearest free cell, one cell each, to make room where it "
+                             "belongs; farther, it takes that free cell (0: never push; "
+                             "more: a better map, more items moved and tiles rendered)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="decoding worker processes (default: number of CPUs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -38,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.push < 0:
+        raise UsageError("--push must be 0 or more cells")
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
     check_addable(manifest)
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         (manifest.get("parameters") or {}).get("filename_column") or "filename"
     metadata = collect.read_metadata(args.metadata, filename_column) if args.metadata else None
     result = add_items(directory, inputs, metadata, allow_duplicates=args.allow_duplicates,
-                       jobs=args.jobs or os.cpu_count() or 1, show_progress=args.progress)
+                       jobs=args.jobs or os.cpu_count() or 1, push=args.push,
+                       show_progress=args.progress)
     for kind, found in (("not added", result.duplicates), ("skipped", result.skipped)):
         for entry in found[:20]:
             print(f"{kind}: {entry['source']}: {entry['reason']}", file=sys.stderr)

@@ -106,7 +106,7 @@ def check_addable(manifest: dict) -> None:
 
 def add_items(directory: Path, inputs: collect.Inputs,
               metadata: collect.Metadata | None = None, *, allow_duplicates: bool = False,
-              jobs: int = 1, show_progress: bool = False) -> AddResult:
+              jobs: int = 1, push: int = PUSH_REACH, show_progress: bool = False) -> AddResult:
     """Add the images ``inputs`` (with their ``metadata`` rows) to the bundle at
     ``directory`` (held under its lock) as its next generation; see the module."""
     started = time.perf_counter()
@@ -148,7 +148,7 @@ def add_items(directory: Path, inputs: collect.Inputs,
                                      allow_duplicates, result)
             if len(keep):
                 _add(directory, manifest, paths, summary.sizes, decoded, keep, fresh_cells,
-                     inputs, metadata, result)
+                     inputs, metadata, result, push)
         finally:
             fresh_cells.close()
         generation.finish(directory)
@@ -269,7 +269,7 @@ def _gone(directory: Path, manifest: dict) -> np.ndarray:
 def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
          decoded: np.ndarray,
          keep: np.ndarray, fresh: PackedCells, inputs: collect.Inputs,
-         metadata: collect.Metadata | None, result: AddResult) -> None:
+         metadata: collect.Metadata | None, result: AddResult, push: int) -> None:
     n_old = int(manifest["counts"]["items"])
     n_new = len(keep)
     n_all = n_old + n_new
@@ -292,7 +292,7 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
                                                                        *manifest["cells"]["shape"][1:]]}})
     try:
         similarity, positions, moved = _place_similarity(new, entries[0], neighbours, n_old,
-                                                         cells, manifest, result)
+                                                         cells, manifest, result, push)
         for embedding in manifest["embeddings"]:
             _add_vectors(directory, new, embedding, work, keep, gone,
                          int(manifest["parameters"].get("random_state", 0)))
@@ -356,7 +356,7 @@ def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells
 
 
 def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int,
-                      cells: PackedCells, manifest: dict, result: AddResult
+                      cells: PackedCells, manifest: dict, result: AddResult, push: int
                       ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Each new item at the median cell of its nearest items (``make_room``), the grid
     grown by rows at the bottom where it is short of free cells; the tiles over every
@@ -374,7 +374,7 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     targets = np.array([np.median(positions[near[near >= 0]], axis=0) if (near >= 0).any()
                         else (0.0, 0.0) for near in neighbours])
     positions = np.concatenate([positions, np.full((n_new, 2), -1, dtype=positions.dtype)])
-    changed = make_room(grid, positions, targets, np.arange(n_old, n_old + n_new))
+    changed = make_room(grid, positions, targets, np.arange(n_old, n_old + n_new), push)
     moved = np.unique(grid[changed[:, 0], changed[:, 1]])
     moved = moved[(moved >= 0) & (moved < n_old)]
     _save_npy_into(new / entry["positions"], positions)

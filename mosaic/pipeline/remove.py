@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from mosaic import knn
+from mosaic import duplicates, knn
 from mosaic.bundle import (
     CELL_QUALITY,
     encode_cell,
@@ -136,6 +136,8 @@ def remove_items(directory: Path, ids: np.ndarray) -> RemoveResult:
                                                     np.load(new / entries[0]["positions"]))
         if manifest.get("regions"):
             updated["regions"] = _relabel_regions(directory, new, manifest, gone)
+        if manifest.get("duplicates"):
+            updated["duplicates"] = _ungroup(new, updated)
         write_json_atomic(new / "manifest.json", updated)
         generation.exchange(directory, new)
         generation.finish(directory)
@@ -340,6 +342,18 @@ def _relabel_regions(directory: Path, new: Path, manifest: dict, gone: np.ndarra
     generation.replace(new / entry["path"], lambda tmp: write_json_atomic(
         tmp, {"levels": int(remaining.shape[1]), "regions": fresh}))
     return {**entry, "labelled": sum(r["label"] is not None for r in fresh)}
+
+
+def _ungroup(new: Path, manifest: dict) -> dict:
+    """The stored duplicate groups without the removed items (``duplicates.without_items``,
+    which ``read_stored`` applies by the new ``manifest``'s positions), so that no id of
+    theirs is left in the file."""
+    entry = manifest["duplicates"]
+    document = duplicates.read_stored(new, manifest)
+    generation.replace(new / entry["path"],
+                       lambda tmp: tmp.write_bytes(duplicates.document_bytes(document)))
+    return {**entry, "groups": len(document["groups"]),
+            "items": sum(len(group["ids"]) for group in document["groups"])}
 
 
 def _recount_labels(new: Path, entry: dict, todo: np.ndarray) -> dict:
