@@ -162,22 +162,7 @@ def test_add_puts_new_items_into_everything(work):
         assert stored[item][:len(expected)].tolist() == expected.tolist(), item
 
     # the tiles: the same set as a full re-cut and the same pictures within JPEG noise
-    with open_cells(bundle, manifest) as cells:
-        for entry in manifest["layouts"]:
-            tiles = entry["tiles"]
-            cut, _ = render.render_grid(
-                cells, np.load(bundle / entry["positions"]), entry["grid"]["n_rows"],
-                entry["grid"]["n_cols"], work / "recut" / entry["slug"],
-                tuple(manifest["parameters"]["background"]), tiles["tile_size"],
-                tiles["overlap"], tiles["format"], tiles["quality"])
-            assert {k: cut[k] for k in ("width", "height", "levels")} == \
-                {k: tiles[k] for k in ("width", "height", "levels")}
-            ours = bundle / Path(tiles["dzi"]).parent / "map_files"
-            theirs = work / "recut" / entry["slug"] / "map_files"
-            names = sorted(p.relative_to(theirs) for p in theirs.rglob("*.jpg"))
-            assert names == sorted(p.relative_to(ours) for p in ours.rglob("*.jpg"))
-            worst = min(_psnr(_tile(ours / n), _tile(theirs / n)) for n in names)
-            assert worst > 35, (entry["name"], worst)
+    _assert_tiles_match_a_full_cut(bundle, work / "recut")
     assert before["tiles"]["levels"] < manifest["tiles"]["levels"]  # grown past 1024 px
 
     # the labelled regions hold every item once per level
@@ -186,6 +171,50 @@ def test_add_puts_new_items_into_everything(work):
     for level in range(ids.shape[1]):
         shown = [r for r in regions if r["levels"][0] <= level + 1 <= r["levels"][1]]
         assert sum(r["size"] for r in shown) == n_all
+
+
+def _assert_tiles_match_a_full_cut(bundle: Path, scratch: Path) -> None:
+    """Every layout's pyramid has the tiles (and size and levels) of one cut from scratch
+    of its grid, each within JPEG noise of it."""
+    manifest = read_manifest(bundle)
+    with open_cells(bundle, manifest) as cells:
+        for entry in manifest["layouts"]:
+            tiles = entry["tiles"]
+            cut, _ = render.render_grid(
+                cells, np.load(bundle / entry["positions"]), entry["grid"]["n_rows"],
+                entry["grid"]["n_cols"], scratch / entry["slug"],
+                tuple(manifest["parameters"]["background"]), tiles["tile_size"],
+                tiles["overlap"], tiles["format"], tiles["quality"])
+            assert {k: cut[k] for k in ("width", "height", "levels")} == \
+                {k: tiles[k] for k in ("width", "height", "levels")}
+            ours = bundle / Path(tiles["dzi"]).parent / "map_files"
+            theirs = scratch / entry["slug"] / "map_files"
+            names = sorted(p.relative_to(theirs) for p in theirs.rglob("*.jpg"))
+            assert names == sorted(p.relative_to(ours) for p in ours.rglob("*.jpg"))
+            worst = min(_psnr(_tile(ours / n), _tile(theirs / n)) for n in names)
+            assert worst > 35, (entry["name"], worst)
+
+
+@pytest.mark.parametrize("push", [None, 0, 2])
+def test_tiles_rewritten_one_by_one_equal_a_full_cut(work, monkeypatch, push):
+    """The tile-by-tile path (``retile``), which a large map takes where few of its tiles
+    change, here forced on a small one: the grid grows past 1024 px (a level more), the
+    new cells and the pushed ones are drawn, and every tile equals a full cut's."""
+    from mosaic.pipeline import add as add_module
+    from mosaic.pipeline import collect
+
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(add_module, "FULL_RENDER_SHARE", 1.0)
+    bundle = Path("output") / "c"
+    levels = read_manifest(bundle)["tiles"]["levels"]
+    result = add_module.add_items(bundle, collect.collect_inputs("more"), push=push)
+    assert len(result.added) == NEW and result.grown_rows == 4
+    tiles = read_manifest(bundle)["tiles"]
+    assert tiles["levels"] == levels + 1
+    assert result.tiles["similarity"] < sum(1 for _ in (bundle / "tiles").rglob("*.jpg"))
+    if push is None or push == 0:
+        assert (result.moved["similarity"] == 0) == (push == 0)
+    _assert_tiles_match_a_full_cut(bundle, work / "recut")
 
 
 def test_new_items_land_near_their_own_kind(work):

@@ -29,9 +29,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "same pixels) again instead of reporting them")
     parser.add_argument("--push", type=int, default=PUSH_REACH, metavar="CELLS",
                         help="how far a new item may push the items between its place and "
-                             "the nearest free cell, one cell each, to make room where it "
-                             "belongs; farther, it takes that free cell (0: never push; "
-                             "more: a better map, more items moved and tiles rendered)")
+                             "the nearest free cell (one cell each) to make room where it "
+                             "belongs; farther, it takes that free cell instead (default: "
+                             "any distance, the best map; 0: no existing item moves, the "
+                             "fewest tiles rendered, new items at the nearest free cells)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="decoding worker processes (default: number of CPUs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    if args.push < 0:
+    if args.push is not None and args.push < 0:
         raise UsageError("--push must be 0 or more cells")
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)

@@ -71,7 +71,13 @@ logger = logging.getLogger(__name__)
 ADD_WORK = "cache/add-work"
 _BLOCK = 65_536  # existing rows of a neighbour list handled at a time
 _PAIRS = 16_000_000  # at most this many (existing, new) distances in memory at once
-PUSH_REACH = 8  # cells: how far a new item pushes others to make room at its target
+# Cells: how far a new item may push others to make room at its target; None: any
+# distance (the added pictures land where they belong; existing ones shift a cell or
+# a few). docs/benchmarks.md, "A living collection", measures the trade.
+PUSH_REACH: int | None = None
+# Past this share of the deepest level's tiles changed, the pyramid is cut again whole
+# (one streamed dzsave) instead of tile by tile.
+FULL_RENDER_SHARE = 0.25
 
 
 @dataclass
@@ -106,7 +112,8 @@ def check_addable(manifest: dict) -> None:
 
 def add_items(directory: Path, inputs: collect.Inputs,
               metadata: collect.Metadata | None = None, *, allow_duplicates: bool = False,
-              jobs: int = 1, push: int = PUSH_REACH, show_progress: bool = False) -> AddResult:
+              jobs: int = 1, push: int | None = PUSH_REACH, show_progress: bool = False
+              ) -> AddResult:
     """Add the images ``inputs`` (with their ``metadata`` rows) to the bundle at
     ``directory`` (held under its lock) as its next generation; see the module."""
     started = time.perf_counter()
@@ -269,7 +276,7 @@ def _gone(directory: Path, manifest: dict) -> np.ndarray:
 def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
          decoded: np.ndarray,
          keep: np.ndarray, fresh: PackedCells, inputs: collect.Inputs,
-         metadata: collect.Metadata | None, result: AddResult, push: int) -> None:
+         metadata: collect.Metadata | None, result: AddResult, push: int | None) -> None:
     n_old = int(manifest["counts"]["items"])
     n_new = len(keep)
     n_all = n_old + n_new
@@ -356,8 +363,8 @@ def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells
 
 
 def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int,
-                      cells: PackedCells, manifest: dict, result: AddResult, push: int
-                      ) -> tuple[dict, np.ndarray, np.ndarray]:
+                      cells: PackedCells, manifest: dict, result: AddResult,
+                      push: int | None) -> tuple[dict, np.ndarray, np.ndarray]:
     """Each new item at the median cell of its nearest items (``make_room``), the grid
     grown by rows at the bottom where it is short of free cells; the tiles over every
     changed cell re-rendered. Returns the layout's new entry, the positions and the ids
@@ -384,16 +391,24 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     tiles, on_top = entry["tiles"], 0
     rects = [(int(c) * cell, int(r) * cell, (int(c) + 1) * cell, (int(r) + 1) * cell)
              for r, c in np.unique(changed, axis=0)]
-    if grown:
-        tiles, on_top = retile.grow(tiles_dir, tiles, len(grid) * cell)
-        rects.append((0, n_rows * cell, n_cols * cell, len(grid) * cell))
     background = tuple(manifest["parameters"].get("background", (255, 255, 255)))
-    result.tiles[entry["name"]] = retile.rewrite_tiles(
-        tiles_dir / "map_files", tiles, rects, grid, cell, cells, background,
-        every_tile_below=on_top)
+    if _mostly_dirty(tiles, rects, len(grid) * cell):  # one streamed cut is cheaper
+        tiles, overview = render.render_grid(
+            cells, positions, len(grid), n_cols, tiles_dir, background,
+            int(tiles["tile_size"]), int(tiles["overlap"]), tiles["format"],
+            int(tiles["quality"]))
+        tiles["dzi"] = entry["tiles"]["dzi"]
+        result.tiles[entry["name"]] = _tile_count(tiles)
+    else:
+        if grown:
+            tiles, on_top = retile.grow(tiles_dir, tiles, len(grid) * cell)
+            rects.append((0, n_rows * cell, n_cols * cell, len(grid) * cell))
+        result.tiles[entry["name"]] = retile.rewrite_tiles(
+            tiles_dir / "map_files", tiles, rects, grid, cell, cells, background,
+            every_tile_below=on_top)
+        overview = render.render_overview(tiles_dir, tiles)
     result.grown_rows = grown
     result.moved[entry["name"]] = len(moved)
-    overview = render.render_overview(tiles_dir, tiles)
     generation.replace(new / entry["overview"]["path"],
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
     updated = {**entry, "grid": {**info, "n_rows": len(grid)}, "tiles": tiles,
@@ -402,11 +417,29 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     return updated, positions, moved
 
 
+def _mostly_dirty(tiles: dict, rects, height: int) -> bool:
+    """Whether the changed cells touch more than ``FULL_RENDER_SHARE`` of the deepest
+    level's tiles (of a map ``height`` pixels high)."""
+    size, overlap = int(tiles["tile_size"]), int(tiles["overlap"])
+    width = int(tiles["width"])
+    total = -(-width // size) * -(-height // size)
+    dirty = retile.tiles_over(rects, (width, height), size, overlap)
+    return len(dirty) > FULL_RENDER_SHARE * total
+
+
+def _tile_count(tiles: dict) -> int:
+    """How many tiles a pyramid holds, at every level."""
+    size = int(tiles["tile_size"])
+    return sum(-(-w // size) * -(-h // size) for w, h in retile.level_sizes(
+        int(tiles["width"]), int(tiles["height"]), int(tiles["levels"])))
+
+
 def make_room(grid: np.ndarray, positions: np.ndarray, targets: np.ndarray,
-              items: np.ndarray, reach: int = PUSH_REACH) -> np.ndarray:
-    """Put each of ``items`` (in order) on ``grid`` (ids, -1 free; changed in place) at the
+              items: np.ndarray, reach: int | None = PUSH_REACH) -> np.ndarray:
+    """Put each of ``items`` (top targets first) on ``grid`` (ids, -1 free; changed in place) at the
     cell nearest its target (row, col), writing ``positions``. A taken target makes room
-    when a free cell lies within ``reach`` cells (Chebyshev): the items on a straight path
+    when a free cell lies within ``reach`` cells (Chebyshev; None: at any distance): the
+    items on a straight path
     from the target to the nearest free cell each move one cell along it (so an item
     moves only locally: one cell each time an insertion pushes it); farther, the new item
     takes that nearest free cell itself. Returns every cell whose item changed, int (n, 2)."""
@@ -414,11 +447,14 @@ def make_room(grid: np.ndarray, positions: np.ndarray, targets: np.ndarray,
     taken = (grid >= 0).ravel()
     spiral = arrange.Spiral()
     changed: list[tuple[int, int]] = []
-    for item, target in zip(items.tolist(), targets):
+    # Top rows first: a grown grid's free cells are at the bottom, so each later push runs
+    # below the items placed before it and leaves them where they landed.
+    order = np.lexsort((targets[:, 1], targets[:, 0]))
+    for item, target in zip(np.asarray(items)[order].tolist(), targets[order]):
         start = (int(np.clip(round(target[0]), 0, n_rows - 1)),
                  int(np.clip(round(target[1]), 0, n_cols - 1)))
         free = tuple(int(v) for v in spiral.free_cells(*start, 1, taken, n_rows, n_cols)[0])
-        near = max(abs(free[0] - start[0]), abs(free[1] - start[1])) <= reach
+        near = reach is None or max(abs(free[0] - start[0]), abs(free[1] - start[1])) <= reach
         path = _path(start, free) if near else [free]
         for (r0, c0), (r1, c1) in zip(path[-2::-1], path[:0:-1]):  # from the free end
             grid[r1, c1] = grid[r0, c0]
@@ -643,10 +679,7 @@ def _rearrange(new: Path, manifest: dict, entry: dict, xy: np.ndarray, gone: np.
     tiles["dzi"] = entry["tiles"]["dzi"]
     generation.replace(new / entry["overview"]["path"],
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
-    result.tiles[entry["name"]] = sum(
-        -(-width // tiles["tile_size"]) * -(-height // tiles["tile_size"])
-        for width, height in retile.level_sizes(tiles["width"], tiles["height"],
-                                                tiles["levels"]))
+    result.tiles[entry["name"]] = _tile_count(tiles)
     missing = sum(label["count"] for label in labels if label["text"] in arrange.MISSING)
     return {**entry, "grid": {**entry["grid"], "n_rows": n_rows, "n_cols": n_cols},
             "tiles": tiles, "labels": labels, "missing": missing,
