@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -432,3 +433,59 @@ def region_text(region: dict[str, Any]) -> str:
     """What a region is called in an export: its label, else ``#<id>`` (never a word
     the metadata does not hold)."""
     return region["label"] if region.get("label") is not None else f"#{region['id']}"
+
+
+# -- the collection as the viewer reads it ---------------------------------------------
+
+def collection_document(manifest: dict[str, Any], url: Callable[[str], str]) -> dict[str, Any]:
+    """The collection as the viewer reads it: the server's ``/api/collections/<id>`` body
+    and a published site's ``collection.json`` (each adds what only it has). ``url``
+    turns a bundle path into the address the reader fetches it at: the server's route
+    (versioned), or the path itself in a site, where the files lie at their bundle paths."""
+    layouts = [layout_document(entry, url) for entry in layout_entries(manifest)]
+    regions, found = manifest.get("regions"), manifest.get("duplicates")
+    return {
+        "id": manifest["id"], "title": manifest.get("title") or manifest["id"],
+        "n_items": int(manifest["counts"]["items"]),
+        "facets": manifest.get("facets", []),
+        # the similarity map's, as older viewers read them
+        "dzi": layouts[0]["dzi"], "tiles": layouts[0]["tiles"], "grid": layouts[0]["grid"],
+        "grid_url": layouts[0]["grid_url"],
+        "layouts": layouts,
+        "embeddings": [{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
+                       for e in manifest.get("embeddings", [])],
+        # the embedding a search by meaning uses (search?mode=meaning), or None
+        "search_by_meaning": meaning_embedding(manifest),
+        "columns": manifest.get("columns", []),
+        "hotspots": manifest.get("hotspots", []),
+        "regions": {"url": url(regions["path"]), "order_url": url(regions["order"]),
+                    "levels": regions["levels"], "labelled": regions["labelled"]}
+        if regions else None,
+        # the stored duplicate groups (the viewer's Duplicates filter), or None
+        "duplicates": {"url": url(found["path"]), "threshold": found["threshold"],
+                       "groups": found["groups"], "items": found["items"]} if found else None,
+        "display": manifest.get("display", {}),
+        "counts": manifest.get("counts", {}),
+    }
+
+
+def layout_document(entry: dict[str, Any], url: Callable[[str], str]) -> dict[str, Any]:
+    """One layout as the viewer reads it: its grid, addresses (``url``) and labels."""
+    overview = (entry.get("overview") or {}).get("path")
+    body = {"name": entry["name"], "kind": entry["kind"], "slug": entry["slug"]}
+    if "column" in entry:
+        body["column"] = entry["column"]
+    body.update(
+        grid={k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")},
+        dzi=url(entry["tiles"].get("dzi", "tiles/map.dzi")),
+        grid_url=url(entry["grid_file"]),
+        overview=url(overview) if overview else None,
+        tiles={k: v for k, v in entry["tiles"].items() if k != "dzi"},
+        labels=entry.get("labels", []), missing=entry.get("missing", 0))
+    return body
+
+
+def meaning_embedding(manifest: dict[str, Any]) -> str | None:
+    """The bundle's first ``clip`` embedding: the one a search by meaning uses."""
+    return next((e["name"] for e in manifest.get("embeddings", []) if e.get("kind") == "clip"),
+                None)

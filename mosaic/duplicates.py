@@ -29,8 +29,8 @@ nor survive a 10 % crop (docs/benchmarks.md, "Duplicate groups (issue 19)").
 The pipeline runs this search once, at the default threshold, after the index stage
 and stores the groups in the bundle (``duplicates.json``, ``STORED``; docs/bundle.md,
 "Duplicates"): ``groups_document`` makes it, ``read_stored`` reads it back without the
-items ``run.py remove`` took out since, ``collection_entry`` is what the server's and
-a published site's collection JSON say of it, for the viewer's "Duplicates" filter.
+items ``run.py remove`` took out since; ``mosaic.bundle.collection_document`` says where
+it is to the viewer's "Duplicates" filter (the server's and a published site's).
 
 Memory: the neighbour lists are read ``CHUNK`` items at a time, the candidates'
 pictures (3 KB each) are kept in a temporary file and read back with ``pread``, so the
@@ -536,14 +536,3 @@ def stored_groups(document: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     group = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     ids = np.array([i for entry in document["groups"] for i in entry["ids"]], dtype=np.int64)
     return group, ids
-
-
-def collection_entry(manifest: dict[str, Any], url: str) -> dict[str, Any] | None:
-    """What a collection's JSON says of its stored groups (the server's API and a
-    published site's ``collection.json``, for the viewer): where the file is (``url``)
-    and the manifest's counts; None without them."""
-    entry = manifest.get("duplicates")
-    if not entry:
-        return None
-    return {"url": url, "threshold": entry["threshold"], "groups": entry["groups"],
-            "items": entry["items"]}

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mosaic.bundle import (
+    collection_document,
     layout_entries,
     open_cells,
     open_top_neighbors,
@@ -44,7 +45,7 @@ from mosaic.bundle import (
     read_manifest,
     removed_ids,
 )
-from mosaic.duplicates import collection_entry, document_bytes, read_stored
+from mosaic.duplicates import document_bytes, read_stored
 from mosaic.errors import UsageError
 from mosaic.knn import iter_top_neighbors
 from mosaic.store import META_PREFIX, SERVER_EXPORT_FIELDS, TAGS_TABLE, iter_export_rows, sql_name
@@ -121,6 +122,9 @@ def write_map(directory: Path, manifest: dict, data: Path) -> int:
         tiles = Path(entry["tiles"]["dzi"]).parent
         total += _link_tree(directory / tiles, data / tiles)
         total += _link_file(directory / entry["grid_file"], data / entry["grid_file"])
+        overview = (entry.get("overview") or {}).get("path")
+        if overview:  # the collection lists it (the index page shows the first)
+            total += _link_file(directory / overview, data / overview)
     regions = manifest.get("regions")
     for name in ("path", "order") if regions else ():  # the labelled regions, as they are
         total += _link_file(directory / regions[name], data / regions[name])
@@ -133,42 +137,18 @@ def write_map(directory: Path, manifest: dict, data: Path) -> int:
 
 
 def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> int:
-    """``collection.json``: the server's collection body with relative URLs."""
-    tiles = manifest["tiles"]
-    grid = {k: manifest["grid"][k] for k in ("n_rows", "n_cols", "cell_size")}
-    dzi = tiles["dzi"]
-    entries = layout_entries(manifest)
-    # The layouts as the server lists them, their URLs their paths (write_map).
-    layouts = [{**{k: entry[k] for k in ("name", "kind", "slug", "column", "missing")
-                   if k in entry},
-                "grid": {k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")},
-                "tiles": {k: v for k, v in entry["tiles"].items() if k != "dzi"},
-                "labels": entry.get("labels", []),
-                "dzi": entry["tiles"]["dzi"], "grid_url": entry["grid_file"]}
-               for entry in entries]
-    body = {
-        "id": manifest["id"], "title": manifest.get("title") or manifest["id"],
-        "n_items": manifest["counts"]["items"],
-        "facets": manifest.get("facets", []),
-        "dzi": dzi, "tiles": tiles, "grid": grid, "grid_url": entries[0]["grid_file"],
-        "embeddings": [{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
-                       for e in manifest.get("embeddings", [])] if neighbors else [],
-        "columns": manifest.get("columns", []),
-        "hotspots": manifest.get("hotspots", []),
-        "regions": {"url": manifest["regions"]["path"], "order_url": manifest["regions"]["order"],
-                    "levels": manifest["regions"]["levels"],
-                    "labelled": manifest["regions"]["labelled"]}
-        if manifest.get("regions") else None,
-        "duplicates": collection_entry(manifest, manifest["duplicates"]["path"])
-        if manifest.get("duplicates") else None,
-        "display": manifest.get("display", {}),
-        "counts": manifest.get("counts", {}),
-        "layouts": layouts,
-        "export_fields": [*SERVER_EXPORT_FIELDS,
-                          *(META_PREFIX + c["name"] for c in manifest.get("columns", []))],
-        "static": {"title_shard": TITLE_SHARD, "item_shard": ITEM_SHARD,
-                   "thumb_folder": THUMB_FOLDER, "knn_k": KNN_K, "knn_shard": KNN_SHARD},
-    }
+    """``collection.json``: the server's collection body (``collection_document``), its
+    addresses the bundle paths the site holds the files at (``write_map``), and what
+    the static viewer needs to read the site's shards."""
+    body = collection_document(manifest, lambda path: path)
+    body.update(
+        search_by_meaning=None,  # no text tower in a static site
+        export_fields=[*SERVER_EXPORT_FIELDS,
+                       *(META_PREFIX + c["name"] for c in manifest.get("columns", []))],
+        static={"title_shard": TITLE_SHARD, "item_shard": ITEM_SHARD,
+                "thumb_folder": THUMB_FOLDER, "knn_k": KNN_K, "knn_shard": KNN_SHARD})
+    if not neighbors:
+        body["embeddings"] = []
     return _write_json(data / "collection.json", body)
 
 

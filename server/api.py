@@ -13,7 +13,7 @@ import numpy as np
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from mosaic.duplicates import collection_entry
+from mosaic.bundle import collection_document, meaning_embedding
 from mosaic.query import parse_search_args, search_items
 from mosaic.store import (
     SERVER_EXPORT_FIELDS,
@@ -47,42 +47,13 @@ def collections():
 @bp.get("/collections/<cid>")
 def collection(cid: str):
     bundle = get_bundle(cid)
-    m = bundle.manifest
-    tiles = m.get("tiles", {})
-    body = _summary(bundle)
-    body.update(
-        version=bundle.version,
-        dzi=_collection_url(bundle, tiles.get("dzi", "tiles/map.dzi")) + f"?v={bundle.version}",
-        tiles=tiles,
-        grid={k: bundle.grid[k] for k in ("n_rows", "n_cols", "cell_size")},
-        grid_url=_collection_url(bundle, "grid.i32") + f"?v={bundle.version}",
-        layouts=[_layout(bundle, entry) for entry in bundle.layouts],
-        thumbnail_url=_collection_url(bundle, "thumbs/{id}.jpg"),
-        embeddings=[{k: e.get(k) for k in ("name", "kind", "dim", "metric")}
-                    for e in m.get("embeddings", [])],
-        # the embedding a search by meaning uses (search?mode=meaning), or None
-        search_by_meaning=_meaning_embedding(bundle),
-        columns=bundle.columns,
-        hotspots=m.get("hotspots", []),
-        regions=_regions(bundle),
-        # the stored duplicate groups (the viewer's Duplicates filter), or None
-        duplicates=collection_entry(
-            m, _collection_url(bundle, "duplicates.json") + f"?v={bundle.version}"),
-        display=m.get("display", {}),
-        counts=m.get("counts", {}),
-    )
-    return jsonify(ok=True, **body)
-
-
-def _regions(bundle: Bundle) -> dict | None:
-    """Where the viewer finds the labelled regions, and their count per level."""
-    entry = bundle.manifest.get("regions")
-    if not entry:
-        return None
     version = f"?v={bundle.version}"
-    return {"url": _collection_url(bundle, "regions.json") + version,
-            "order_url": _collection_url(bundle, "regions.order.i32") + version,
-            "levels": entry["levels"], "labelled": entry["labelled"]}
+    body = collection_document(bundle.manifest,
+                               lambda path: _collection_url(bundle, path) + version)
+    summary = _summary(bundle)
+    body.update(version=bundle.version, overview=summary["overview"], url=summary["url"],
+                thumbnail_url=_collection_url(bundle, "thumbs/{id}.jpg"))
+    return jsonify(ok=True, **body)
 
 
 @bp.get("/collections/<cid>/items/<int:item_id>")
@@ -201,7 +172,7 @@ def _search_meaning(bundle: Bundle):
     text = request.args.get("text", "").strip()
     if not text:
         abort(400, description="a search by meaning needs text=...")
-    name = request.args.get("embedding") or _meaning_embedding(bundle)
+    name = request.args.get("embedding") or meaning_embedding(bundle.manifest)
     spec = bundle.embedding(name) if name else None
     if spec is None or spec.get("kind") != "clip":
         abort(400, description=f"a search by meaning needs a clip embedding; collection "
@@ -225,12 +196,6 @@ def _search_meaning(bundle: Bundle):
     if want_ids:
         body["ids"] = [int(i) for i in ids]
     return jsonify(body)
-
-
-def _meaning_embedding(bundle: Bundle) -> str | None:
-    """The bundle's first clip embedding: the one a search by meaning uses."""
-    return next((e["name"] for e in bundle.manifest.get("embeddings", [])
-                 if e.get("kind") == "clip"), None)
 
 
 @bp.get("/collections/<cid>/random")
@@ -347,25 +312,6 @@ def _summary(bundle: Bundle) -> dict:
         "overview": _collection_url(bundle, "overview.jpg") if overview.get("path") else None,
         "url": f"{request.script_root}/c/{bundle.cid}",
     }
-
-
-def _layout(bundle: Bundle, entry: dict) -> dict:
-    """One layout as the API lists it: its grid, URLs (versioned) and labels."""
-    version = f"?v={bundle.version}"
-    # A layout's files are served at their bundle paths (server/files.py): the
-    # similarity map's schema-3 files, the others' under layouts/<slug>/.
-    overview = (entry.get("overview") or {}).get("path")
-    body = {"name": entry["name"], "kind": entry["kind"], "slug": entry["slug"]}
-    if "column" in entry:
-        body["column"] = entry["column"]
-    body.update(
-        grid={k: entry["grid"][k] for k in ("n_rows", "n_cols", "cell_size")},
-        dzi=_collection_url(bundle, entry["tiles"].get("dzi", "tiles/map.dzi")) + version,
-        grid_url=_collection_url(bundle, entry["grid_file"]) + version,
-        overview=_collection_url(bundle, overview) + version if overview else None,
-        tiles={k: v for k, v in entry["tiles"].items() if k != "dzi"},
-        labels=entry.get("labels", []), missing=entry.get("missing", 0))
-    return body
 
 
 def _collection_url(bundle: Bundle, path: str) -> str:
