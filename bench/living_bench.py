@@ -73,18 +73,33 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--held", type=int, required=True, help="pictures to add")
     parser.add_argument("--remove", type=int, default=10, help="items to take down")
-    parser.add_argument("--push", type=int, nargs="*", default=[None],
-                        help="add --push values to compare (default: add's own), each on a "
-                             "hard-linked copy of the built bundle")
+    parser.add_argument("--push", nargs="*", default=["default"],
+                        help="add --push values to compare ('default': add's own), each on "
+                             "a hard-linked copy of the built bundle")
     parser.add_argument("--cold", action="store_true", help="drop the page cache first")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep --work's two full builds (base and all) and their times "
+                             "from the last record for the same data; only add, remove and "
+                             "publish run again")
     parser.add_argument("--record", type=Path, default=ROOT / "docs" / "data" / "living.jsonl")
     args = parser.parse_args()
     images = sorted(str(p.resolve()) for p in (args.data / "images").rglob("*")
                     if p.is_file())
     rng = np.random.default_rng(0)
     held = set(rng.choice(len(images), args.held, replace=False).tolist())
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
+    before = None
+    if args.reuse:
+        records = [json.loads(line) for line in args.record.read_text().splitlines()]
+        before = next(r for r in reversed(records) if r["data"] == str(args.data)
+                      and r["n_added"] == args.held)
+        for name in list(os.listdir(args.work / "out")):
+            if name not in ("c", "full"):
+                shutil.rmtree(args.work / "out" / name)
+        for site in args.work.glob("site-*"):
+            shutil.rmtree(site)
+    else:
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
     lists = {"base": [p for i, p in enumerate(images) if i not in held],
              "new": [p for i, p in enumerate(images) if i in held], "all": images}
     for name, paths in lists.items():
@@ -92,14 +107,16 @@ def main() -> None:
     out = str(args.work / "out")
     record: dict = {"n_base": len(lists["base"]), "n_added": len(lists["new"]),
                     "data": str(args.data), "cold": args.cold, "cpus": os.cpu_count()}
-    record["build_s"], _ = run(["pipeline", "--images", str(args.work / "base.txt"), "--id",
-                                "c", "--out", out], args.cold)
+    if before:
+        record["build_s"], record["builds_from"] = before["build_s"], "an earlier record"
+    else:
+        record["build_s"], _ = run(["pipeline", "--images", str(args.work / "base.txt"),
+                                    "--id", "c", "--out", out], args.cold)
     base = Path(out) / "c"
     runs = []
-    for push in args.push:
-        name = "c" if push is None else f"c-push{push}"
-        if name != "c":
-            subprocess.run(["cp", "-al", str(base), str(Path(out) / name)], check=True)
+    for push in (None if p == "default" else int(p) for p in args.push):
+        name = f"c-push{'default' if push is None else push}"
+        subprocess.run(["cp", "-al", str(base), str(Path(out) / name)], check=True)
         site = args.work / f"site-{name}"
         if not runs:  # the first: published before and after, into the same folder
             record["publish_s"], _ = run(["publish", "--id", name, "--out", out, "--to",
@@ -126,8 +143,11 @@ def main() -> None:
     record["remove_s"], said = run(["remove", "--id", runs[0]["name"], "--out", out, "--ids",
                                     ",".join(str(i) for i in sorted(removed))], args.cold)
     record["remove_report"] = said.strip().splitlines()
-    record["full_s"], _ = run(["pipeline", "--images", str(args.work / "all.txt"), "--id",
-                               "full", "--out", out], args.cold)
+    if before:
+        record["full_s"] = before["full_s"]
+    else:
+        record["full_s"], _ = run(["pipeline", "--images", str(args.work / "all.txt"),
+                                   "--id", "full", "--out", out], args.cold)
     full = Path(out) / "full"
     full_ids = sources(full)
     full_manifest = read_manifest(full)

@@ -31,8 +31,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="how far a new item may push the items between its place and "
                              "the nearest free cell (one cell each) to make room where it "
                              "belongs; farther, it takes that free cell instead (default: "
-                             "any distance, the best map; 0: no existing item moves, the "
-                             "fewest tiles rendered, new items at the nearest free cells)")
+                             "%(default)s; 0: no existing item moves; -1: any distance, "
+                             "new items nearer their kind but the whole map less ordered)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="decoding worker processes (default: number of CPUs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    if args.push is not None and args.push < 0:
-        raise UsageError("--push must be 0 or more cells")
+    if args.push < -1:
+        raise UsageError("--push must be -1 (any distance), 0 or more cells")
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
     check_addable(manifest)
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         (manifest.get("parameters") or {}).get("filename_column") or "filename"
     metadata = collect.read_metadata(args.metadata, filename_column) if args.metadata else None
     result = add_items(directory, inputs, metadata, allow_duplicates=args.allow_duplicates,
-                       jobs=args.jobs or os.cpu_count() or 1, push=args.push,
+                       jobs=args.jobs or os.cpu_count() or 1,
+                       push=None if args.push == -1 else args.push,
                        show_progress=args.progress)
     for kind, found in (("not added", result.duplicates), ("skipped", result.skipped)):
         for entry in found[:20]:

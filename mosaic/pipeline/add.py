@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 from scipy import sparse
+from scipy.spatial import cKDTree
 
 from mosaic import __version__, knn
 from mosaic.bundle import (
@@ -71,10 +72,11 @@ logger = logging.getLogger(__name__)
 ADD_WORK = "cache/add-work"
 _BLOCK = 65_536  # existing rows of a neighbour list handled at a time
 _PAIRS = 16_000_000  # at most this many (existing, new) distances in memory at once
-# Cells: how far a new item may push others to make room at its target; None: any
-# distance (the added pictures land where they belong; existing ones shift a cell or
-# a few). docs/benchmarks.md, "A living collection", measures the trade.
-PUSH_REACH: int | None = None
+# Cells: how far a new item may push others to make room at its target (None: any
+# distance). Short pushes leave the map as it was; long ones put added pictures nearer
+# where they belong but shift whole stretches of the map, which costs it more local order
+# than they bring (docs/benchmarks.md, "A living collection").
+PUSH_REACH: int | None = 8
 # Past this share of the deepest level's tiles changed, the pyramid is cut again whole
 # (one streamed dzsave) instead of tile by tile.
 FULL_RENDER_SHARE = 0.25
@@ -444,8 +446,7 @@ def make_room(grid: np.ndarray, positions: np.ndarray, targets: np.ndarray,
     moves only locally: one cell each time an insertion pushes it); farther, the new item
     takes that nearest free cell itself. Returns every cell whose item changed, int (n, 2)."""
     n_rows, n_cols = grid.shape
-    taken = (grid >= 0).ravel()
-    spiral = arrange.Spiral()
+    free_cells = _FreeCells(grid)
     changed: list[tuple[int, int]] = []
     # Top rows first: a grown grid's free cells are at the bottom, so each later push runs
     # below the items placed before it and leaves them where they landed.
@@ -453,7 +454,7 @@ def make_room(grid: np.ndarray, positions: np.ndarray, targets: np.ndarray,
     for item, target in zip(np.asarray(items)[order].tolist(), targets[order]):
         start = (int(np.clip(round(target[0]), 0, n_rows - 1)),
                  int(np.clip(round(target[1]), 0, n_cols - 1)))
-        free = tuple(int(v) for v in spiral.free_cells(*start, 1, taken, n_rows, n_cols)[0])
+        free = free_cells.take_nearest(start)
         near = reach is None or max(abs(free[0] - start[0]), abs(free[1] - start[1])) <= reach
         path = _path(start, free) if near else [free]
         for (r0, c0), (r1, c1) in zip(path[-2::-1], path[:0:-1]):  # from the free end
@@ -462,9 +463,38 @@ def make_room(grid: np.ndarray, positions: np.ndarray, targets: np.ndarray,
         r, c = path[0]
         grid[r, c] = item
         positions[item] = (r, c)
-        taken[free[0] * n_cols + free[1]] = True
         changed.extend(path)
     return np.array(changed, dtype=np.int64).reshape(-1, 2)
+
+
+class _FreeCells:
+    """The free cells of a grid, nearest first from any cell (a k-d tree over the cells
+    free at the start; a cell once taken stays taken: pushing only fills free cells)."""
+
+    def __init__(self, grid: np.ndarray) -> None:
+        self.cells = np.argwhere(grid < 0)
+        self.tree = cKDTree(self.cells)
+        self.taken = np.zeros(len(self.cells), dtype=bool)
+
+    def take_nearest(self, cell: tuple[int, int]) -> tuple[int, int]:
+        """The free cell nearest ``cell`` (ties: the lowest row, then column), now taken."""
+        k = 16
+        while True:
+            k = min(k, len(self.cells))
+            distances, found = self.tree.query(cell, k=k)
+            distances, found = np.atleast_1d(distances), np.atleast_1d(found)
+            ok = ~self.taken[found]
+            if ok.any():
+                best = distances[ok].min()
+                tied = found[ok & (distances <= best + 1e-9)]
+                # among equals, the first in reading order (the same as a spiral's)
+                pick = tied[np.lexsort((self.cells[tied, 1], self.cells[tied, 0]))[0]]
+                if k == len(self.cells) or distances.max() > best + 1e-9:
+                    self.taken[pick] = True
+                    return int(self.cells[pick, 0]), int(self.cells[pick, 1])
+            if k == len(self.cells):
+                raise MosaicError("no free cell left on the grid")
+            k *= 4
 
 
 def _path(start: tuple[int, int], end: tuple[int, int]) -> list[tuple[int, int]]:
