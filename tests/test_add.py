@@ -19,8 +19,6 @@ wrapper script (``python tests/test_add.py KILL_POINT add ...``).
 from __future__ import annotations
 
 import csv
-import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -28,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kill_points
 import numpy as np
 import pytest
 import pyvips
@@ -356,51 +355,20 @@ def _install_kill_point(point: str) -> None:
     from mosaic.pipeline import add as add_module
     from mosaic.pipeline import decode, generation
 
-    def die(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def after(module, name: str) -> None:
-        original = getattr(module, name)
-
-        def wrapper(*args, **kwargs):
-            original(*args, **kwargs)
-            die()
-
-        setattr(module, name, wrapper)
-
     if point == "decode":  # after the first chunk file is stored
-        original = decode._ChunkFiles.write
-
-        def write_then_die(self, number, arrays):
-            original(self, number, arrays)
-            die()
-
-        decode._ChunkFiles.write = write_then_die
+        kill_points.after(decode._ChunkFiles, "write")
     elif point == "cells":
-        after(add_module, "_append_cells")
-    elif point == "tiles":
-        replace, calls = generation.replace, [0]
-
-        def some_tiles(path, write):
-            replace(path, write)
-            calls[0] += 1
-            if calls[0] == 8:  # cells, index, layout, positions, grid, dzi, two tiles
-                die()
-
-        generation.replace = some_tiles
+        kill_points.after(add_module, "_append_cells")
+    elif point == "tiles":  # cells, index, layout, positions, grid, dzi, two tiles
+        kill_points.after_replacements(8)
     elif point == "vectors":
-        after(add_module, "_add_vectors")
+        kill_points.after(add_module, "_add_vectors")
     elif point == "metadata":
-        after(add_module, "_insert_rows")
+        kill_points.after(add_module, "_insert_rows")
     elif point == "manifest":
-        def half(path, value):
-            text = json.dumps(value)
-            Path(path).with_name(".manifest.json.tmp").write_text(text[:len(text) // 2])
-            die()
-
-        add_module.write_json_atomic = half
+        kill_points.in_manifest(add_module)
     elif point == "exchange":
-        after(generation, "exchange")
+        kill_points.after(generation, "exchange")
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -19,7 +19,6 @@ import csv
 import fcntl
 import io
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -27,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kill_points
 import numpy as np
 import pytest
 import pyvips
@@ -405,43 +405,18 @@ def _install_kill_point(point: str) -> None:
     from mosaic.pipeline import generation
     from mosaic.pipeline import remove as remove_module
 
-    def die(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def after(module, name: str) -> None:
-        original = getattr(module, name)
-
-        def wrapper(*args, **kwargs):
-            original(*args, **kwargs)
-            die()
-
-        setattr(module, name, wrapper)
-
     if point == "cells":
-        after(remove_module, "_blank_cells")
-    elif point == "tiles":
-        replace, calls = generation.replace, [0]
-
-        def third_tile(path, write):
-            replace(path, write)
-            calls[0] += 1
-            if calls[0] == 6:  # the cells pack and index, two arrays, two tiles
-                die()
-
-        generation.replace = third_tile
+        kill_points.after(remove_module, "_blank_cells")
+    elif point == "tiles":  # the cells pack and index, two arrays, two tiles
+        kill_points.after_replacements(6)
     elif point == "vectors":
-        after(remove_module, "_remove_vectors")
+        kill_points.after(remove_module, "_remove_vectors")
     elif point == "metadata":
-        after(remove_module, "_remove_rows")
+        kill_points.after(remove_module, "_remove_rows")
     elif point == "manifest":
-        def half(path, value):
-            text = json.dumps(value)
-            Path(path).with_name(".manifest.json.tmp").write_text(text[:len(text) // 2])
-            die()
-
-        remove_module.write_json_atomic = half
+        kill_points.in_manifest(remove_module)
     elif point == "exchange":
-        after(generation, "exchange")
+        kill_points.after(generation, "exchange")
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -36,13 +36,11 @@ import os
 import shutil
 import sqlite3
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from scipy import sparse
 from scipy.spatial import cKDTree
 
 from mosaic import __version__, knn
@@ -57,15 +55,14 @@ from mosaic.bundle import (
     read_regions,
 )
 from mosaic.errors import MosaicError, UsageError
-from mosaic.pipeline import arrange, collect, generation, regions, render, retile
+from mosaic.pipeline import arrange, collect, edit, generation, render, retile
 from mosaic.pipeline.decode import DONE, compact, open_executor, query_options, run_decode
 from mosaic.pipeline.embed import PIXEL_KINDS
 from mosaic.pipeline.index import build_annoy
-from mosaic.pipeline.metadata import COUNTED_KINDS, TAGS_TABLE, split_tags
+from mosaic.pipeline.metadata import ItemRecord, insert_items
 from mosaic.pipeline.reduce import PLACE_K
 from mosaic.pipeline.store import bundle_lock, cache_key, create_npy_rows, write_json_atomic
 from mosaic.progress import Progress
-from mosaic.store import sql_names
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +293,7 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
     xy = np.load(directory / "layout.npy")
     xy_new = np.array([np.median(xy[row[row >= 0]], axis=0) for row in neighbours])
     xy = np.concatenate([xy, xy_new])
-    _save_npy_into(new / "layout.npy", xy)
+    edit.save_npy(new / "layout.npy", xy)
     cells = open_cells(new, {"cells": {**manifest["cells"], "shape": [n_all,
                                                                        *manifest["cells"]["shape"][1:]]}})
     try:
@@ -333,13 +330,6 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
     generation.exchange(directory, new)
     result.generation += 1
     result.added = new_ids.tolist()
-
-
-def _save_npy_into(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-    generation.replace(path, write)
 
 
 def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells,
@@ -386,7 +376,7 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     changed = make_room(grid, positions, targets, np.arange(n_old, n_old + n_new), push)
     moved = np.unique(grid[changed[:, 0], changed[:, 1]])
     moved = moved[(moved >= 0) & (moved < n_old)]
-    _save_npy_into(new / entry["positions"], positions)
+    edit.save_npy(new / entry["positions"], positions)
     generation.replace(new / entry["grid_file"], lambda tmp: grid.astype("<i4").tofile(tmp))
     cell = int(info["cell_size"])
     tiles_dir = new / Path(entry["tiles"]["dzi"]).parent
@@ -578,66 +568,44 @@ def _insert_rows(directory: Path, new: Path, manifest: dict, paths: list[str],
                  sizes: np.ndarray, decoded: np.ndarray, keep: np.ndarray, new_ids: np.ndarray,
                  positions: np.ndarray, xy: np.ndarray, inputs: collect.Inputs,
                  metadata: collect.Metadata | None, moved: np.ndarray) -> None:
-    """The new items' rows in ``metadata.sqlite``: items, metadata, search text, tags and
-    facet counts, as the pipeline's metadata stage writes them; the ``moved`` items'
-    cells."""
-    columns = manifest.get("columns", [])
-    kinds = {c["name"]: c["kind"] for c in columns}
-    stored = sql_names(columns)
+    """The new items' rows in ``metadata.sqlite`` (``metadata.insert_items``, as the
+    pipeline writes them) and their facet counts added in; the ``moved`` items' cells."""
+    kinds = {c["name"]: c["kind"] for c in manifest.get("columns", [])}
     match = collect.match_metadata(inputs, metadata) if metadata else None
     display = manifest.get("display") or {}
+
+    def records():
+        for item, row in zip(new_ids.tolist(), keep.tolist()):
+            input_index = int(decoded[row])
+            source = paths[input_index]
+            row_index = match.row_of_input[input_index] if match else None
+            values = dict(metadata.rows[row_index]) if row_index is not None else {}
+            name = collect.display_path(Path(source).name)
+            fields = {"filename": name, "stem": Path(name).stem, "id": str(item), **values}
+            width, height = sizes[input_index]
+            yield ItemRecord(
+                id=item, source=collect.display_path(os.path.abspath(source)),
+                row=int(positions[item, 0]), col=int(positions[item, 1]),
+                x=float(xy[item, 0]), y=float(xy[item, 1]),
+                title=collect.format_template(display.get("title"), fields) or name,
+                url=collect.format_template(display.get("url"), fields),
+                width=int(width), height=int(height), metadata=values or None)
 
     def write(tmp: Path) -> None:
         shutil.copyfile(directory / manifest["files"]["metadata"], tmp)
         conn = sqlite3.connect(tmp)
         try:
-            counts: Counter = Counter()
-            names = [stored[name] for name in kinds]
-            insert_meta = (f"INSERT INTO metadata (id{''.join(', ' + n for n in names)}) "
-                           f"VALUES ({', '.join('?' * (len(names) + 1))})")
-            for item, row in zip(new_ids.tolist(), keep.tolist()):
-                input_index = int(decoded[row])
-                source = paths[input_index]
-                row_index = match.row_of_input[input_index] if match else None
-                values = dict(metadata.rows[row_index]) if row_index is not None else {}
-                name = collect.display_path(Path(source).name)
-                fields = {"filename": name, "stem": Path(name).stem, "id": str(item), **values}
-                title = collect.format_template(display.get("title"), fields) or name
-                url = collect.format_template(display.get("url"), fields)
-                shown = collect.display_path(os.path.abspath(source))
-                width, height = sizes[input_index]
-                conn.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (item, shown, Path(shown).name, int(positions[item, 0]),
-                              int(positions[item, 1]), float(xy[item, 0]), float(xy[item, 1]),
-                              title, url, int(width), int(height)))
-                conn.execute(insert_meta, (item, *(_typed(values.get(n, ""), k)
-                                                   for n, k in kinds.items())))
-                body = [Path(shown).name]
-                for column, kind in kinds.items():
-                    value = values.get(column, "")
-                    if kind in ("text", "facet") and value:
-                        body.append(value)
-                    if kind == "facet" and value:
-                        counts[column, value] += 1
-                    if kind == "tags" and value:
-                        tags = split_tags(value)
-                        body.extend(tags)
-                        counts.update((column, tag) for tag in tags)
-                        conn.executemany(f"INSERT INTO {TAGS_TABLE} (name, value, id) "
-                                         "VALUES (?, ?, ?)", [(column, t, item) for t in tags])
-                conn.execute("INSERT INTO items_fts (rowid, title, body) VALUES (?, ?, ?)",
-                             (item, title or "", " ".join(body)))
+            counts = insert_items(conn, records(), kinds)
             conn.executemany("UPDATE items SET row = ?, col = ? WHERE id = ?",
                              [(int(positions[i, 0]), int(positions[i, 1]), int(i))
                               for i in moved.tolist()])
-            for (column, value), count in sorted(counts.items()):
-                if column not in kinds or kinds[column] not in COUNTED_KINDS:
-                    continue
-                changed = conn.execute("UPDATE facet_values SET count = count + ? WHERE "
-                                       "name = ? AND value = ?", (count, column, value))
-                if changed.rowcount == 0:
-                    conn.execute("INSERT INTO facet_values VALUES (?, ?, ?)",
-                                 (column, value, count))
+            for column, counter in counts.items():
+                for value, count in sorted(counter.items()):
+                    changed = conn.execute("UPDATE facet_values SET count = count + ? WHERE "
+                                           "name = ? AND value = ?", (count, column, value))
+                    if changed.rowcount == 0:
+                        conn.execute("INSERT INTO facet_values VALUES (?, ?, ?)",
+                                     (column, value, count))
             conn.commit()
         finally:
             conn.close()
@@ -645,46 +613,11 @@ def _insert_rows(directory: Path, new: Path, manifest: dict, paths: list[str],
     generation.replace(new / manifest["files"]["metadata"], write)
 
 
-def _typed(value: str, kind: str):
-    if value == "":
-        return None
-    if kind == "number":
-        return float(value)
-    if kind == "year":
-        return int(float(value))
-    return value
-
-
-def _column_values(new: Path, manifest: dict, names: list[str], n_items: int
-                   ) -> dict[str, list[str | None]]:
-    """Raw values of metadata columns for every item (None where it has no row)."""
-    stored = sql_names(manifest.get("columns", []))
-    values: dict[str, list] = {name: [None] * n_items for name in names}
-    if not names:
-        return values
-    conn = _connect_ro(new / manifest["files"]["metadata"])
-    try:
-        selected = ", ".join(stored[name] for name in names)
-        for row in conn.execute(f"SELECT id, {selected} FROM metadata"):
-            for name, value in zip(names, row[1:]):
-                values[name][row[0]] = None if value is None else _raw(value)
-    finally:
-        conn.close()
-    return values
-
-
-def _raw(value) -> str:
-    """A stored value as the CSV had it (a whole number stored as REAL without ``.0``)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _rearrange(new: Path, manifest: dict, entry: dict, xy: np.ndarray, gone: np.ndarray,
                cells: PackedCells, result: AddResult) -> dict:
     """A metadata layout arranged again over every item on the map and rendered whole."""
     columns = entry["column"] if isinstance(entry["column"], list) else [entry["column"]]
-    raw = _column_values(new, manifest, columns, len(xy))
+    raw = edit.column_values(new, manifest, columns, len(xy))
     present = np.flatnonzero(~gone)
     spec_values = [[raw[c][i] for i in present] for c in columns]
     values = arrange.layout_values(entry["kind"], spec_values)
@@ -696,7 +629,7 @@ def _rearrange(new: Path, manifest: dict, entry: dict, xy: np.ndarray, gone: np.
     positions[present] = placed
     result.moved[entry["name"]] = int((old[present[present < len(old)]]
                                        != positions[present[present < len(old)]]).any(1).sum())
-    _save_npy_into(new / entry["positions"], positions)
+    edit.save_npy(new / entry["positions"], positions)
     grid = np.full(n_rows * n_cols, -1, dtype="<i4")
     grid[placed[:, 0] * n_cols + placed[:, 1]] = present
     generation.replace(new / entry["grid_file"], lambda tmp: grid.tofile(tmp))
@@ -720,24 +653,11 @@ def _rearrange(new: Path, manifest: dict, entry: dict, xy: np.ndarray, gone: np.
 def _join_regions(directory: Path, new: Path, manifest: dict, neighbours: np.ndarray,
                   gone: np.ndarray, xy: np.ndarray, positions: np.ndarray) -> dict:
     """Each new item into the regions of its nearest item at every level; the regions
-    described and labelled again (``regions.without``) from every item on the map."""
-    entry = manifest["regions"]
+    described and labelled again from every item on the map (``edit.relabel_regions``)."""
     described, ids = read_regions(directory, manifest)
     ids = np.asarray(ids)
     first = neighbours[:, 0]
     if (first < 0).any():
         raise MosaicError("a new item has no existing item near it to share regions with")
-    joined = np.concatenate([ids, ids[first]])
-    columns = [c for c in manifest.get("columns", []) if c["name"] in entry["terms_from"]]
-    values = _column_values(new, manifest, [c["name"] for c in columns], len(joined))
-    terms, vocabulary = regions.item_terms(values, {c["name"]: c["kind"] for c in columns})
-    if not vocabulary:
-        terms = sparse.csr_matrix((len(joined), 0))
-    remaining, order, fresh = regions.without(joined, described, gone, xy, positions, terms,
-                                              vocabulary)
-    _save_npy_into(new / entry["ids"], remaining)
-    generation.replace(new / entry["order"],
-                       lambda tmp: tmp.write_bytes(order.astype("<i4").tobytes()))
-    generation.replace(new / entry["path"], lambda tmp: write_json_atomic(
-        tmp, {"levels": int(remaining.shape[1]), "regions": fresh}))
-    return {**entry, "labelled": sum(r["label"] is not None for r in fresh)}
+    return edit.relabel_regions(new, manifest, np.concatenate([ids, ids[first]]), described,
+                                gone, xy, positions)

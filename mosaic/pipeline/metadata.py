@@ -42,40 +42,49 @@ def write_metadata_db(path: Path, items: Iterable[ItemRecord], kinds: dict[str, 
     conn = sqlite3.connect(path)
     try:
         _create_schema(conn, kinds)
-        counts: dict[str, Counter] = {name: Counter() for name, k in kinds.items()
-                                      if k in COUNTED_KINDS}
-        insert_tag = f"INSERT INTO {TAGS_TABLE} (name, value, id) VALUES (?, ?, ?)"
-        stored = [sql_name(i) for i in range(len(kinds))]
-        placeholders = ", ".join("?" * (len(stored) + 1))
-        insert_meta = f"INSERT INTO metadata (id{''.join(', ' + s for s in stored)}) " \
-                      f"VALUES ({placeholders})"
-        for item in items:
-            conn.execute(
-                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (item.id, item.source, Path(item.source).name, item.row, item.col,
-                 item.x, item.y, item.title, item.url, item.width, item.height))
-            values = [_typed(item.metadata, name, kind) for name, kind in kinds.items()]
-            conn.execute(insert_meta, (item.id, *values))
-            body = [Path(item.source).name]
-            for name, kind in kinds.items():
-                value = (item.metadata or {}).get(name, "")
-                if kind in ("text", "facet") and value:
-                    body.append(value)
-                if kind == "facet" and value:
-                    counts[name][value] += 1
-                if kind == "tags" and value:
-                    tags = split_tags(value)
-                    body.extend(tags)
-                    counts[name].update(tags)
-                    conn.executemany(insert_tag, [(name, tag, item.id) for tag in tags])
-            conn.execute("INSERT INTO items_fts (rowid, title, body) VALUES (?, ?, ?)",
-                         (item.id, item.title or "", " ".join(body)))
+        counts = insert_items(conn, items, kinds)
         for name, counter in counts.items():
             conn.executemany("INSERT INTO facet_values VALUES (?, ?, ?)",
                              [(name, value, n) for value, n in counter.most_common()])
         conn.commit()
     finally:
         conn.close()
+
+
+def insert_items(conn: sqlite3.Connection, items: Iterable[ItemRecord], kinds: dict[str, str]
+                 ) -> dict[str, Counter]:
+    """Insert ``items`` into every table but ``facet_values`` (the pipeline's new database,
+    or ``run.py add``'s copy of one); returns each counted column's values and how many
+    of the items carry each, for ``facet_values``."""
+    counts: dict[str, Counter] = {name: Counter() for name, k in kinds.items()
+                                  if k in COUNTED_KINDS}
+    insert_tag = f"INSERT INTO {TAGS_TABLE} (name, value, id) VALUES (?, ?, ?)"
+    stored = [sql_name(i) for i in range(len(kinds))]
+    placeholders = ", ".join("?" * (len(stored) + 1))
+    insert_meta = f"INSERT INTO metadata (id{''.join(', ' + s for s in stored)}) " \
+                  f"VALUES ({placeholders})"
+    for item in items:
+        conn.execute(
+            "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (item.id, item.source, Path(item.source).name, item.row, item.col,
+             item.x, item.y, item.title, item.url, item.width, item.height))
+        values = [_typed(item.metadata, name, kind) for name, kind in kinds.items()]
+        conn.execute(insert_meta, (item.id, *values))
+        body = [Path(item.source).name]
+        for name, kind in kinds.items():
+            value = (item.metadata or {}).get(name, "")
+            if kind in ("text", "facet") and value:
+                body.append(value)
+            if kind == "facet" and value:
+                counts[name][value] += 1
+            if kind == "tags" and value:
+                tags = split_tags(value)
+                body.extend(tags)
+                counts[name].update(tags)
+                conn.executemany(insert_tag, [(name, tag, item.id) for tag in tags])
+        conn.execute("INSERT INTO items_fts (rowid, title, body) VALUES (?, ?, ?)",
+                     (item.id, item.title or "", " ".join(body)))
+    return counts
 
 
 def _create_schema(conn: sqlite3.Connection, kinds: dict[str, str]) -> None:

@@ -326,7 +326,7 @@ def without(ids: np.ndarray, described: list[dict], gone: np.ndarray, xy: np.nda
     spans = np.array([r["levels"] for r in described], dtype=np.int64).reshape(-1, 2)
     kept = np.flatnonzero(~gone)
     sub = np.asarray(ids)[kept]
-    labels = label_regions(sub, spans, terms[kept], vocabulary)
+    labels = label_regions(sub, spans, terms[kept] if vocabulary else terms, vocabulary)
     fresh = describe_regions(sub, parents, spans, np.asarray(xy)[kept],
                              np.asarray(positions)[kept], labels)
     for region, entry in enumerate(fresh):

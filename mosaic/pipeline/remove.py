@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import sparse
 
 from mosaic import duplicates, knn
 from mosaic.bundle import (
@@ -38,7 +37,7 @@ from mosaic.bundle import (
     read_regions,
 )
 from mosaic.errors import UsageError
-from mosaic.pipeline import generation, regions, render, retile
+from mosaic.pipeline import edit, generation, render, retile
 from mosaic.pipeline.index import build_annoy
 from mosaic.pipeline.metadata import COUNTED_KINDS, TAGS_TABLE, split_tags
 from mosaic.pipeline.store import bundle_lock, create_npy_rows, write_json_atomic
@@ -201,7 +200,7 @@ def _empty_cells(new: Path, entry: dict, todo: np.ndarray, cells, background) ->
     where = positions[todo]
     where = where[where[:, 0] >= 0]
     positions[todo] = -1
-    generation.replace(new / entry["positions"], lambda tmp: _save_npy(tmp, positions))
+    edit.save_npy(new / entry["positions"], positions)
     grid_info = entry["grid"]
     grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(
         grid_info["n_rows"], grid_info["n_cols"])
@@ -217,11 +216,6 @@ def _empty_cells(new: Path, entry: dict, todo: np.ndarray, cells, background) ->
     generation.replace(new / entry["overview"]["path"],
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
     return written
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array)
 
 
 def _remove_vectors(directory: Path, new: Path, embedding: dict, gone: np.ndarray,
@@ -312,36 +306,11 @@ def _remove_rows(directory: Path, new: Path, manifest: dict, todo: np.ndarray) -
 
 
 def _relabel_regions(directory: Path, new: Path, manifest: dict, gone: np.ndarray) -> dict:
-    """The labelled regions over the items left (``regions.without``): the removed items
-    leave every region, and sizes, representatives and labels come from the rest, with
-    terms read from the new ``metadata.sqlite`` (no removed item's words stay in a label)."""
-    entry = manifest["regions"]
+    """The labelled regions over the items left (``edit.relabel_regions``)."""
     described, ids = read_regions(directory, manifest)
-    columns = [c for c in manifest.get("columns", []) if c["name"] in entry["terms_from"]]
-    stored = sql_names(manifest.get("columns", []))
-    values: dict[str, list] = {c["name"]: [None] * len(gone) for c in columns}
-    if columns:
-        conn = sqlite3.connect(f"{(new / manifest['files']['metadata']).resolve().as_uri()}"
-                               "?mode=ro", uri=True)
-        try:
-            names = ", ".join(stored[c["name"]] for c in columns)
-            for row in conn.execute(f"SELECT id, {names} FROM metadata"):
-                for column, value in zip(columns, row[1:]):
-                    values[column["name"]][row[0]] = value
-        finally:
-            conn.close()
-    terms, vocabulary = regions.item_terms(values, {c["name"]: c["kind"] for c in columns})
-    if not vocabulary:  # no term left (or none ever): an empty items x terms matrix
-        terms = sparse.csr_matrix((len(gone), 0))
-    remaining, order, fresh = regions.without(
-        np.asarray(ids), described, gone, np.load(directory / "layout.npy"),
-        np.load(new / layout_entries(manifest)[0]["positions"]), terms, vocabulary)
-    generation.replace(new / entry["ids"], lambda tmp: _save_npy(tmp, remaining))
-    generation.replace(new / entry["order"],
-                       lambda tmp: tmp.write_bytes(order.astype("<i4").tobytes()))
-    generation.replace(new / entry["path"], lambda tmp: write_json_atomic(
-        tmp, {"levels": int(remaining.shape[1]), "regions": fresh}))
-    return {**entry, "labelled": sum(r["label"] is not None for r in fresh)}
+    return edit.relabel_regions(new, manifest, np.asarray(ids), described, gone,
+                                np.load(directory / "layout.npy"),
+                                np.load(new / layout_entries(manifest)[0]["positions"]))
 
 
 def _ungroup(new: Path, manifest: dict) -> dict:
