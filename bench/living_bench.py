@@ -1,7 +1,7 @@
 """A living collection: ``run.py add`` and ``run.py remove`` against full builds (issue 18).
 
     python bench/living_bench.py --data /work/bench-data/distinct-20200 \
-        --work /work/bench-living --held 200 --remove 10 [--cold]
+        --work /work/bench-living --held 200 --remove 10 [--reach 0 default] [--cold]
 
 From a collection of distinct pictures (``bench/distinct_images.py``), ``--held``
 pictures drawn at random (seeded) are held out. The rest are built with the
@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--held", type=int, required=True, help="pictures to add")
     parser.add_argument("--remove", type=int, default=10, help="items to take down")
-    parser.add_argument("--push", nargs="*", default=["default"],
-                        help="add --push values to compare ('default': add's own), each on "
+    parser.add_argument("--reach", nargs="*", default=["default"],
+                        help="add --reach values to compare ('default': add's own), each on "
                              "a hard-linked copy of the built bundle")
     parser.add_argument("--cold", action="store_true", help="drop the page cache first")
     parser.add_argument("--reuse", action="store_true",
@@ -114,8 +114,8 @@ def main() -> None:
                                     "--id", "c", "--out", out], args.cold)
     base = Path(out) / "c"
     runs = []
-    for push in (None if p == "default" else int(p) for p in args.push):
-        name = f"c-push{'default' if push is None else push}"
+    for reach in (None if r == "default" else int(r) for r in args.reach):
+        name = f"c-reach{'default' if reach is None else reach}"
         subprocess.run(["cp", "-al", str(base), str(Path(out) / name)], check=True)
         site = args.work / f"site-{name}"
         if not runs:  # the first: published before and after, into the same folder
@@ -123,12 +123,15 @@ def main() -> None:
                                           str(site)], args.cold)
         seconds, said = run(["add", "--id", name, "--out", out, "--images",
                              str(args.work / "new.txt"),
-                             *([] if push is None else ["--push", str(push)])], args.cold)
+                             *([] if reach is None else ["--reach", str(reach)])], args.cold)
         tiles = re.search(r"tiles written: similarity ([\d,]+)", said)
         moved = re.search(r"existing items moved: similarity ([\d,]+)", said)
-        runs.append({"push": push, "name": name, "add_s": round(seconds, 2),
+        far = re.search(r"([\d,]+) cells away at the median, ([\d,]+) at most", said)
+        runs.append({"reach": reach, "name": name, "add_s": round(seconds, 2),
                      "tiles": int(tiles.group(1).replace(",", "")) if tiles else None,
                      "moved": int(moved.group(1).replace(",", "")) if moved else None,
+                     "moved_cells": {"median": int(far.group(1).replace(",", "")),
+                                     "max": int(far.group(2).replace(",", ""))} if far else None,
                      "report": said.strip().splitlines()})
         if len(runs) == 1:
             record["republish_s"], said = run(["publish", "--id", name, "--out", out,
@@ -159,8 +162,12 @@ def main() -> None:
     full_positions = np.load(full / "positions.npy")[order]
     added = np.array([i for i, s in enumerate(sorted(full_ids)) if s in set(lists["new"])])
     sample = quality.query_ids(len(features), random_state=0)
+    wide = quality.query_ids(len(features), 20_000, random_state=1)  # less noisy
+    near_wide = quality.feature_neighbours(features, wide)
     record["full_p10"] = {"added": precision(features, full_positions, added),
-                          "map": precision(features, full_positions, sample)}
+                          "map": precision(features, full_positions, sample),
+                          "map_20k": round(quality.neighbour_precision(
+                              near_wide, full_positions, wide), 4)}
     for entry in runs:
         grown = np.load(Path(out) / entry["name"] / "positions.npy")  # (after remove: -1)
         ids = sources_before[entry["name"]]
@@ -168,6 +175,8 @@ def main() -> None:
         entry["added_p10"] = precision(features, positions, added)
         if (positions >= 0).all():
             entry["map_p10"] = precision(features, positions, sample)
+            entry["map_20k_p10"] = round(quality.neighbour_precision(near_wide, positions,
+                                                                     wide), 4)
     record["adds"] = runs
     record["bundle_build_timings"] = manifest["timings"]
     args.record.parent.mkdir(parents=True, exist_ok=True)

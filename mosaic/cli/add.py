@@ -8,7 +8,7 @@ import sys
 
 from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
 from mosaic.errors import UsageError
-from mosaic.pipeline.add import PUSH_REACH
+from mosaic.pipeline.place import REACH
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +27,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-duplicates", action="store_true",
                         help="add images already in the collection (the same file or the "
                              "same pixels) again instead of reporting them")
-    parser.add_argument("--push", type=int, default=PUSH_REACH, metavar="CELLS",
-                        help="how far a new item may push the items between its place and "
-                             "the nearest free cell (one cell each) to make room where it "
-                             "belongs; farther, it takes that free cell instead (default: "
-                             "%(default)s; 0: no existing item moves; -1: any distance, "
-                             "new items nearer their kind but the whole map less ordered)")
+    parser.add_argument("--reach", type=int, default=REACH, metavar="CELLS",
+                        help="how far from the median cell of its nearest items a new item "
+                             "may take the cell of an existing item that fits its own place "
+                             "poorly (that item moves to a free cell, at the bottom of a full "
+                             "map; no other moves) (default: %(default)s; 0: no existing "
+                             "item moves, new items take the nearest free cell)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="decoding worker processes (default: number of CPUs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    if args.push < -1:
-        raise UsageError("--push must be -1 (any distance), 0 or more cells")
+    if args.reach < 0:
+        raise UsageError("--reach must be 0 or more cells")
     directory = bundle_dir(args.out, args.id)
     manifest = read_manifest(directory)
     check_addable(manifest)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = collect.read_metadata(args.metadata, filename_column) if args.metadata else None
     result = add_items(directory, inputs, metadata, allow_duplicates=args.allow_duplicates,
                        jobs=args.jobs or os.cpu_count() or 1,
-                       push=None if args.push == -1 else args.push,
+                       reach=args.reach,
                        show_progress=args.progress)
     for kind, found in (("not added", result.duplicates), ("skipped", result.skipped)):
         for entry in found[:20]:
@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     tiles = ", ".join(f"{name} {count:,}" for name, count in result.tiles.items())
     moved = ", ".join(f"{name} {count:,}" for name, count in result.moved.items())
     print(f"  tiles written: {tiles}")
-    print(f"  existing items moved: {moved}")
+    far = result.moved_cells
+    print(f"  existing items moved: {moved}" + (
+        f" (similarity: each once, to a free cell {far['median']:,} cells away at the "
+        f"median, {far['max']:,} at most)" if far else ""))
     if result.duplicates or result.skipped:
         print(f"  not added: {len(result.duplicates):,} already in the collection, "
               f"{len(result.skipped):,} undecodable (listed above)")

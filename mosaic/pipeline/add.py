@@ -5,12 +5,15 @@ background, pixel limit, embeddings and weights: ``decode.query_options``), in
 the same resumable chunks as the pipeline (``cache/add-work``). Each gets the
 next free id (``counts.items`` onwards; no id changes) and is placed into the
 existing similarity layout as openTSNE places new points: at the median of its
-``PLACE_K`` nearest items' positions in the layout embedding, then into the free
-cell nearest the median of their cells (a removed item's cell is free too). No
-existing item moves on the similarity map. Where the grid has fewer free cells
-than new items it grows by whole rows at the bottom, and the pyramid with it.
-Only the tiles over the new cells (and the new rows), and their ancestors, are
-rendered again (``retile.rewrite_tiles``).
+``PLACE_K`` nearest items' positions in the layout embedding, and on the grid
+near the median of their cells (``mosaic.pipeline.place``): within ``reach``
+cells, in the cell whose surroundings hold most of its nearest items, taking it
+from an item that fits its own place poorly (that one moves to a free cell; no
+other existing item moves), or a free cell there (a removed item's cell is free
+too). Where the grid has fewer free cells than new items it grows by whole rows
+at the bottom, and the pyramid with it. Only the tiles over the changed cells
+(and the new rows), and their ancestors, are rendered again
+(``retile.rewrite_tiles``).
 
 The other layouts (date, category, geo) are arranged again over all items and
 rendered whole: their blocks are sized by their counts, so a new item can
@@ -41,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from scipy.spatial import cKDTree
 
 from mosaic import __version__, knn
 from mosaic.bundle import (
@@ -60,6 +62,7 @@ from mosaic.pipeline.decode import DONE, compact, open_executor, query_options, 
 from mosaic.pipeline.embed import PIXEL_KINDS
 from mosaic.pipeline.index import build_annoy
 from mosaic.pipeline.metadata import ItemRecord, insert_items
+from mosaic.pipeline.place import FIT_K, REACH, place_items
 from mosaic.pipeline.reduce import PLACE_K
 from mosaic.pipeline.store import bundle_lock, cache_key, create_npy_rows, write_json_atomic
 from mosaic.progress import Progress
@@ -69,11 +72,6 @@ logger = logging.getLogger(__name__)
 ADD_WORK = "cache/add-work"
 _BLOCK = 65_536  # existing rows of a neighbour list handled at a time
 _PAIRS = 16_000_000  # at most this many (existing, new) distances in memory at once
-# Cells: how far a new item may push others to make room at its target (None: any
-# distance). Short pushes leave the map as it was; long ones put added pictures nearer
-# where they belong but shift whole stretches of the map, which costs it more local order
-# than they bring (docs/benchmarks.md, "A living collection").
-PUSH_REACH: int | None = 8
 # Past this share of the deepest level's tiles changed, the pyramid is cut again whole
 # (one streamed dzsave) instead of tile by tile.
 FULL_RENDER_SHARE = 0.25
@@ -89,6 +87,8 @@ class AddResult:
     tiles: dict[str, int] = field(default_factory=dict)  # layout -> tiles written
     grown_rows: int = 0  # rows the similarity grid grew by
     moved: dict[str, int] = field(default_factory=dict)  # layout -> existing items moved
+    # similarity: how far (cells, Chebyshev) the moved items went: {"median", "max"}
+    moved_cells: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -111,7 +111,7 @@ def check_addable(manifest: dict) -> None:
 
 def add_items(directory: Path, inputs: collect.Inputs,
               metadata: collect.Metadata | None = None, *, allow_duplicates: bool = False,
-              jobs: int = 1, push: int | None = PUSH_REACH, show_progress: bool = False
+              jobs: int = 1, reach: int = REACH, show_progress: bool = False
               ) -> AddResult:
     """Add the images ``inputs`` (with their ``metadata`` rows) to the bundle at
     ``directory`` (held under its lock) as its next generation; see the module."""
@@ -154,7 +154,7 @@ def add_items(directory: Path, inputs: collect.Inputs,
                                      allow_duplicates, result)
             if len(keep):
                 _add(directory, manifest, paths, summary.sizes, decoded, keep, fresh_cells,
-                     inputs, metadata, result, push)
+                     inputs, metadata, result, reach)
         finally:
             fresh_cells.close()
         generation.finish(directory)
@@ -275,7 +275,7 @@ def _gone(directory: Path, manifest: dict) -> np.ndarray:
 def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
          decoded: np.ndarray,
          keep: np.ndarray, fresh: PackedCells, inputs: collect.Inputs,
-         metadata: collect.Metadata | None, result: AddResult, push: int | None) -> None:
+         metadata: collect.Metadata | None, result: AddResult, reach: int) -> None:
     n_old = int(manifest["counts"]["items"])
     n_new = len(keep)
     n_all = n_old + n_new
@@ -298,7 +298,7 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
                                                                        *manifest["cells"]["shape"][1:]]}})
     try:
         similarity, positions, moved = _place_similarity(new, entries[0], neighbours, n_old,
-                                                         cells, manifest, result, push)
+                                                         cells, manifest, result, reach)
         for embedding in manifest["embeddings"]:
             _add_vectors(directory, new, embedding, work, keep, gone,
                          int(manifest["parameters"].get("random_state", 0)))
@@ -356,11 +356,11 @@ def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells
 
 def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int,
                       cells: PackedCells, manifest: dict, result: AddResult,
-                      push: int | None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Each new item at the median cell of its nearest items (``make_room``), the grid
-    grown by rows at the bottom where it is short of free cells; the tiles over every
-    changed cell re-rendered. Returns the layout's new entry, the positions and the ids
-    of the existing items that moved."""
+                      reach: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Each new item near the median cell of its nearest items (``place.place_items``),
+    the grid grown by rows at the bottom where it is short of free cells; the tiles over
+    every changed cell re-rendered. Returns the layout's new entry, the positions and the
+    ids of the existing items that moved."""
     info = entry["grid"]
     n_rows, n_cols = int(info["n_rows"]), int(info["n_cols"])
     grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(n_rows, n_cols)
@@ -372,10 +372,14 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
         grid = np.concatenate([grid, np.full((grown, n_cols), -1, dtype=grid.dtype)])
     targets = np.array([np.median(positions[near[near >= 0]], axis=0) if (near >= 0).any()
                         else (0.0, 0.0) for near in neighbours])
+    before = positions
     positions = np.concatenate([positions, np.full((n_new, 2), -1, dtype=positions.dtype)])
-    changed = make_room(grid, positions, targets, np.arange(n_old, n_old + n_new), push)
-    moved = np.unique(grid[changed[:, 0], changed[:, 1]])
-    moved = moved[(moved >= 0) & (moved < n_old)]
+    changed, moved = place_items(grid, positions, targets, np.arange(n_old, n_old + n_new),
+                                 neighbours, _fit_lists(new, manifest, n_old), reach)
+    moved = np.unique(moved)
+    if len(moved):
+        far = np.abs(positions[moved] - before[moved]).max(axis=1)
+        result.moved_cells = {"median": int(np.median(far)), "max": int(far.max())}
     edit.save_npy(new / entry["positions"], positions)
     generation.replace(new / entry["grid_file"], lambda tmp: grid.astype("<i4").tofile(tmp))
     cell = int(info["cell_size"])
@@ -409,6 +413,26 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     return updated, positions, moved
 
 
+def _fit_lists(new: Path, manifest: dict, n_old: int) -> np.ndarray | None:
+    """int32 (n_old, FIT_K): each existing item's nearest items from the first
+    embedding's stored lists (read in blocks; the lists are not yet merged with the new
+    items), for its fit on the grid; None for a bundle without stored lists."""
+    stored = open_top_neighbors(new, manifest["embeddings"][0])
+    if stored is None:
+        logger.info("no stored neighbour lists: new items take free cells only")
+        return None
+    try:
+        k = min(FIT_K, stored[0].shape[1])
+        lists = np.empty((n_old, k), dtype=np.int32)
+        for start in range(0, n_old, _BLOCK):
+            rows = np.arange(start, min(start + _BLOCK, n_old))
+            lists[rows] = stored[0].read_rows(rows)[:, :k]
+        return lists
+    finally:
+        stored[0].close()
+        stored[1].close()
+
+
 def _mostly_dirty(tiles: dict, rects, height: int) -> bool:
     """Whether the changed cells touch more than ``FULL_RENDER_SHARE`` of the deepest
     level's tiles (of a map ``height`` pixels high)."""
@@ -424,81 +448,6 @@ def _tile_count(tiles: dict) -> int:
     size = int(tiles["tile_size"])
     return sum(-(-w // size) * -(-h // size) for w, h in retile.level_sizes(
         int(tiles["width"]), int(tiles["height"]), int(tiles["levels"])))
-
-
-def make_room(grid: np.ndarray, positions: np.ndarray, targets: np.ndarray,
-              items: np.ndarray, reach: int | None = PUSH_REACH) -> np.ndarray:
-    """Put each of ``items`` (top targets first) on ``grid`` (ids, -1 free; changed in place) at the
-    cell nearest its target (row, col), writing ``positions``. A taken target makes room
-    when a free cell lies within ``reach`` cells (Chebyshev; None: at any distance): the
-    items on a straight path
-    from the target to the nearest free cell each move one cell along it (so an item
-    moves only locally: one cell each time an insertion pushes it); farther, the new item
-    takes that nearest free cell itself. Returns every cell whose item changed, int (n, 2)."""
-    n_rows, n_cols = grid.shape
-    free_cells = _FreeCells(grid)
-    changed: list[tuple[int, int]] = []
-    # Top rows first: a grown grid's free cells are at the bottom, so each later push runs
-    # below the items placed before it and leaves them where they landed.
-    order = np.lexsort((targets[:, 1], targets[:, 0]))
-    for item, target in zip(np.asarray(items)[order].tolist(), targets[order]):
-        start = (int(np.clip(round(target[0]), 0, n_rows - 1)),
-                 int(np.clip(round(target[1]), 0, n_cols - 1)))
-        free = free_cells.take_nearest(start)
-        near = reach is None or max(abs(free[0] - start[0]), abs(free[1] - start[1])) <= reach
-        path = _path(start, free) if near else [free]
-        for (r0, c0), (r1, c1) in zip(path[-2::-1], path[:0:-1]):  # from the free end
-            grid[r1, c1] = grid[r0, c0]
-            positions[grid[r1, c1]] = (r1, c1)
-        r, c = path[0]
-        grid[r, c] = item
-        positions[item] = (r, c)
-        changed.extend(path)
-    return np.array(changed, dtype=np.int64).reshape(-1, 2)
-
-
-class _FreeCells:
-    """The free cells of a grid, nearest first from any cell (a k-d tree over the cells
-    free at the start; a cell once taken stays taken: pushing only fills free cells)."""
-
-    def __init__(self, grid: np.ndarray) -> None:
-        self.cells = np.argwhere(grid < 0)
-        self.tree = cKDTree(self.cells)
-        self.taken = np.zeros(len(self.cells), dtype=bool)
-
-    def take_nearest(self, cell: tuple[int, int]) -> tuple[int, int]:
-        """The free cell nearest ``cell`` (ties: the lowest row, then column), now taken."""
-        k = 16
-        while True:
-            k = min(k, len(self.cells))
-            distances, found = self.tree.query(cell, k=k)
-            distances, found = np.atleast_1d(distances), np.atleast_1d(found)
-            ok = ~self.taken[found]
-            if ok.any():
-                best = distances[ok].min()
-                tied = found[ok & (distances <= best + 1e-9)]
-                # among equals, the first in reading order (the same as a spiral's)
-                pick = tied[np.lexsort((self.cells[tied, 1], self.cells[tied, 0]))[0]]
-                if k == len(self.cells) or distances.max() > best + 1e-9:
-                    self.taken[pick] = True
-                    return int(self.cells[pick, 0]), int(self.cells[pick, 1])
-            if k == len(self.cells):
-                raise MosaicError("no free cell left on the grid")
-            k *= 4
-
-
-def _path(start: tuple[int, int], end: tuple[int, int]) -> list[tuple[int, int]]:
-    """Cells from ``start`` to ``end``, each a side-neighbour of the last, as straight as
-    a line between them (the axis further from done steps first)."""
-    (r, c), (r1, c1) = start, end
-    cells = [(r, c)]
-    while (r, c) != (r1, c1):
-        if abs(r1 - r) >= abs(c1 - c):
-            r += 1 if r1 > r else -1
-        else:
-            c += 1 if c1 > c else -1
-        cells.append((r, c))
-    return cells
 
 
 def _add_vectors(directory: Path, new: Path, embedding: dict, work: Path, keep: np.ndarray,
