@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from mosaic.bundle import open_cells, removed_ids
+from mosaic.bundle import Bundle, Overview, Tiles
 from mosaic.store import read_columns, read_metadata
 
 IMAGE_CONTEXT = "http://iiif.io/api/image/3/context.json"
@@ -46,34 +45,34 @@ def _base(url: str) -> str:
 
 # -- Image API -------------------------------------------------------------
 
-def scale_factors(tiles: dict[str, Any]) -> list[int]:
+def scale_factors(tiles: Tiles) -> list[int]:
     """Powers of two from 1 until the whole map fits one tile (every one a DZI level)."""
-    longest, factors = max(tiles["width"], tiles["height"]), [1]
-    while math.ceil(longest / factors[-1]) > tiles["tile_size"] \
-            and len(factors) < tiles["levels"]:
+    longest, factors = max(tiles.width, tiles.height), [1]
+    while math.ceil(longest / factors[-1]) > tiles.tile_size \
+            and len(factors) < tiles.levels:
         factors.append(factors[-1] * 2)
     return factors
 
 
-def map_info(manifest: dict[str, Any], service_id: str) -> dict[str, Any]:
-    """info.json of the map: level 0, tiles = the DZI tiles, ``max`` = the overview."""
-    tiles, overview = manifest["tiles"], manifest["overview"]
+def map_info(tiles: Tiles, overview: Overview, service_id: str) -> dict[str, Any]:
+    """info.json of the map (``tiles``, ``overview``: the similarity layout's): level 0,
+    tiles = the DZI tiles, ``max`` = the overview."""
     info: dict[str, Any] = {
         "@context": IMAGE_CONTEXT, "id": _base(service_id), "type": "ImageService3",
         "protocol": IMAGE_PROTOCOL, "profile": "level0",
-        "width": tiles["width"], "height": tiles["height"],
-        "maxWidth": overview["width"], "maxHeight": overview["height"],
-        "sizes": [{"width": overview["width"], "height": overview["height"]}],
+        "width": tiles.width, "height": tiles.height,
+        "maxWidth": overview.width, "maxHeight": overview.height,
+        "sizes": [{"width": overview.width, "height": overview.height}],
     }
-    if tiles["overlap"] == 0 and tiles["format"] == "jpeg":
+    if tiles.overlap == 0 and tiles.format == "jpeg":
         # A IIIF tile is exactly one DZI tile only without overlap; level 0 is jpg only.
-        info["tiles"] = [{"width": tiles["tile_size"], "scaleFactors": scale_factors(tiles)}]
+        info["tiles"] = [{"width": tiles.tile_size, "scaleFactors": scale_factors(tiles)}]
     return info
 
 
-def item_info(manifest: dict[str, Any], service_id: str) -> dict[str, Any]:
+def item_info(bundle: Bundle, service_id: str) -> dict[str, Any]:
     """info.json of one item's image: level 0, one size, its cell."""
-    size = manifest["cells"]["cell_size"]
+    size = bundle.grid.cell_size
     return {"@context": IMAGE_CONTEXT, "id": _base(service_id), "type": "ImageService3",
             "protocol": IMAGE_PROTOCOL, "profile": "level0", "width": size, "height": size,
             "sizes": [{"width": size, "height": size}]}
@@ -85,7 +84,7 @@ def full_sizes(width: int, height: int, max_width: int, max_height: int) -> set[
         {"full"} if (max_width, max_height) == (width, height) else set())
 
 
-def dzi_tile(tiles: dict[str, Any], region: str, size: str) -> tuple[int, int, int] | None:
+def dzi_tile(tiles: Tiles, region: str, size: str) -> tuple[int, int, int] | None:
     """The DZI tile ``(level, col, row)`` a level-0 IIIF tile request names, or None.
 
     A tile at scale factor ``s`` (a power of two listed in ``map_info``) covers
@@ -94,10 +93,10 @@ def dzi_tile(tiles: dict[str, Any], region: str, size: str) -> tuple[int, int, i
     is DZI tile ``(x / (tile_size * s), y / (tile_size * s))`` of level ``top - log2 s``.
     Anything else is not a tile of this image.
     """
-    if tiles["overlap"] != 0:
+    if tiles.overlap != 0:
         return None
-    width, height, tile, top = tiles["width"], tiles["height"], tiles["tile_size"], \
-        tiles["levels"] - 1
+    width, height, tile, top = tiles.width, tiles.height, tiles.tile_size, \
+        tiles.levels - 1
     try:
         x, y, w, h = (int(v) for v in region.split(","))
         sw_text, _, sh_text = size.partition(",")
@@ -119,12 +118,12 @@ def dzi_tile(tiles: dict[str, Any], region: str, size: str) -> tuple[int, int, i
     return None
 
 
-def full_tile(tiles: dict[str, Any], size: str) -> tuple[int, int, int] | None:
+def full_tile(tiles: Tiles, size: str) -> tuple[int, int, int] | None:
     """``full/{w},{h}`` at the largest scale factor (one tile holds the image): its DZI tile."""
     factor = scale_factors(tiles)[-1]
-    w, h = math.ceil(tiles["width"] / factor), math.ceil(tiles["height"] / factor)
-    if size in (f"{w},{h}", f"{w},") and max(w, h) <= tiles["tile_size"]:
-        return tiles["levels"] - 1 - (factor.bit_length() - 1), 0, 0
+    w, h = math.ceil(tiles.width / factor), math.ceil(tiles.height / factor)
+    if size in (f"{w},{h}", f"{w},") and max(w, h) <= tiles.tile_size:
+        return tiles.levels - 1 - (factor.bit_length() - 1), 0, 0
     return None
 
 
@@ -182,8 +181,7 @@ def n_pages(n_items: int, page_size: int = PAGE_SIZE) -> int:
     return max(1, math.ceil(n_items / page_size))
 
 
-def build_manifest(manifest: dict[str, Any], base: str, page_size: int = PAGE_SIZE
-                   ) -> dict[str, Any]:
+def build_manifest(bundle: Bundle, base: str, page_size: int = PAGE_SIZE) -> dict[str, Any]:
     """The collection's Presentation 3 manifest (iiif-prezi3): one canvas, the map.
 
     Its painting annotation is the map image with its level-0 service; the items'
@@ -192,38 +190,37 @@ def build_manifest(manifest: dict[str, Any], base: str, page_size: int = PAGE_SI
     from iiif_prezi3 import AnnotationPageRef, Manifest
 
     urls = Urls(base)
-    tiles, overview = manifest["tiles"], manifest["overview"]
-    document = Manifest(id=urls.manifest, label=_lang(manifest.get("title") or manifest["id"]),
-                        summary=_lang(f"{manifest['counts']['items']} items on a similarity map"
-                                      f" of {manifest['grid']['n_rows']} x "
-                                      f"{manifest['grid']['n_cols']} cells"))
-    canvas = document.make_canvas(id=urls.canvas, width=tiles["width"],
-                                  height=tiles["height"], label=_lang("map"))
+    tiles, overview = bundle.tiles, bundle.overview
+    document = Manifest(id=urls.manifest, label=_lang(bundle.title),
+                        summary=_lang(f"{bundle.counts.items} items on a similarity map"
+                                      f" of {bundle.grid.n_rows} x {bundle.grid.n_cols} cells"))
+    canvas = document.make_canvas(id=urls.canvas, width=tiles.width,
+                                  height=tiles.height, label=_lang("map"))
     annotation = canvas.add_image(  # the AnnotationPage holding the painting
         image_url=f"{urls.map_service}/full/max/0/default.jpg",
         anno_page_id=f"{urls.canvas}/page", anno_id=f"{urls.canvas}/image",
-        format="image/jpeg", width=overview["width"], height=overview["height"])
+        format="image/jpeg", width=overview.width, height=overview.height)
     annotation.items[0].body.service = [_service(urls.map_service)]
     canvas.annotations = [AnnotationPageRef(id=urls.page(k), type="AnnotationPage")
-                          for k in range(n_pages(manifest["counts"]["items"], page_size))]
+                          for k in range(n_pages(bundle.counts.items, page_size))]
     return json.loads(document.json())
 
 
-def build_annotation_page(directory: str | os.PathLike, manifest: dict[str, Any], base: str,
-                          k: int, page_size: int = PAGE_SIZE) -> dict[str, Any]:
+def build_annotation_page(bundle: Bundle, base: str, k: int, page_size: int = PAGE_SIZE
+                          ) -> dict[str, Any]:
     """AnnotationPage ``k``: items ``k * page_size ...`` as ``describing`` annotations
     on their cells' ``xywh`` (label = title, thumbnail = the item's image, rendering =
     the item's own manifest, which holds its metadata). IndexError past the last page."""
     from iiif_prezi3 import Annotation, AnnotationPage, TextualBody
 
-    n_items = manifest["counts"]["items"]
+    n_items = bundle.counts.items
     pages = n_pages(n_items, page_size)
     if not 0 <= k < pages:
         raise IndexError(k)
-    urls, cell = Urls(base), manifest["grid"]["cell_size"]
+    urls, cell = Urls(base), bundle.grid.cell_size
     first, stop = k * page_size, min(n_items, (k + 1) * page_size)
     items = []
-    with _connect(directory, manifest) as conn:
+    with closing(bundle.connect()) as conn:
         for item, title, row, col in conn.execute(
                 "SELECT id, title, row, col FROM items WHERE id >= ? AND id < ? ORDER BY id",
                 (first, stop)):
@@ -244,16 +241,15 @@ def build_annotation_page(directory: str | os.PathLike, manifest: dict[str, Any]
     return json.loads(page.json())
 
 
-def build_item_manifest(directory: str | os.PathLike, manifest: dict[str, Any], base: str,
-                        item: int) -> dict[str, Any]:
+def build_item_manifest(bundle: Bundle, base: str, item: int) -> dict[str, Any]:
     """One item's own manifest: label = its title, metadata = its CSV columns (their
     verbatim names, empty values left out), one canvas painted with its cell image."""
     from iiif_prezi3 import KeyValueString, Manifest
 
-    if not 0 <= item < manifest["counts"]["items"]:
+    if not 0 <= item < bundle.counts.items:
         raise IndexError(item)
-    urls, cell = Urls(base), manifest["grid"]["cell_size"]
-    with _connect(directory, manifest) as conn:
+    urls, cell = Urls(base), bundle.grid.cell_size
+    with closing(bundle.connect()) as conn:
         row = conn.execute("SELECT title, url FROM items WHERE id = ?", (item,)).fetchone()
         if row is None:  # removed (run.py remove)
             raise IndexError(item)
@@ -283,20 +279,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-class _connect:
-    """A read-only connection to the bundle's metadata.sqlite, closed on exit."""
-
-    def __init__(self, directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
-        path = Path(directory) / manifest["files"]["metadata"]
-        self.conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.conn
-
-    def __exit__(self, *exc) -> None:
-        self.conn.close()
-
-
 # -- a static copy ---------------------------------------------------------
 
 def write_json(path: Path, document: dict[str, Any]) -> int:
@@ -309,25 +291,24 @@ def write_json(path: Path, document: dict[str, Any]) -> int:
     return len(data)
 
 
-def iter_item_files(directory: str | os.PathLike, manifest: dict[str, Any], base: str
-                    ) -> Iterator[tuple[str, bytes]]:
+def iter_item_files(bundle: Bundle, base: str) -> Iterator[tuple[str, bytes]]:
     """``(relative path, bytes)`` of every item's static IIIF files: info.json, its
     image under both size names (``max`` and ``c,c``) and its manifest."""
-    cell = manifest["cells"]["cell_size"]
+    cell = bundle.grid.cell_size
     urls = Urls(base)
-    cells = open_cells(directory, manifest)
-    removed = set(removed_ids(directory, manifest).tolist())
+    cells = bundle.open_cells()
+    removed = set(bundle.removed_ids().tolist())
     try:
-        for item in range(manifest["counts"]["items"]):
+        for item in range(bundle.counts.items):
             if item in removed:
                 continue
             image = cells.read_encoded(item)
             folder = f"items/{item}"
-            yield f"{folder}/info.json", _dump(item_info(manifest, urls.item_service(item)))
+            yield f"{folder}/info.json", _dump(item_info(bundle, urls.item_service(item)))
             yield f"{folder}/full/max/0/default.jpg", image
             yield f"{folder}/full/{cell},{cell}/0/default.jpg", image
             yield f"{folder}/manifest.json", _dump(
-                build_item_manifest(directory, manifest, base, item))
+                build_item_manifest(bundle, base, item))
     finally:
         cells.close()
 
@@ -336,23 +317,23 @@ def _dump(document: dict[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def write_documents(directory: str | os.PathLike, manifest: dict[str, Any], folder: Path,
-                    base: str, page_size: int = PAGE_SIZE) -> dict[str, int]:
+def write_documents(bundle: Bundle, folder: Path, base: str, page_size: int = PAGE_SIZE
+                    ) -> dict[str, int]:
     """Write the manifest, its annotation pages and every item's files under ``folder``
     (the folder published at ``base``). Returns bytes written per kind."""
     folder = Path(folder)
     sizes = {"manifest": write_json(folder / "manifest.json", build_manifest(
-        manifest, base, page_size)), "annotations": 0, "items": 0}
-    for k in range(n_pages(manifest["counts"]["items"], page_size)):
+        bundle, base, page_size)), "annotations": 0, "items": 0}
+    for k in range(n_pages(bundle.counts.items, page_size)):
         sizes["annotations"] += write_json(
             folder / "annotations" / f"{k}.json",
-            build_annotation_page(directory, manifest, base, k, page_size))
-    for relative, data in iter_item_files(directory, manifest, base):
+            build_annotation_page(bundle, base, k, page_size))
+    for relative, data in iter_item_files(bundle, base):
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         sizes["items"] += len(data)
-    for item in removed_ids(directory, manifest).tolist():  # published before the removal
+    for item in bundle.removed_ids().tolist():  # published before the removal
         shutil.rmtree(folder / "items" / str(item), ignore_errors=True)
     return sizes
 

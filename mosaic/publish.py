@@ -31,20 +31,13 @@ import shutil
 import sqlite3
 import struct
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mosaic.bundle import (
-    collection_document,
-    layout_entries,
-    open_cells,
-    open_top_neighbors,
-    open_vectors,
-    read_manifest,
-    removed_ids,
-)
+from mosaic.bundle import Bundle, Embedding
 from mosaic.duplicates import document_bytes, read_stored
 from mosaic.errors import UsageError
 from mosaic.knn import iter_top_neighbors
@@ -77,8 +70,8 @@ def write_site(directory: str | os.PathLike, site: str | os.PathLike,
     ``num_chunk`` and ``text_shard_bytes`` size the search index's files (see
     write_search_index); the viewer reads the cuts from ``facets.json``, so any sizes
     give the same answers (tests publish a small bundle into many shards)."""
-    directory, site, static = Path(directory), Path(site), Path(static)
-    manifest = read_manifest(directory)
+    site, static = Path(site), Path(static)
+    bundle = Bundle.open(directory)
     osd = static / "node_modules" / "openseadragon" / "build" / "openseadragon"
     if not osd.is_dir():
         raise UsageError(f"OpenSeadragon is not installed in {static}: run `npm ci` there")
@@ -86,17 +79,16 @@ def write_site(directory: str | os.PathLike, site: str | os.PathLike,
     data.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
     sizes["viewer"] = write_viewer(static, site)
-    sizes["map"] = write_map(directory, manifest, data)
-    with sqlite3.connect(f"file:{directory / manifest['files']['metadata']}?mode=ro",
-                         uri=True) as conn:
-        sizes["items"] = write_items(conn, manifest, data)
-        sizes["search"] = write_search_index(conn, manifest, data, num_chunk=num_chunk,
+    sizes["map"] = write_map(bundle, data)
+    with closing(bundle.connect()) as conn:
+        sizes["items"] = write_items(conn, bundle, data)
+        sizes["search"] = write_search_index(conn, bundle, data, num_chunk=num_chunk,
                                              text_shard_bytes=text_shard_bytes)
     if thumbnails:
-        sizes["thumbs"] = write_thumbnails(directory, manifest, data)
+        sizes["thumbs"] = write_thumbnails(bundle, data)
     if neighbors:
-        sizes["knn"] = write_neighbors(directory, manifest, data)
-    sizes["collection"] = write_collection(manifest, data, neighbors=neighbors)
+        sizes["knn"] = write_neighbors(bundle, data)
+    sizes["collection"] = write_collection(bundle, data, neighbors=neighbors)
     return sizes
 
 
@@ -115,36 +107,36 @@ def write_viewer(static: Path, site: Path) -> int:
                         (osd / "openseadragon.min.js").read_bytes())
 
 
-def write_map(directory: Path, manifest: dict, data: Path) -> int:
+def write_map(bundle: Bundle, data: Path) -> int:
     """Tiles and grid of every layout (hard links), at their bundle paths under ``data``."""
     total = 0
-    for entry in layout_entries(manifest):
-        tiles = Path(entry["tiles"]["dzi"]).parent
-        total += _link_tree(directory / tiles, data / tiles)
-        total += _link_file(directory / entry["grid_file"], data / entry["grid_file"])
-        overview = (entry.get("overview") or {}).get("path")
-        if overview:  # the collection lists it (the index page shows the first)
-            total += _link_file(directory / overview, data / overview)
-    regions = manifest.get("regions")
-    for name in ("path", "order") if regions else ():  # the labelled regions, as they are
-        total += _link_file(directory / regions[name], data / regions[name])
-    found = manifest.get("duplicates")
+    for layout in bundle.layouts:
+        tiles = layout.tiles.folder
+        total += _link_tree(bundle.file(tiles), data / tiles)
+        total += _link_file(bundle.file(layout.grid_file), data / layout.grid_file)
+        if layout.overview:  # the collection lists it (the index page shows the first)
+            total += _link_file(bundle.file(layout.overview.path), data / layout.overview.path)
+    regions = bundle.regions
+    for path in (regions.path, regions.order) if regions else ():  # as they are
+        total += _link_file(bundle.file(path), data / path)
+    found = bundle.duplicates
     if found:  # the duplicate groups: as they are, or without the items removed since
-        removed = removed_ids(directory, manifest)
-        total += _link_file(directory / found["path"], data / found["path"]) if not len(removed) \
-            else _put(data / found["path"], document_bytes(read_stored(directory, manifest)))
+        total += _link_file(bundle.file(found.path), data / found.path) \
+            if not len(bundle.removed_ids()) else \
+            _put(data / found.path, document_bytes(read_stored(bundle.path, bundle.manifest)))
     return total
 
 
-def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> int:
-    """``collection.json``: the server's collection body (``collection_document``), its
-    addresses the bundle paths the site holds the files at (``write_map``), and what
+def write_collection(bundle: Bundle | dict, data: Path, *, neighbors: bool = True) -> int:
+    """``collection.json``: the server's collection body (``Bundle.collection_document``),
+    its addresses the bundle paths the site holds the files at (``write_map``), and what
     the static viewer needs to read the site's shards."""
-    body = collection_document(manifest, lambda path: path)
+    bundle = _model(bundle)
+    body = bundle.collection_document(lambda path: path)
     body.update(
         search_by_meaning=None,  # no text tower in a static site
         export_fields=[*SERVER_EXPORT_FIELDS,
-                       *(META_PREFIX + c["name"] for c in manifest.get("columns", []))],
+                       *(META_PREFIX + c["name"] for c in bundle.columns)],
         static={"title_shard": TITLE_SHARD, "item_shard": ITEM_SHARD,
                 "thumb_folder": THUMB_FOLDER, "knn_k": KNN_K, "knn_shard": KNN_SHARD})
     if not neighbors:
@@ -152,10 +144,10 @@ def write_collection(manifest: dict, data: Path, *, neighbors: bool = True) -> i
     return _write_json(data / "collection.json", body)
 
 
-def write_items(conn: sqlite3.Connection, manifest: dict, data: Path) -> int:
+def write_items(conn: sqlite3.Connection, bundle: Bundle | dict, data: Path) -> int:
     """``titles/<k>.json`` (a list of titles) and ``items/<k>.json`` (a list of items as
     the server's item endpoint has them, less the thumbnail URL), in id order."""
-    columns = manifest.get("columns", [])
+    columns = _model(bundle).columns
     total = 0
     items: list[dict] = []
     for fields, values in iter_export_rows(conn, columns, None, fields=ITEM_FIELDS):
@@ -183,12 +175,12 @@ def _flush_items(items: list[dict], data: Path) -> int:
     return total
 
 
-def write_thumbnails(directory: Path, manifest: dict, data: Path) -> int:
+def write_thumbnails(bundle: Bundle, data: Path) -> int:
     """Each item's cell as ``thumbs/<id // THUMB_FOLDER>/<id>.jpg`` (its bytes as stored)."""
     total = 0
-    removed = set(removed_ids(directory, manifest).tolist())
-    with open_cells(directory, manifest) as cells:
-        for item in range(manifest["counts"]["items"]):
+    removed = set(bundle.removed_ids().tolist())
+    with bundle.open_cells() as cells:
+        for item in range(bundle.counts.items):
             if item in removed:  # a site published before the removal loses its picture
                 (data / "thumbs" / str(item // THUMB_FOLDER) / f"{item}.jpg").unlink(
                     missing_ok=True)
@@ -201,19 +193,19 @@ def write_thumbnails(directory: Path, manifest: dict, data: Path) -> int:
     return total
 
 
-def write_neighbors(directory: Path, manifest: dict, data: Path) -> int:
+def write_neighbors(bundle: Bundle, data: Path) -> int:
     """``knn/<embedding index>/<k>.bin``: for KNN_SHARD items in id order, each item's
     KNN_K nearest (itself excluded, nearest first) as little-endian int32 ids
     (``KNN_SHARD x KNN_K``, -1 past the end) then float32 distances (same shape),
     annoy's distances for the embedding's metric. They are the lists the pipeline
     stored in the bundle (``embeddings[].top``); a bundle made before them has them
     computed here, as the pipeline does (``knn.iter_top_neighbors``)."""
-    n = manifest["counts"]["items"]
+    n = bundle.counts.items
     total = 0
-    for e, entry in enumerate(manifest.get("embeddings", [])):
+    for e, embedding in enumerate(bundle.embeddings):
         folder = data / "knn" / str(e)
         folder.mkdir(parents=True, exist_ok=True)
-        for start, ids, distances in top_neighbor_blocks(directory, entry, n):
+        for start, ids, distances in top_neighbor_blocks(bundle.path, embedding, n):
             for offset in range(0, len(ids), KNN_SHARD):  # blocks are whole shards
                 body = ids[offset:offset + KNN_SHARD].astype("<i4").tobytes() + \
                     distances[offset:offset + KNN_SHARD].astype("<f4").tobytes()
@@ -221,11 +213,11 @@ def write_neighbors(directory: Path, manifest: dict, data: Path) -> int:
     return total
 
 
-def top_neighbor_blocks(directory: Path, entry: dict, n: int
+def top_neighbor_blocks(directory: Path, embedding: Embedding, n: int
                         ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(start, ids, distances)`` blocks of every item's KNN_K nearest, in id order,
     each ``TOP_READ`` items (whole shards) but the last."""
-    stored = open_top_neighbors(directory, entry)
+    stored = embedding.open_top_neighbors(directory)
     if stored is not None and stored[0].shape[1] >= KNN_K:
         ids_rows, distance_rows = stored
         for start in range(0, n, TOP_READ):
@@ -235,16 +227,15 @@ def top_neighbor_blocks(directory: Path, entry: dict, n: int
         return
     from annoy import AnnoyIndex
 
-    log.info("%s has no stored neighbour lists: computing them", entry["name"])
-    vectors = open_vectors(directory, entry)
-    index = AnnoyIndex(int(entry["dim"]), entry.get("metric", "angular"))
-    index.load(str(directory / entry["index"]))
-    yield from iter_top_neighbors(vectors, index, entry.get("metric", "angular"),
-                                  int(entry.get("search_k") or -1), KNN_K, os.cpu_count() or 1,
-                                  block=TOP_READ)
+    log.info("%s has no stored neighbour lists: computing them", embedding.name)
+    vectors = embedding.open_vectors(directory)
+    index = AnnoyIndex(embedding.dim, embedding.metric)
+    index.load(str(Path(directory) / embedding.index))
+    yield from iter_top_neighbors(vectors, index, embedding.metric, embedding.search_k, KNN_K,
+                                  os.cpu_count() or 1, block=TOP_READ)
 
 
-def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path, *,
+def write_search_index(conn: sqlite3.Connection, bundle: Bundle | dict, data: Path, *,
                        num_chunk: int = NUM_CHUNK,
                        text_shard_bytes: int = TEXT_SHARD_BYTES) -> int:
     """The sharded search index under ``search/`` and ``facets.json``, which describes it.
@@ -261,7 +252,7 @@ def write_search_index(conn: sqlite3.Connection, manifest: dict, data: Path, *,
       padding to 4 bytes, then each term's sorted uint32 ids; ``facets.json`` has
       each shard's first term.
     """
-    columns = manifest.get("columns", [])
+    columns = _model(bundle).columns
     # Written whole into a fresh folder, then synced into place: only shards whose bytes
     # changed are rewritten, and shards that are no longer written go.
     final = data / "search"
@@ -412,6 +403,12 @@ def site_changes(before: dict, after: dict) -> dict[str, int]:
 # Publishing into a site folder that holds an earlier publish rewrites only the files
 # whose bytes change (and removes those no longer written), so a sync to a static host
 # uploads little after a small change (write_site reports what changed).
+
+def _model(bundle: Bundle | dict) -> Bundle:
+    """The model of ``bundle``; a manifest dict is typed (bench/publish_bench.py passes
+    one for a bundle that has only a metadata.sqlite)."""
+    return bundle if isinstance(bundle, Bundle) else Bundle.from_manifest(bundle)
+
 
 def _put(path: Path, body: bytes) -> int:
     """Write ``body`` at ``path`` unless the file already holds exactly it; its size."""

@@ -74,7 +74,7 @@ def parse_search_args(
 ) -> SearchQuery:
     """Parse query-string style ``args`` against a bundle's ``columns``.
 
-    ``columns`` is ``manifest["columns"]`` (dicts with ``name`` and ``kind``).
+    ``columns`` is ``Bundle.columns`` (dicts with ``name`` and ``kind``).
     ``extra`` names further parameters the caller handles itself (``n``,
     ``seed``...); any other unknown name raises QueryError. A repeated ``tags``
     parameter is read whole from a multi-valued mapping (``getlist``, as Flask's

@@ -13,7 +13,6 @@ import numpy as np
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from mosaic.bundle import collection_document, meaning_embedding
 from mosaic.query import parse_search_args, search_items
 from mosaic.store import (
     SERVER_EXPORT_FIELDS,
@@ -22,7 +21,7 @@ from mosaic.store import (
     read_metadata,
     sql_name,
 )
-from server.bundles import Bundle
+from server.bundles import ServedBundle
 from server.db import get_bundle, get_db, get_registry
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -48,8 +47,8 @@ def collections():
 def collection(cid: str):
     bundle = get_bundle(cid)
     version = f"?v={bundle.version}"
-    body = collection_document(bundle.manifest,
-                               lambda path: _collection_url(bundle, path) + version)
+    body = bundle.model.collection_document(
+        lambda path: _collection_url(bundle, path) + version)
     summary = _summary(bundle)
     body.update(version=bundle.version, overview=summary["overview"], url=summary["url"],
                 thumbnail_url=_collection_url(bundle, "thumbs/{id}.jpg"))
@@ -68,8 +67,8 @@ def item(cid: str, item_id: int):
     # The item's own fields at the top, the CSV's columns (any names) under "metadata".
     fields = read_metadata(conn, bundle.columns, item_id)
     # The item's cell in every layout, so a viewer can fly to it in any of them.
-    positions = {entry["name"]: [int(v) for v in bundle.layout_positions(entry)[item_id]]
-                 for entry in bundle.layouts}
+    positions = {layout.name: [int(v) for v in bundle.layout_positions(layout)[item_id]]
+                 for layout in bundle.layouts}
     return jsonify(ok=True, **dict(row), thumbnail=_thumb(bundle, item_id), metadata=fields,
                    positions=positions)
 
@@ -114,13 +113,13 @@ def similar(cid: str):
     if spec is None:
         abort(400, description=f"unknown embedding {name!r}; this collection has "
                                f"{', '.join(bundle.embedding_names) or 'none'}")
-    if spec.get("kind") == "vgg16":
+    if spec.kind == "vgg16":
         abort(400, description=f"embedding {name!r} needs the VGG16 model, which the server "
                                "never loads; query it with `python run.py similar`")
     k = _int_arg("k", 20, 1, MAX_K, request.values)
     from mosaic.pipeline.decode import embed_query
 
-    vector = embed_query(upload.read(), bundle.manifest, spec)
+    vector = embed_query(upload.read(), bundle.model.manifest, spec.entry)
     index = bundle.neighbor_index(name)
     ids, distances = index.query_vector(vector, k)
     return jsonify(ok=True, embedding=name, metric=index.metric, method=index.method, k=k,
@@ -158,7 +157,7 @@ def search(cid: str):
 MEANING_ARGS = {"mode", "text", "embedding", "k", "limit", "offset", "ids"}
 
 
-def _search_meaning(bundle: Bundle):
+def _search_meaning(bundle: ServedBundle):
     """``search?mode=meaning&text=...``: the ``k`` items (default 100) nearest to the
     text in a clip embedding (``embedding``, default the first), nearest first, as
     ``total``, ``items`` (``limit`` from ``offset``, each with its angular ``distance``)
@@ -172,9 +171,9 @@ def _search_meaning(bundle: Bundle):
     text = request.args.get("text", "").strip()
     if not text:
         abort(400, description="a search by meaning needs text=...")
-    name = request.args.get("embedding") or meaning_embedding(bundle.manifest)
+    name = request.args.get("embedding") or bundle.model.meaning_embedding
     spec = bundle.embedding(name) if name else None
-    if spec is None or spec.get("kind") != "clip":
+    if spec is None or spec.kind != "clip":
         abort(400, description=f"a search by meaning needs a clip embedding; collection "
                                f"{bundle.cid!r} has {', '.join(bundle.embedding_names) or 'none'}"
                                f" (python run.py pipeline --embedding clip)")
@@ -186,7 +185,7 @@ def _search_meaning(bundle: Bundle):
         abort(400, description=f"ids must be 'all' or absent, not {want_ids!r}")
     from mosaic.pipeline.decode import embed_text_query
 
-    vector = embed_text_query(text, bundle.manifest, spec)
+    vector = embed_text_query(text, bundle.model.manifest, spec.entry)
     index = bundle.neighbor_index(name)
     ids, distances = index.query_vector(vector, k)
     body = dict(ok=True, total=len(ids), limit=limit, offset=offset, embedding=name,
@@ -220,7 +219,7 @@ def random_items(cid: str):
 def facets(cid: str):
     bundle = get_bundle(cid)
     conn = get_db(bundle)
-    values: dict[str, list] = {name: [] for name in bundle.manifest.get("facets", [])}
+    values: dict[str, list] = {name: [] for name in bundle.model.facets}
     for row in conn.execute(
             "SELECT name, value, count FROM facet_values ORDER BY name, count DESC, value"):
         values.setdefault(row["name"], []).append({"value": row["value"], "count": row["count"]})
@@ -254,7 +253,7 @@ def export_csv(cid: str):
 _IDS = re.compile(rb"[\s,]*(?:\d{1,15}(?:[\s,]+\d{1,15})*)?[\s,]*")
 
 
-def posted_ids(bundle: Bundle) -> np.ndarray | None:
+def posted_ids(bundle: ServedBundle) -> np.ndarray | None:
     """The item ids a POST sends as its field ``ids`` (a text or file part of a form: ids
     separated by commas or white space; the viewer's selection on the map), sorted and
     without repeats; None for a GET. Not ids, or one outside ``0..N-1`` -> 400; a body over
@@ -301,28 +300,27 @@ def _csv_rows(conn: sqlite3.Connection, columns: list[dict], ids: list[int],
         conn.close()
 
 
-def _summary(bundle: Bundle) -> dict:
-    overview = bundle.manifest.get("overview") or {}
+def _summary(bundle: ServedBundle) -> dict:
     return {
         "id": bundle.cid,
         "title": bundle.title,
         "n_items": bundle.n_items,
         "embeddings": bundle.embedding_names,
-        "facets": bundle.manifest.get("facets", []),
-        "overview": _collection_url(bundle, "overview.jpg") if overview.get("path") else None,
+        "facets": bundle.model.facets,
+        "overview": _collection_url(bundle, "overview.jpg") if bundle.model.overview else None,
         "url": f"{request.script_root}/c/{bundle.cid}",
     }
 
 
-def _collection_url(bundle: Bundle, path: str) -> str:
+def _collection_url(bundle: ServedBundle, path: str) -> str:
     return f"{request.script_root}/collections/{bundle.cid}/{path}"
 
 
-def _thumb(bundle: Bundle, item_id: int) -> str:
+def _thumb(bundle: ServedBundle, item_id: int) -> str:
     return _collection_url(bundle, f"thumbs/{item_id}.jpg")
 
 
-def _rows(bundle: Bundle, ids: list[int]) -> dict[int, dict]:
+def _rows(bundle: ServedBundle, ids: list[int]) -> dict[int, dict]:
     """``{id: {id, row, col, title, thumbnail}}`` for ``ids``, in one query."""
     if not ids:
         return {}
@@ -331,14 +329,14 @@ def _rows(bundle: Bundle, ids: list[int]) -> dict[int, dict]:
             for r in get_db(bundle).execute(sql, ids)}
 
 
-def _neighbor_rows(bundle: Bundle, ids: np.ndarray, distances: np.ndarray) -> list[dict]:
+def _neighbor_rows(bundle: ServedBundle, ids: np.ndarray, distances: np.ndarray) -> list[dict]:
     """A neighbour list as the API gives it: ``_rows``' fields and ``distance``, in order."""
     ids = [int(i) for i in ids]
     rows = _rows(bundle, ids)
     return [dict(rows[i], distance=float(d)) for i, d in zip(ids, distances, strict=True)]
 
 
-def _check_item(bundle: Bundle, item_id: int) -> None:
+def _check_item(bundle: ServedBundle, item_id: int) -> None:
     if not 0 <= item_id < bundle.n_items:
         abort(404, description=f"item {item_id} not in collection {bundle.cid!r} "
                                f"(ids are 0..{bundle.n_items - 1})")

@@ -6,19 +6,19 @@ import sqlite3
 
 from flask import Flask, current_app, g
 
-from server.bundles import Bundle, BundleRegistry
+from server.bundles import BundleRegistry, ServedBundle
 
 
 def get_registry() -> BundleRegistry:
     return current_app.extensions["mosaic"]
 
 
-def get_bundle(cid: str) -> Bundle:
+def get_bundle(cid: str) -> ServedBundle:
     """The bundle ``cid``; a missing or unreadable one is a BundleError (a 404)."""
     return get_registry().get(cid)
 
 
-def get_db(bundle: Bundle) -> sqlite3.Connection:
+def get_db(bundle: ServedBundle) -> sqlite3.Connection:
     """This request's read-only connection to ``bundle``'s metadata.sqlite."""
     connections = g.setdefault("mosaic_db", {})
     if bundle.cid not in connections:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, jsonify, request, send_from_directory, url_for
 
 from mosaic import iiif
-from server.bundles import Bundle
+from server.bundles import ServedBundle
 from server.db import get_bundle
 from server.files import _cache
 
@@ -37,7 +37,7 @@ def _base(cid: str) -> str:
     return url_for("iiif.manifest", cid=cid, _external=True).rsplit("/", 1)[0]
 
 
-def _document(document: dict, bundle: Bundle, mimetype: str = PRESENTATION) -> Response:
+def _document(document: dict, bundle: ServedBundle, mimetype: str = PRESENTATION) -> Response:
     response = jsonify(document)
     if "application/ld+json" in request.headers.get("Accept", ""):
         response.mimetype = mimetype.split(";")[0]
@@ -49,14 +49,14 @@ def _document(document: dict, bundle: Bundle, mimetype: str = PRESENTATION) -> R
 @bp.get("/manifest.json")
 def manifest(cid: str):
     bundle = get_bundle(cid)
-    return _document(iiif.build_manifest(bundle.manifest, _base(cid)), bundle)
+    return _document(iiif.build_manifest(bundle.model, _base(cid)), bundle)
 
 
 @bp.get("/annotations/<int:page>.json")
 def annotation_page(cid: str, page: int):
     bundle = get_bundle(cid)
     try:
-        document = iiif.build_annotation_page(bundle.path, bundle.manifest, _base(cid), page)
+        document = iiif.build_annotation_page(bundle.model, _base(cid), page)
     except IndexError:
         abort(404, description=f"collection {cid!r} has no annotation page {page}")
     return _document(document, bundle)
@@ -72,18 +72,20 @@ def service_base(cid: str, item_id: int | None = None):
 @bp.get("/map/info.json")
 def map_info(cid: str):
     bundle = get_bundle(cid)
-    return _document(iiif.map_info(bundle.manifest, f"{_base(cid)}/map"), bundle, JSON_LD)
+    model = bundle.model
+    return _document(iiif.map_info(model.tiles, model.overview, f"{_base(cid)}/map"), bundle,
+                     JSON_LD)
 
 
 @bp.get("/map/<region>/<size>/<rotation>/<quality>.<fmt>")
 def map_image(cid: str, region: str, size: str, rotation: str, quality: str, fmt: str):
     bundle = get_bundle(cid)
-    tiles, overview = bundle.manifest["tiles"], bundle.manifest["overview"]
+    tiles, overview = bundle.model.tiles, bundle.model.overview
     _check_image_request(rotation, quality, fmt)
-    if region == "full" and size in iiif.full_sizes(tiles["width"], tiles["height"],
-                                                    overview["width"], overview["height"]):
-        return _send(bundle, ".", overview["path"])
-    info = iiif.map_info(bundle.manifest, "")
+    if region == "full" and size in iiif.full_sizes(tiles.width, tiles.height,
+                                                    overview.width, overview.height):
+        return _send(bundle, ".", overview.path)
+    info = iiif.map_info(tiles, overview, "")
     if "tiles" not in info:
         abort(404, description=f"collection {cid!r} offers no IIIF tiles "
                                f"(its tiles overlap or are not jpeg); full/max only")
@@ -99,22 +101,21 @@ def map_image(cid: str, region: str, size: str, rotation: str, quality: str, fmt
 @bp.get("/items/<int:item_id>/info.json")
 def item_info(cid: str, item_id: int):
     bundle = _item_bundle(cid, item_id)
-    return _document(iiif.item_info(bundle.manifest, f"{_base(cid)}/items/{item_id}"),
+    return _document(iiif.item_info(bundle.model, f"{_base(cid)}/items/{item_id}"),
                      bundle, JSON_LD)
 
 
 @bp.get("/items/<int:item_id>/manifest.json")
 def item_manifest(cid: str, item_id: int):
     bundle = _item_bundle(cid, item_id)
-    return _document(iiif.build_item_manifest(bundle.path, bundle.manifest, _base(cid),
-                                              item_id), bundle)
+    return _document(iiif.build_item_manifest(bundle.model, _base(cid), item_id), bundle)
 
 
 @bp.get("/items/<int:item_id>/<region>/<size>/<rotation>/<quality>.<fmt>")
 def item_image(cid: str, item_id: int, region: str, size: str, rotation: str, quality: str,
                fmt: str):
     bundle = _item_bundle(cid, item_id)
-    cell = bundle.manifest["cells"]["cell_size"]
+    cell = bundle.model.grid.cell_size
     _check_image_request(rotation, quality, fmt)
     if region not in ("full", "square", f"0,0,{cell},{cell}") \
             or size not in iiif.full_sizes(cell, cell, cell, cell):
@@ -124,7 +125,7 @@ def item_image(cid: str, item_id: int, region: str, size: str, rotation: str, qu
     return response
 
 
-def _item_bundle(cid: str, item_id: int) -> Bundle:
+def _item_bundle(cid: str, item_id: int) -> ServedBundle:
     bundle = get_bundle(cid)
     if not 0 <= item_id < bundle.n_items or bundle.is_removed(item_id):
         abort(404, description=f"item {item_id} not in collection {cid!r}")
@@ -136,7 +137,7 @@ def _check_image_request(rotation: str, quality: str, fmt: str) -> None:
         abort(400, description="level 0: rotation 0, quality default and format jpg only")
 
 
-def _send(bundle: Bundle, folder: str, filename: str) -> Response:
+def _send(bundle: ServedBundle, folder: str, filename: str) -> Response:
     response = send_from_directory(bundle.path / folder, filename, mimetype="image/jpeg")
     _cache(response, bundle)
     return response

@@ -14,23 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.bundle import open_vectors
+from mosaic.bundle import Embedding
 from mosaic.knn import METRICS, exact_neighbors, row_norms
 
 
 class NeighborIndex:
     """k-nearest-neighbour lookups for one embedding; safe to share between threads."""
 
-    def __init__(self, bundle_path: Path, spec: dict, exact: bool,
+    def __init__(self, bundle_path: Path, spec: Embedding, exact: bool,
                  removed: np.ndarray | None = None) -> None:
-        self.name = spec["name"]
-        self.metric = spec.get("metric", "angular")
+        self.name = spec.name
+        self.metric = spec.metric
         if self.metric not in METRICS:
             raise ValueError(f"embedding {self.name!r} has unknown metric {self.metric!r}")
-        self.dim = int(spec["dim"])
-        self.search_k = int(spec.get("search_k") or -1)
-        vectors = spec.get("vectors")
-        index = spec.get("index")
+        self.dim = spec.dim
+        self.search_k = spec.search_k
+        vectors, index = spec.vectors, spec.index
         has_vectors = bool(vectors) and (bundle_path / vectors).is_file()
         has_index = bool(index) and (bundle_path / index).is_file()
         if not (has_vectors or has_index):
@@ -39,7 +38,7 @@ class NeighborIndex:
         # removed items' vectors are zeros (the annoy index was rebuilt without them)
         self._removed = np.zeros(0, np.int64) if removed is None else removed
         if self.method == "exact":
-            self._vectors = open_vectors(bundle_path, spec)[:]
+            self._vectors = spec.open_vectors(bundle_path)[:]
             self._norms = row_norms(self._vectors) if self.metric in ("angular", "euclidean") \
                 else None
         else:

@@ -45,7 +45,7 @@ def poster(cid: str, fmt: str):
     options = PosterOptions(page=page, title=title, sources=False)
     # "map": the selection in its cells' reading order on the stored map. The server
     # reads the bundle only; laying a subset out afresh is the grid stage's work.
-    data = render_poster_bytes(bundle.path, bundle.manifest, ids, options, fmt=fmt,
+    data = render_poster_bytes(bundle.model, ids, options, fmt=fmt,
                                arrange="map")
     filename = f"{bundle.cid}-poster.{fmt}"
     return Response(data, mimetype=FORMATS[fmt],

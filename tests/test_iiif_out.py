@@ -16,7 +16,7 @@ from PIL import Image
 from static_host import free_port, static_host
 
 from mosaic import iiif
-from mosaic.bundle import open_cells, read_manifest
+from mosaic.bundle import Bundle, read_manifest
 from mosaic.pipeline.iiif_out import write_iiif
 
 pytest_plugins = ["server_fixtures"]
@@ -98,9 +98,9 @@ def test_full_max_is_the_overview(client, server_bundle):
 
 
 def test_item_images_are_their_cells(client, server_bundle):
-    manifest = read_manifest(server_bundle)
-    cell = manifest["cells"]["cell_size"]
-    with open_cells(server_bundle, manifest) as cells:
+    bundle = Bundle.open(server_bundle)
+    cell = bundle.grid.cell_size
+    with bundle.open_cells() as cells:
         for item in (0, 17, 59):
             info = client.get(f"/iiif/test/items/{item}/info.json").get_json()
             assert info["id"] == f"http://localhost/iiif/test/items/{item}"
@@ -147,14 +147,14 @@ def test_item_manifest_carries_the_csv_columns(client):
 
 
 def test_annotation_pages_split_and_link(server_bundle):
-    manifest = read_manifest(server_bundle)
-    document = iiif.build_manifest(manifest, BASE, page_size=25)
+    bundle = Bundle.open(server_bundle)
+    document = iiif.build_manifest(bundle, BASE, page_size=25)
     assert len(document["items"][0]["annotations"]) == 3  # 60 items, 25 a page
-    pages = [iiif.build_annotation_page(server_bundle, manifest, BASE, k, 25) for k in range(3)]
+    pages = [iiif.build_annotation_page(bundle, BASE, k, 25) for k in range(3)]
     assert [len(p["items"]) for p in pages] == [25, 25, 10]
     assert pages[0]["next"] == pages[1]["id"] and pages[2]["prev"] == pages[1]["id"]
     with pytest.raises(IndexError):
-        iiif.build_annotation_page(server_bundle, manifest, BASE, 3, 25)
+        iiif.build_annotation_page(bundle, BASE, 3, 25)
 
 
 def test_static_copy_matches_what_the_server_serves(client, server_bundle, tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from sample_collection import make_collection
 
+from mosaic import SCHEMA_VERSION
 from mosaic.bundle import layout_entries, layout_entry, read_manifest
 from mosaic.errors import UsageError
 from mosaic.pipeline import arrange
@@ -277,7 +278,7 @@ def bundle(project) -> Path:
 
 def test_the_manifest_lists_every_layout_similarity_first(bundle):
     manifest = read_manifest(bundle)
-    assert manifest["schema_version"] == 4
+    assert manifest["schema_version"] == SCHEMA_VERSION
     entries = manifest["layouts"]
     assert [e["name"] for e in entries] == NAMES
     first = entries[0]

@@ -13,7 +13,7 @@ import pytest
 import pyvips
 from bundle_sql import col
 
-from mosaic.bundle import open_cells, read_manifest
+from mosaic.bundle import Bundle, open_cells, read_manifest
 from mosaic.cli.main import main
 from mosaic.poster.cells import CellFetcher
 from mosaic.poster.compose import PosterOptions, render_poster_bytes
@@ -217,24 +217,24 @@ def test_unknown_bundle(tmp_path, capsys):
 
 
 def test_render_poster_bytes_for_the_server(poster_bundle):
-    manifest = read_manifest(poster_bundle)
+    bundle = Bundle.open(poster_bundle)
     options = PosterOptions(page=resolve_page(pixels="300x200", margin="2mm"), title="Sel")
-    data = render_poster_bytes(poster_bundle, manifest, [1, 4, 7], options, fmt="png")
+    data = render_poster_bytes(bundle, [1, 4, 7], options, fmt="png")
     image = pyvips.Image.new_from_buffer(data, "")
     assert (image.width, image.height) == (300, 200)
-    pdf = render_poster_bytes(poster_bundle, manifest, None, options, fmt="pdf")
+    pdf = render_poster_bytes(bundle, None, options, fmt="pdf")
     assert pdf.startswith(b"%PDF")
     big = PosterOptions(page=resolve_page(paper="A0", dpi=300))
     with pytest.raises(PosterError, match="python run.py poster"):
-        render_poster_bytes(poster_bundle, manifest, [1], big)
+        render_poster_bytes(bundle, [1], big)
     with pytest.raises(PosterError, match="empty"):
-        render_poster_bytes(poster_bundle, manifest, [], options)
+        render_poster_bytes(bundle, [], options)
 
 
 def test_stored_cells_are_read_in_runs_in_any_order(poster_bundle, tmp_path):
     manifest = read_manifest(poster_bundle)
     ids = np.array([3, 4, 5, 9, 1, 2, 49])
-    with CellFetcher(poster_bundle, manifest, cell_px=16) as fetcher:
+    with CellFetcher(Bundle.open(poster_bundle), cell_px=16) as fetcher:
         np.testing.assert_array_equal(fetcher.read_stored(ids),
                                       open_cells(poster_bundle, manifest)[ids])
         direct = fetcher.fetch(ids)
@@ -244,9 +244,8 @@ def test_stored_cells_are_read_in_runs_in_any_order(poster_bundle, tmp_path):
 
 def test_rendering_leaves_no_temporary_file_open(poster_bundle):
     """libvips's operation cache must not pin the deleted montage file."""
-    manifest = read_manifest(poster_bundle)
     options = PosterOptions(page=resolve_page(pixels="200x200", margin="1mm"))
-    render_poster_bytes(poster_bundle, manifest, [2, 3], options)
+    render_poster_bytes(Bundle.open(poster_bundle), [2, 3], options)
     fds = Path("/proc/self/fd")
     if not fds.is_dir():
         pytest.skip("needs /proc")

@@ -111,13 +111,14 @@ def test_without_metadata_regions_have_no_words(project):
 
 
 def test_poster_labels_the_top_regions_where_there_are_no_hotspots(project):
+    from mosaic.bundle import Bundle
     from mosaic.poster.compose import _label_spots
 
     bundle = project / "output" / "pics"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["hotspots"] == []
     described = json.loads((bundle / "regions.json").read_text())["regions"]
-    spots = _label_spots(bundle, manifest)
+    spots = _label_spots(Bundle.open(bundle))
     top = [r for r in described if r["level"] == 1]
     assert [s["label"] for s in spots] == [r["label"] for r in
                                           sorted(top, key=lambda r: -r["size"])]

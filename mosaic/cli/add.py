@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
+from mosaic.bundle import DEFAULT_OUT, Bundle, bundle_dir
 from mosaic.errors import UsageError
 from mosaic.pipeline.place import REACH
 
@@ -48,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     if args.reach < 0:
         raise UsageError("--reach must be 0 or more cells")
     directory = bundle_dir(args.out, args.id)
-    manifest = read_manifest(directory)
-    check_addable(manifest)
+    bundle = Bundle.open(directory)
+    check_addable(bundle.manifest)
     inputs = collect.collect_inputs(args.images)
     if inputs.urls:
         raise UsageError("--images: a list of IIIF URLs cannot be added yet; download the "
                          "images, or rebuild with run.py pipeline")
     filename_column = args.filename_column or \
-        (manifest.get("parameters") or {}).get("filename_column") or "filename"
+        bundle.parameters.get("filename_column") or "filename"
     metadata = collect.read_metadata(args.metadata, filename_column) if args.metadata else None
     result = add_items(directory, inputs, metadata, allow_duplicates=args.allow_duplicates,
                        jobs=args.jobs or os.cpu_count() or 1,

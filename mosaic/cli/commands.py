@@ -5,35 +5,27 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
-from mosaic.bundle import (
-    bundle_dir,
-    layout_entries,
-    layout_entry,
-    read_layout_positions,
-    read_manifest,
-    read_regions,
-    region_text,
-)
+from mosaic.bundle import Bundle, bundle_dir, region_text
 from mosaic.errors import UsageError
 from mosaic.pipeline.orchestrator import PipelineConfig, run_pipeline
 from mosaic.store import EXPORT_FIELDS, export_header, iter_export_rows, read_columns
 
 
 def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
-    counts = manifest["counts"]
-    grid = manifest["grid"]
+    """What a pipeline run made of ``directory``, from the ``manifest`` it wrote."""
+    bundle = Bundle.from_manifest(manifest, directory)
+    counts, grid, stored = bundle.counts.entry, bundle.grid, bundle.manifest
     print(f"Built {directory}: {counts['items']} items from {counts['inputs']} inputs, "
-          f"{counts['skipped']} skipped, grid {grid['n_rows']} x {grid['n_cols']} "
-          f"at {grid['cell_size']} px")
-    if grid.get("quality"):
-        score = grid["quality"]
+          f"{counts['skipped']} skipped, grid {grid.n_rows} x {grid.n_cols} "
+          f"at {grid.cell_size} px")
+    if stored["grid"].get("quality"):
+        score = stored["grid"]["quality"]
         print(f"  map quality: grid P@10 {score['grid_p10']:.3f} (a random grid: "
               f"{score['random_p10']:.3f}; docs/bundle.md)")
-    for entry in manifest["skipped"][:10]:
+    for entry in stored["skipped"][:10]:
         print(f"  skipped {entry['source']}: {entry['reason']}")
     if counts["skipped"] > 10:
         print(f"  ... and {counts['skipped'] - 10} more (see manifest.json 'skipped')")
@@ -42,12 +34,12 @@ def print_summary(manifest: dict, directory: Path, cached: list[str]) -> None:
               f"{counts['rows_without_image']} rows without an image (manifest 'unmatched')")
     if counts.get("ignored_files"):
         print(f"  ignored {counts['ignored_files']} non-image files (manifest 'ignored_files')")
-    found = manifest.get("duplicates")
+    found = bundle.duplicates
     if found:
-        print(f"  duplicates: {found['groups']} groups of {found['items']} items "
-              f"(python run.py duplicates --id {manifest['id']} lists them)")
+        print(f"  duplicates: {found.groups} groups of {found.items} items "
+              f"(python run.py duplicates --id {bundle.id} lists them)")
     timings = ", ".join(f"{name} {seconds:.1f}s{' (cached)' if name in cached else ''}"
-                        for name, seconds in manifest["timings"].items())
+                        for name, seconds in stored["timings"].items())
     print(f"  timings: {timings}")
     print(f"  serve it: python run.py serve --out {directory.parent}")
 
@@ -57,21 +49,19 @@ def export(args: argparse.Namespace) -> int:
     (the user's columns nested under ``"metadata"``); ``-o -`` or no ``-o`` is stdout.
     ``row``/``col`` are those of ``--layout`` (default: similarity). ``region_1``,
     ``region_2``... (after the item's fields) name its labelled region at each level."""
-    directory = bundle_dir(args.out, args.id)
-    manifest = read_manifest(directory)
-    entry = layout_entry(manifest, getattr(args, "layout", None))
+    bundle = Bundle.open(bundle_dir(args.out, args.id))
+    layout = bundle.layout(getattr(args, "layout", None))
     # Other layouts' cells are not in metadata.sqlite: read from their positions.npy.
-    positions = None if entry["kind"] == "similarity" else \
-        read_layout_positions(directory, entry, mmap=True)
+    positions = None if layout.kind == "similarity" else \
+        bundle.read_layout_positions(layout, mmap=True)
     at_row, at_col = EXPORT_FIELDS.index("row"), EXPORT_FIELDS.index("col")
     to_stdout = args.output in (None, "-")
     if not to_stdout and not Path(args.output).parent.is_dir():
         raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
-    regions = read_regions(directory, manifest)
+    regions = bundle.read_regions()
     level_names = [f"region_{level + 1}" for level in range(regions[1].shape[1])] \
         if regions else []
-    database = directory / manifest["files"]["metadata"]
-    conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    conn = bundle.connect()
     handle = sys.stdout if to_stdout else open(args.output, "w", newline="", encoding="utf-8")
     try:
         columns = read_columns(conn)
@@ -119,66 +109,63 @@ def _with_cell(fields: tuple, positions, at_row: int, at_col: int) -> tuple:
 
 def info(args: argparse.Namespace) -> int:
     directory = bundle_dir(args.out, args.id)
-    manifest = read_manifest(directory)
-    counts, grid, tiles = manifest["counts"], manifest["grid"], manifest["tiles"]
-    print(f"{manifest['title']} ({manifest['id']}), {directory}")
-    print(f"  built {manifest['created']} by mosaic {manifest['program_version']}, "
-          f"schema {manifest['schema_version']}")
-    print(f"  items {counts['items']} of {counts['inputs']} inputs, skipped {counts['skipped']}")
-    if counts.get("added"):
-        print(f"  added {counts['added']} of them later (run.py add)")
-    if counts.get("removed"):
-        print(f"  removed {counts['removed']} of them (run.py remove), "
-              f"{counts['items'] - counts['removed']} left")
-    if int(manifest.get("generation", 1)) > 1:
-        print(f"  generation {manifest['generation']} (changed in place since the pipeline)")
-    print(f"  grid {grid['n_rows']} rows x {grid['n_cols']} cols, cell {grid['cell_size']} px "
-          f"({grid['method']})")
-    for entry in layout_entries(manifest)[1:]:
-        shape = entry["grid"]
-        print(f"  layout {entry['name']}: {shape['n_rows']} rows x {shape['n_cols']} cols, "
-              f"{len(entry['labels'])} blocks, {entry['missing']} items without a value")
-    print(f"  tiles {tiles['width']} x {tiles['height']} px, {tiles['levels']} levels, "
-          f"{tiles['tile_size']} px {tiles['format']}")
-    for embedding in manifest["embeddings"]:
-        print(f"  embedding {embedding['name']}: {embedding['dim']}-d {embedding['metric']}, "
-              f"search_k {embedding['search_k']} (recall@20 {embedding['recall_at_20']})")
-    for column in manifest["columns"]:
+    bundle = Bundle.open(directory)
+    counts, grid, tiles, stored = bundle.counts, bundle.grid, bundle.tiles, bundle.manifest
+    print(f"{bundle.title} ({bundle.id}), {directory}")
+    print(f"  built {stored['created']} by mosaic {stored['program_version']}, "
+          f"schema {bundle.schema_version}")
+    print(f"  items {counts.items} of {counts.inputs} inputs, skipped {counts.skipped}")
+    if counts.added:
+        print(f"  added {counts.added} of them later (run.py add)")
+    if counts.removed:
+        print(f"  removed {counts.removed} of them (run.py remove), {counts.left} left")
+    if bundle.generation > 1:
+        print(f"  generation {bundle.generation} (changed in place since the pipeline)")
+    print(f"  grid {grid.n_rows} rows x {grid.n_cols} cols, cell {grid.cell_size} px "
+          f"({grid.method})")
+    for layout in bundle.layouts[1:]:
+        print(f"  layout {layout.name}: {layout.grid.n_rows} rows x {layout.grid.n_cols} cols, "
+              f"{len(layout.labels)} blocks, {layout.missing} items without a value")
+    print(f"  tiles {tiles.width} x {tiles.height} px, {tiles.levels} levels, "
+          f"{tiles.tile_size} px {tiles.format}")
+    for embedding in bundle.embeddings:
+        print(f"  embedding {embedding.name}: {embedding.dim}-d {embedding.metric}, "
+              f"search_k {embedding.search_k} "
+              f"(recall@20 {embedding.entry['recall_at_20']})")
+    for column in bundle.columns:
         print(f"  column {column['name']}: {column['kind']}")
-    print(f"  hotspots {len(manifest['hotspots'])}")
-    regions = manifest.get("regions")
+    print(f"  hotspots {len(bundle.hotspots)}")
+    regions = bundle.regions
     if regions:
-        print(f"  regions {' / '.join(map(str, regions['levels']))} at levels "
-              f"1-{len(regions['levels'])} (about {regions['region_size']} items at the "
-              f"finest), {regions['labelled']} labelled"
-              + (f" from {', '.join(regions['terms_from'])}" if regions["terms_from"] else
+        print(f"  regions {' / '.join(map(str, regions.levels))} at levels "
+              f"1-{len(regions.levels)} (about {regions.region_size} items at the "
+              f"finest), {regions.labelled} labelled"
+              + (f" from {', '.join(regions.terms_from)}" if regions.terms_from else
                  " (no metadata: no labels)"))
-    print(f"  duplicates {_duplicates_line(directory, manifest)}")
+    print(f"  duplicates {_duplicates_line(bundle)}")
     return 0
 
 
-def _duplicates_line(directory: Path, manifest: dict) -> str:
+def _duplicates_line(bundle: Bundle) -> str:
     """What ``info`` says of the stored duplicate groups (without removed items)."""
     from mosaic.duplicates import read_stored
 
-    entry = manifest.get("duplicates")
-    if not entry:
-        pixels = any(e.get("name") == "pixels" and e.get("top")
-                     for e in manifest.get("embeddings", []))
-        why = ("a bundle made before them" if "duplicates" not in manifest
+    entry = bundle.duplicates
+    if entry is None:
+        pixels = any(e.name == "pixels" and e.top for e in bundle.embeddings)
+        why = ("a bundle made before them" if "duplicates" not in bundle.manifest
                else "pipeline --no-duplicates" if pixels else "no pixels embedding")
         return f"not stored ({why})" + ("; python run.py duplicates finds them" if pixels
                                         else "")
-    document = read_stored(directory, manifest)
-    groups = document["groups"]
-    counts = manifest.get("counts", {})
-    changes = [f"less the {counts['removed']} removed" if counts.get("removed") else "",
-               f"not looking at the {counts['added']} added" if counts.get("added") else ""]
-    since = "" if int(manifest.get("generation", 1)) == 1 else \
+    groups = read_stored(bundle.path, bundle.manifest)["groups"]
+    counts = bundle.counts
+    changes = [f"less the {counts.removed} removed" if counts.removed else "",
+               f"not looking at the {counts.added} added" if counts.added else ""]
+    since = "" if bundle.generation == 1 else \
         (f", as the pipeline found them, {' and '.join(c for c in changes if c)} since: "
          f"python run.py duplicates searches the bundle as it is now")
     return (f"{len(groups)} groups of {sum(len(g['ids']) for g in groups)} items "
-            f"(threshold {entry['threshold']:g}{since})")
+            f"(threshold {entry.threshold:g}{since})")
 
 
 def demo(args: argparse.Namespace, quiet: bool) -> int:

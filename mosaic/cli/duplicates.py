@@ -6,11 +6,10 @@ import argparse
 import csv
 import itertools
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
+from mosaic.bundle import DEFAULT_OUT, Bundle, bundle_dir
 from mosaic.errors import UsageError
 from mosaic.store import iter_export_rows
 
@@ -43,10 +42,9 @@ def run(args: argparse.Namespace) -> int:
     to_stdout = args.output in (None, "-")
     if not to_stdout and not Path(args.output).parent.is_dir():
         raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
-    directory = bundle_dir(args.out, args.id)
-    manifest = read_manifest(directory)
-    group, ids, how = _groups(directory, manifest, args.threshold)
-    rows = _member_rows(directory, manifest, ids)
+    bundle = Bundle.open(bundle_dir(args.out, args.id))
+    group, ids, how = _groups(bundle, args.threshold)
+    rows = _member_rows(bundle, ids)
     sources = [row[1] for row in rows]
     sizes = duplicates.file_sizes(sources)
     pixels = [int(row[2] or 0) * int(row[3] or 0) for row in rows]
@@ -71,24 +69,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _groups(directory: Path, manifest: dict, threshold: float):
+def _groups(bundle: Bundle, threshold: float):
     """``(group, ids, how)``: the groups the pipeline stored when they are at this
     threshold and the bundle is still as the pipeline wrote it (generation 1: items
     removed or added since change the neighbour lists, so the pairs), else searched now."""
     from mosaic import duplicates
 
-    stored = manifest.get("duplicates")
-    if stored and stored["threshold"] == threshold and int(manifest.get("generation", 1)) == 1:
-        group, ids = duplicates.stored_groups(duplicates.read_stored(directory, manifest))
-        return group, ids, f"stored by the pipeline, {stored['path']}"
-    group, ids = duplicates.find_duplicates(directory, manifest, max_difference=threshold)
+    stored = bundle.duplicates
+    if stored and stored.threshold == threshold and bundle.generation == 1:
+        group, ids = duplicates.stored_groups(duplicates.read_stored(bundle.path,
+                                                                     bundle.manifest))
+        return group, ids, f"stored by the pipeline, {stored.path}"
+    group, ids = duplicates.find_duplicates(bundle.path, bundle.manifest,
+                                            max_difference=threshold)
     return group, ids, "searched now"
 
 
-def _member_rows(directory: Path, manifest: dict, ids) -> list[tuple]:
+def _member_rows(bundle: Bundle, ids) -> list[tuple]:
     """``(id, source, width, height)`` of each member, in the order of ``ids``."""
-    database = directory / manifest["files"]["metadata"]
-    conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    conn = bundle.connect()
     try:
         found = {fields[0]: fields for fields, _ in iter_export_rows(
             conn, [], ids=[int(i) for i in ids], fields=("id", "source", "width", "height"))}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyvips
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, layout_entry, read_manifest
+from mosaic.bundle import DEFAULT_OUT, Bundle, bundle_dir
 from mosaic.colour import parse_colour
 from mosaic.errors import BundleError
 from mosaic.poster.compose import (
@@ -105,11 +105,10 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output_format(output)
     try:
-        directory = _bundle_path(args)
-        manifest = read_manifest(directory)
+        bundle = Bundle.open(_bundle_path(args))
     except BundleError as error:
         raise PosterError(str(error)) from None
-    layout = layout_entry(manifest, args.layout)["name"]  # an unknown name: one Error line
+    layout = bundle.layout(args.layout).name  # an unknown name: one Error line
     page = resolve_page(
         paper=args.paper, landscape=args.landscape, width=args.width, height=args.height,
         dpi=None if args.dpi is None else _number(args.dpi, "--dpi", float),
@@ -128,12 +127,12 @@ def run(args: argparse.Namespace) -> int:
     random_n = None if args.random is None else _number(args.random, "--random", int)
     search = search_args(args.q, args.where, args.min, args.max)
     try:
-        ids = select_items(directory, manifest, search, random_n, seed)
-        cell_grid = arrange_items(directory, manifest, ids, args.arrange, seed, layout)
+        ids = select_items(bundle, search, random_n, seed)
+        cell_grid = arrange_items(bundle, ids, args.arrange, seed, layout)
         selection = {"filters": search, "random": random_n, "seed": seed,
                      "arrange": args.arrange if ids is not None else "stored",
                      "layout": layout}
-        record = render_poster(directory, manifest, cell_grid, options, output,
+        record = render_poster(bundle, cell_grid, options, output,
                                preview=args.preview, selection=selection)
     except (pyvips.Error, OSError) as error:
         raise PosterError(f"cannot write the poster {output}: {error}") from None

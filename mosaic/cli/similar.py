@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, open_manifest
+from mosaic.bundle import DEFAULT_OUT, Bundle, bundle_dir
 from mosaic.errors import UsageError
 
 if TYPE_CHECKING:
-    from server.bundles import Bundle
+    from server.bundles import ServedBundle
 
 FIELDS = ("query", "rank", "id", "source", "distance")
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     anything is written, so a bad one fails the command with no partial output."""
     from mosaic.pipeline.decode import embed_query, embed_text_query
     from server import EXACT_MAX
-    from server.bundles import Bundle
+    from server.bundles import ServedBundle
 
     if bool(args.images) == bool(args.text):
         raise UsageError("give query IMAGE files or --text, one of the two")
@@ -65,13 +65,11 @@ def run(args: argparse.Namespace) -> int:
     to_stdout = args.output in (None, "-")
     if not to_stdout and not Path(args.output).parent.is_dir():
         raise UsageError(f"-o/--output folder {Path(args.output).parent} does not exist")
-    directory = bundle_dir(args.out, args.id)
-    manifest, version = open_manifest(directory)
-    bundle = Bundle(cid=args.id, path=directory, manifest=manifest, version=version,
-                    exact_max=EXACT_MAX)
+    model = Bundle.open(bundle_dir(args.out, args.id))
+    bundle = ServedBundle(cid=args.id, model=model, exact_max=EXACT_MAX)
     if args.text:
-        clips = [e["name"] for e in manifest.get("embeddings", []) if e.get("kind") == "clip"]
-        name = args.embedding or (clips or bundle.embedding_names or [None])[0]
+        name = args.embedding or model.meaning_embedding or \
+            (bundle.embedding_names or [None])[0]
     else:
         name = args.embedding or (bundle.embedding_names or [None])[0]
     embedding = bundle.embedding(name) if name else None
@@ -79,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--embedding {name!r}: collection {args.id!r} has "
                          f"{', '.join(bundle.embedding_names) or 'no embeddings'}")
     queries = args.text or args.images
-    vectors = [embed_text_query(text, manifest, embedding) for text in args.text] \
-        if args.text else [embed_query(path, manifest, embedding) for path in args.images]
+    vectors = [embed_text_query(text, model.manifest, embedding.entry) for text in args.text] \
+        if args.text else [embed_query(path, model.manifest, embedding.entry)
+                           for path in args.images]
     index = bundle.neighbor_index(name)
     found = [index.query_vector(vector, args.k) for vector in vectors]
     sources = _sources(bundle, sorted({int(i) for ids, _ in found for i in ids}))
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sources(bundle: Bundle, ids: list[int]) -> dict[int, str]:
+def _sources(bundle: ServedBundle, ids: list[int]) -> dict[int, str]:
     """``{id: source}``: the item's file path or URL as the pipeline read it (what
     ``export`` writes as ``source``)."""
     conn = bundle.connect()

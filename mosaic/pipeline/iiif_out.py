@@ -11,6 +11,7 @@ plus ``full/max`` (the bundle's overview) so that ``info.json`` is the one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mosaic import iiif
-from mosaic.bundle import layout_entry, open_cells, read_layout_positions, read_manifest
+from mosaic.bundle import Bundle
 from mosaic.pipeline import render
 
 
@@ -27,32 +28,28 @@ def write_map_image(directory: str | os.PathLike, folder: str | os.PathLike, bas
     """Write the map's level-0 IIIF image under ``folder`` (published at ``base``: the
     service id is ``base`` itself) and return its info.json. ``folder`` is replaced."""
     directory, folder = Path(directory), Path(folder)
-    manifest = read_manifest(directory)
-    tiles, gridded = manifest["tiles"], manifest["grid"]
-    background = tuple(manifest["parameters"].get("background") or (255, 255, 255))
-    positions = read_layout_positions(directory, layout_entry(manifest))
+    bundle = Bundle.open(directory)
+    tiles, gridded, overview = bundle.tiles, bundle.grid, bundle.overview
+    positions = bundle.read_layout_positions()
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with open_cells(directory, manifest) as cells:
-        matrix = render.stream_matrix(cells, positions, gridded["n_rows"], gridded["n_cols"],
-                                      background)
+    with bundle.open_cells() as cells:
+        matrix = render.stream_matrix(cells, positions, gridded.n_rows, gridded.n_cols,
+                                      bundle.background)
         # dzsave writes <tmp>/image/{info.json, region/size/0/default.jpg}.
-        render.dzsave_streamed(matrix, tmp / "image", tile_size=tiles["tile_size"], overlap=0,
-                               suffix=f".jpg[Q={tiles['quality']},strip]", layout="iiif3",
+        render.dzsave_streamed(matrix, tmp / "image", tile_size=tiles.tile_size, overlap=0,
+                               suffix=f".jpg[Q={tiles.quality},strip]", layout="iiif3",
                                id="http://localhost")
     image = tmp / "image"
     (image / "vips-properties.xml").unlink(missing_ok=True)
     written = json.loads((image / "info.json").read_text())
-    info = iiif.map_info({**manifest, "tiles": {**tiles, "overlap": 0, "format": "jpeg"}},
-                         base)
+    info = iiif.map_info(dataclasses.replace(tiles, overlap=0, format="jpeg"), overview, base)
     # libvips writes id = <its id>/<basename>; the site's is the published base URL. Its
     # tiles are the same (size, scale factors) as the server's; max and sizes are added.
     assert written["tiles"] == info["tiles"], (written["tiles"], info["tiles"])
-    overview = manifest["overview"]
-    max_image = (directory / overview["path"]).read_bytes()
-    for size in iiif.full_sizes(tiles["width"], tiles["height"], overview["width"],
-                                overview["height"]):
+    max_image = bundle.file(overview.path).read_bytes()
+    for size in iiif.full_sizes(tiles.width, tiles.height, overview.width, overview.height):
         target = image / "full" / size / "0" / "default.jpg"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,9 +67,8 @@ def write_iiif(directory: str | os.PathLike, folder: str | os.PathLike, base: st
     (``<base>/manifest.json``, ``<base>/map/info.json``, ``<base>/items/<id>/...``):
     what ``server/iiif.py`` serves, as static files. Returns bytes written per kind."""
     directory, folder = Path(directory), Path(folder)
-    manifest = read_manifest(directory)
     urls = iiif.Urls(base)
     write_map_image(directory, folder / "map", urls.map_service)
-    sizes = iiif.write_documents(directory, manifest, folder, base, page_size)
+    sizes = iiif.write_documents(Bundle.open(directory), folder, base, page_size)
     sizes["map"] = sum(p.stat().st_size for p in (folder / "map").rglob("*") if p.is_file())
     return sizes

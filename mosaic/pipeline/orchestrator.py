@@ -32,10 +32,13 @@ from mosaic.bundle import (
     DEFAULT_OUT,
     MANIFEST,
     bundle_dir,
-    cells_entry,
-    layout_entries,
-    open_cells,
+    cells_record,
+    grid_entry,
+    layout_record,
+    open_cell_pack,
     open_vectors,
+    similarity_layout_entry,
+    with_legacy_copies,
 )
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, regions, render, thumbnail
@@ -371,7 +374,7 @@ class _Run:
         manifest = self.manifest(decoded, layout, gridded, tiles, indexes, stored, hotspots)
         manifest["regions"] = labelled["regions"]
         manifest["duplicates"] = grouped["duplicates"]
-        manifest["layouts"] = self.layout_entries(manifest, extra_layouts)
+        manifest["layouts"] = self.layout_entries(extra_layouts)
         write_json_atomic(self.path(MANIFEST), manifest)
         return manifest
 
@@ -565,7 +568,7 @@ class _Run:
         ``layouts/<slug>/``'s, from the stored cells (no image is decoded again)."""
         c = self.config
         positions = np.load(self.path(gridded.get("positions", "positions.npy")))
-        cells = open_cells(self.directory, {"cells": cells_entry(len(positions), c.cell_size)})
+        cells = open_cell_pack(self.directory, len(positions), c.cell_size)
         # The matrix is streamed into dzsave a row of cells at a time; no file holds it.
         with Progress(gridded["n_rows"], f"render {folder or 'map'}", self.show_progress) as bar:
             tiles, overview = render.render_grid(
@@ -740,11 +743,12 @@ class _Run:
         if not c.duplicates or entry is None:
             return [], {"duplicates": None}
         n_items = len(kept)
-        # The manifest fields the search reads, before the manifest is written.
-        partial = {"id": c.collection_id(), "counts": {"items": n_items},
-                   "files": {"metadata": "metadata.sqlite"},
-                   "cells": cells_entry(n_items, c.cell_size), "grid": {"fit": c.fit},
-                   "embeddings": [entry]}
+        # The manifest fields the search reads (as a dict, with the copies it indexes),
+        # before the manifest is written.
+        partial = with_legacy_copies({
+            "id": c.collection_id(), "counts": {"items": n_items},
+            "files": {"metadata": "metadata.sqlite"}, "cells": cells_record(thumbnail.DECODER),
+            "grid": grid_entry(0, 0, c.cell_size, c.fit, c.grid), "embeddings": [entry]})
         group, ids = duplicates.find_duplicates(self.directory, partial, n_jobs=c.n_jobs())
         sizes = np.load(self.path("cache/sizes.npy"))[ids].astype(np.int64)
         largest = duplicates.largest_members(
@@ -758,26 +762,20 @@ class _Run:
             "items": int(len(ids))}}
 
     # -- manifest -----------------------------------------------------------
-    def layout_entries(self, manifest: dict, extra) -> list[dict]:
-        """The manifest's ``layouts``: similarity first (its entry read from the schema-3
-        fields, as ``mosaic.bundle`` reads an older bundle), then each ``--layout``
-        under ``layouts/<slug>/``."""
-        cell_size = self.config.cell_size
-        entries = layout_entries(manifest)
+    def layout_entries(self, extra) -> list[dict]:
+        """The manifest's ``layouts``: similarity first (its grid, files and tiles are the
+        manifest's top-level ones), then each ``--layout`` under ``layouts/<slug>/``."""
+        entries = [similarity_layout_entry()]
         for spec, placed, rendered in extra:
-            entry = {"name": spec.name, "kind": spec.kind, "slug": spec.slug}
-            if spec.kind == "xy":
-                entry["path"] = spec.path
-            else:
-                entry["column"] = spec.columns[0] if len(spec.columns) == 1 \
-                    else list(spec.columns)
-            entry.update(
-                grid={"n_rows": placed["n_rows"], "n_cols": placed["n_cols"],
-                      "cell_size": cell_size, "method": placed["method"]},
+            column = None if spec.kind == "xy" else \
+                spec.columns[0] if len(spec.columns) == 1 else list(spec.columns)
+            entries.append(layout_record(
+                spec.name, spec.kind, spec.slug, n_rows=placed["n_rows"],
+                n_cols=placed["n_cols"], method=placed["method"],
                 positions=placed["positions"], grid_file=placed["grid_file"],
                 tiles=rendered["tiles"], overview=rendered["overview"],
-                labels=placed["labels"], missing=placed["missing"])
-            entries.append(entry)
+                labels=placed["labels"], missing=placed["missing"], column=column,
+                source=spec.path if spec.kind == "xy" else None))
         return entries
 
     def manifest(self, decoded, layout, gridded, tiles, indexes, stored, hotspots) -> dict:
@@ -800,15 +798,14 @@ class _Run:
                        "metadata_rows": stored["metadata_rows"],
                        "images_without_row": len(unmatched["images_without_row"]),
                        "rows_without_image": len(unmatched["rows_without_image"])},
-            "grid": {"n_rows": gridded["n_rows"], "n_cols": gridded["n_cols"],
-                     "cell_size": c.cell_size, "fit": c.fit, "method": gridded["method"],
-                     "sweeps": gridded.get("sweeps", 0), "quality": gridded.get("quality")},
+            "grid": grid_entry(gridded["n_rows"], gridded["n_cols"], c.cell_size, c.fit,
+                               gridded["method"], sweeps=gridded.get("sweeps", 0),
+                               quality=gridded.get("quality")),
             "tiles": tiles["tiles"],
             "overview": tiles["overview"],
             "files": {"metadata": "metadata.sqlite", "positions": "positions.npy",
-                      "layout": "layout.npy", "grid": "grid.i32", "cells": CELLS_PACK,
-                      "cells_index": CELLS_INDEX},
-            "cells": {**cells_entry(n_items, c.cell_size), "decoder": thumbnail.DECODER},
+                      "layout": "layout.npy", "grid": "grid.i32"},
+            "cells": cells_record(thumbnail.DECODER),
             "embeddings": [record["embedding"] for record in indexes],
             "layout": {"embedding": self.specs[0].name, "pca": c.pca, "reducer": c.reducer,
                        "backend": c.tsne_backend if c.reducer == "tsne" else "umap",

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
-from mosaic.bundle import PackedCells, RowFile, open_cells
-from mosaic.colour import parse_colour
-from mosaic.errors import ImageError, UsageError
+from mosaic.bundle import Bundle, PackedCells, RowFile
+from mosaic.errors import ImageError
 from mosaic.poster.render import resize_cells
 
 log = logging.getLogger(__name__)
@@ -38,29 +36,25 @@ _PREPARE_BATCH = 256
 class CellFetcher:
     """``fetch(ids) -> uint8 (k, cell_px, cell_px, 3)`` for a bundle; use as a context manager."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict, cell_px: int, sources: bool = True,
+    def __init__(self, bundle: Bundle, cell_px: int, sources: bool = True,
                  background: tuple[int, int, int] | None = None):
-        shape = manifest["cells"]["shape"]
-        self.path = Path(bundle_dir) / manifest["cells"]["path"]
-        self.metadata = Path(bundle_dir) / manifest["files"]["metadata"]
-        self.n_items, self.stored_px = int(shape[0]), int(shape[1])
+        self.bundle = bundle
+        self.n_items, self.stored_px = bundle.counts.items, bundle.grid.cell_size
         self.cell_px = int(cell_px)
         self.use_sources = bool(sources) and self.cell_px > self.stored_px
-        self.fit = manifest.get("grid", {}).get("fit", "fit")
+        self.fit = bundle.fit
         # Sources decoded afresh are letterboxed on the poster's own background.
-        self.background = background or _bundle_background(manifest)
+        self.background = background or bundle.background
         self.counts = {"stored": 0, "from_source": 0, "missing_source": 0}
         self.missing: list[str] = []
         self._cells: PackedCells | None = None
-        self._manifest = manifest
-        self._bundle_dir = Path(bundle_dir)
         self._sources: dict[int, str] | None = None
         self._order: np.ndarray | None = None
         self._resized: Path | None = None
         self._resized_cells: RowFile | None = None
 
     def __enter__(self) -> CellFetcher:
-        self._cells = open_cells(self._bundle_dir, self._manifest)
+        self._cells = self.bundle.open_cells()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -117,7 +111,7 @@ class CellFetcher:
 
     def _source_paths(self) -> dict[int, str]:
         if self._sources is None:
-            with closing(sqlite3.connect(f"file:{self.metadata}?mode=ro", uri=True)) as conn:
+            with closing(self.bundle.connect()) as conn:
                 self._sources = dict(conn.execute("SELECT id, source FROM items"))
         return self._sources
 
@@ -137,11 +131,3 @@ class CellFetcher:
         )
         log.warning(message)
         return [message]
-
-
-def _bundle_background(manifest: dict) -> tuple[int, int, int]:
-    value = manifest.get("parameters", {}).get("background", (255, 255, 255))
-    try:
-        return parse_colour(value, "the bundle's background")
-    except UsageError:
-        return (255, 255, 255)

@@ -2,9 +2,10 @@
 
 The flow, each step a function::
 
-    ids = select_items(bundle, manifest, search_args, random_n, seed)   # None = whole map
-    cell_grid = arrange_items(bundle, manifest, ids, arrange, seed)     # (rows, cols) of ids
-    record = render_poster(bundle, manifest, cell_grid, options, "poster.pdf")
+    bundle = Bundle.open(directory)                           # mosaic.bundle's read model
+    ids = select_items(bundle, search_args, random_n, seed)   # None = whole map
+    cell_grid = arrange_items(bundle, ids, arrange, seed)     # (rows, cols) of ids
+    record = render_poster(bundle, cell_grid, options, "poster.pdf")
 
 The montage is written one row of cells at a time into an uncompressed strip
 TIFF that libvips reads back sequentially; the page (background, montage,
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -32,14 +32,7 @@ import pyvips
 from threadpoolctl import threadpool_limits
 
 from mosaic import __version__
-from mosaic.bundle import (
-    cell_ids,
-    grid_shape,
-    layout_entry,
-    read_layout_positions,
-    read_regions,
-    removed_ids,
-)
+from mosaic.bundle import Bundle, cell_ids, grid_shape
 from mosaic.poster.cells import CellFetcher
 from mosaic.poster.paper import MM_PER_INCH, Length, Page, PosterError, resolve_page
 from mosaic.poster.pdf import PDF_COMPRESSIONS, write_pdf
@@ -106,8 +99,7 @@ def output_format(path: str | Path) -> str:
 
 
 def select_items(
-    bundle_dir: Path,
-    manifest: dict,
+    bundle: Bundle,
     search_args: Mapping[str, str] | None = None,
     random_n: int | None = None,
     seed: int = 0,
@@ -118,18 +110,17 @@ def select_items(
     ``<col>_min``/``_max``); ``random_n`` draws that many of the matches
     with ``numpy.random.default_rng(seed)``.
     """
-    n_items = int(manifest["counts"]["items"])
+    n_items = bundle.counts.items
     search_args = {k: v for k, v in (search_args or {}).items() if v not in (None, "")}
     if random_n is not None and random_n < 1:
         raise PosterError(f"--random must be a whole number >= 1, not {random_n}")
     if not search_args and random_n is None:
         return None
-    ids = np.setdiff1d(np.arange(n_items), removed_ids(bundle_dir, manifest))
+    ids = np.setdiff1d(np.arange(n_items), bundle.removed_ids())
     if search_args:
         try:
-            query = parse_search_args(search_args, manifest.get("columns", []))
-            database = f"file:{bundle_dir / manifest['files']['metadata']}?mode=ro"
-            with closing(sqlite3.connect(database, uri=True)) as conn:
+            query = parse_search_args(search_args, bundle.columns)
+            with closing(bundle.connect()) as conn:
                 _total, found = search_items(conn, query)
         except QueryError as error:
             raise PosterError(f"bad filter: {error}") from None
@@ -149,7 +140,7 @@ def select_items(
 
 
 def arrange_items(
-    bundle_dir: Path, manifest: dict, ids: np.ndarray | None, arrange: str = "layout",
+    bundle: Bundle, ids: np.ndarray | None, arrange: str = "layout",
     seed: int = 0, layout: str | None = None,
 ) -> np.ndarray:
     """int (n_rows, n_cols) of item ids (-1 empty): the grid to print.
@@ -161,20 +152,19 @@ def arrange_items(
     row by row (no layout computed: what the server uses), and ``"random"``
     shuffles them into the grid with ``seed``.
 
-    ``layout`` names one of the bundle's layouts (``manifest["layouts"]``; None:
+    ``layout`` names one of the bundle's layouts (``Bundle.layouts``; None:
     similarity). In another layout than similarity, ``layout`` and ``map`` both
     keep the items in their cells of that layout (blocks, date columns, the
     map), the grid cropped to the rows and columns they cover.
     """
     if arrange not in ARRANGEMENTS:
         raise PosterError(f"--arrange must be one of {', '.join(ARRANGEMENTS)}, not {arrange!r}")
-    entry = layout_entry(manifest, layout)
+    chosen = bundle.layout(layout)
     if ids is None:
-        positions = read_layout_positions(bundle_dir, entry)
-        return cell_ids(positions, entry["grid"]["n_rows"], entry["grid"]["n_cols"])
+        return cell_ids(bundle.read_layout_positions(chosen), *chosen.grid.shape)
     ids = np.asarray(ids, dtype=np.int64)
-    if entry["kind"] != "similarity" and arrange != "random":
-        cells = np.asarray(read_layout_positions(bundle_dir, entry, mmap=True)[ids],
+    if chosen.kind != "similarity" and arrange != "random":
+        cells = np.asarray(bundle.read_layout_positions(chosen, mmap=True)[ids],
                            dtype=np.int64)
         low = cells.min(axis=0)
         n_rows, n_cols = (cells.max(axis=0) - low + 1).tolist()
@@ -185,7 +175,7 @@ def arrange_items(
         if arrange == "random":
             order = np.random.default_rng(seed).permutation(ids)
         else:
-            positions = np.load(bundle_dir / manifest["files"]["positions"], mmap_mode="r")
+            positions = bundle.read_layout_positions(mmap=True)
             cells = np.asarray(positions[ids], dtype=np.int64)
             order = ids[np.lexsort((cells[:, 1], cells[:, 0]))]
         n_rows, n_cols = grid_shape(len(order))
@@ -194,16 +184,15 @@ def arrange_items(
         return grid.reshape(n_rows, n_cols)
     from mosaic.pipeline.grid import assign_grid  # the grid stage: the CLI's posters only
 
-    layout = np.load(bundle_dir / manifest["files"]["layout"], mmap_mode="r")
-    positions, (n_rows, n_cols) = assign_grid(np.asarray(layout[ids]), random_state=seed)
+    positions, (n_rows, n_cols) = assign_grid(np.asarray(bundle.read_layout_xy()[ids]),
+                                              random_state=seed)
     grid = np.full((n_rows, n_cols), -1, dtype=np.int64)
     grid[positions[:, 0], positions[:, 1]] = ids
     return grid
 
 
 def render_poster(
-    bundle_dir: Path,
-    manifest: dict,
+    bundle: Bundle,
     cell_grid: np.ndarray,
     options: PosterOptions,
     output: str | Path,
@@ -222,16 +211,15 @@ def render_poster(
         raise PosterError(f"-o/--output folder {output.parent} does not exist")
     record = {"program": "mosaic", "program_version": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "bundle": manifest.get("id"), "output": output.name, "format": fmt,
+              "bundle": bundle.id, "output": output.name, "format": fmt,
               "selection": selection or {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".poster-", dir=output.parent) as tmp:
         try:
-            open_page, layout, info = _build_page(bundle_dir, manifest, cell_grid, options,
-                                                  Path(tmp))
+            open_page, layout, info = _build_page(bundle, cell_grid, options, Path(tmp))
             timings = {"montage": time.perf_counter() - started}
             partial = output.with_name(f".{output.name}.partial")
-            _save(open_page(), partial, fmt, options, manifest)
+            _save(open_page(), partial, fmt, options, bundle.title)
             os.replace(partial, output)
             timings["save"] = time.perf_counter() - started - timings["montage"]
             if preview:
@@ -251,8 +239,7 @@ def render_poster(
 
 
 def render_poster_bytes(
-    bundle_dir: Path,
-    manifest: dict,
+    bundle: Bundle,
     ids: list[int] | np.ndarray | None,
     options: PosterOptions,
     fmt: str = "png",
@@ -278,18 +265,17 @@ def render_poster_bytes(
         )
     if ids is not None:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
-        n_items = int(manifest["counts"]["items"])
+        n_items = bundle.counts.items
         if len(ids) == 0:
             raise PosterError("the selection is empty; nothing to put on a poster")
         if ids[0] < 0 or ids[-1] >= n_items:
             raise PosterError(f"item ids must be in 0..{n_items - 1}")
-    cell_grid = arrange_items(bundle_dir, manifest, ids, arrange, seed)
+    cell_grid = arrange_items(bundle, ids, arrange, seed)
     with tempfile.TemporaryDirectory(prefix="mosaic-poster-") as tmp:
         path = Path(tmp) / f"poster{suffix}"
         try:
-            open_page, _layout, _info = _build_page(bundle_dir, manifest, cell_grid, options,
-                                                    Path(tmp))
-            _save(open_page(), path, FORMATS[suffix], options, manifest)
+            open_page, _layout, _info = _build_page(bundle, cell_grid, options, Path(tmp))
+            _save(open_page(), path, FORMATS[suffix], options, bundle.title)
         finally:
             open_page = None
             _release_vips_cache()
@@ -304,7 +290,7 @@ def _release_vips_cache() -> None:
 
 
 def _build_page(
-    bundle_dir: Path, manifest: dict, cell_grid: np.ndarray, options: PosterOptions, tmp: Path
+    bundle: Bundle, cell_grid: np.ndarray, options: PosterOptions, tmp: Path
 ) -> tuple[Callable[[], pyvips.Image], Layout, dict]:
     """Lay out the page and write the montage to ``tmp``.
 
@@ -315,8 +301,7 @@ def _build_page(
     texts = _render_texts(page, options, warnings)
     header, footer = _text_block_heights(page, texts)
     layout = plan_layout(page, cell_grid.shape, options.gutter.to_px(page.dpi), header, footer)
-    fetcher = CellFetcher(bundle_dir, manifest, layout.cell_px, options.sources,
-                          options.background)
+    fetcher = CellFetcher(bundle, layout.cell_px, options.sources, options.background)
     montage_path = tmp / "montage.tif"
     # One BLAS thread: the cell resampling is many mid-sized GEMMs, which
     # multi-threaded BLAS slows down badly on a busy machine.
@@ -328,7 +313,7 @@ def _build_page(
     warnings += fetcher.warnings()
     overlays = _place_texts(page, layout, texts, header)
     if options.hotspots:
-        overlays += _hotspot_labels(_label_spots(bundle_dir, manifest), cell_grid, layout,
+        overlays += _hotspot_labels(_label_spots(bundle), cell_grid, layout,
                                     options, warnings)
 
     def open_page() -> pyvips.Image:
@@ -382,12 +367,12 @@ def _place_texts(page: Page, layout: Layout, texts: dict, header: int) -> list:
     return overlays
 
 
-def _label_spots(bundle_dir: Path, manifest: dict) -> list[dict]:
+def _label_spots(bundle: Bundle) -> list[dict]:
     """What ``--hotspots`` labels: the bundle's hotspots (pipeline ``--clusters``) if it
     has any, else its top-level labelled regions at their anchor items, largest first."""
-    if manifest.get("hotspots"):
-        return manifest["hotspots"]
-    regions = read_regions(bundle_dir, manifest)
+    if bundle.hotspots:
+        return bundle.hotspots
+    regions = bundle.read_regions()
     if regions is None:
         return []
     top = [r for r in regions[0] if r["level"] == 1 and r["label"] is not None]
@@ -429,13 +414,14 @@ def _hotspot_labels(
 
 
 def _save(image: pyvips.Image, path: Path, fmt: str, options: PosterOptions,
-          manifest: dict) -> None:
-    """Write ``image`` as ``fmt`` with its resolution recorded."""
+          bundle_title: str) -> None:
+    """Write ``image`` as ``fmt`` with its resolution recorded (a PDF's title: the
+    poster's, else the bundle's)."""
     page = options.page
     try:
         if fmt == "pdf":
             write_pdf(image, path, page.size_mm, page.bleed_mm, options.pdf_compression,
-                      options.quality, title=options.title or manifest.get("title"),
+                      options.quality, title=options.title or bundle_title,
                       producer=f"mosaic {__version__}")
         elif fmt == "tiff":
             bigtiff = image.width * image.height * 3 > 3_500_000_000
