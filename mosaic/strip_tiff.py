@@ -1,4 +1,9 @@
-"""Write an uncompressed strip BigTIFF from a stream of RGB row blocks.
+"""Montages as strips: the one streamer of rows of cells, and a strip BigTIFF writer.
+
+``iter_cell_strips`` builds a grid of cells one row of cells at a time: the render
+stage's grid matrix (``mosaic.pipeline.render.matrix_rows``, streamed into
+``dzsave``) and the poster's montage (``mosaic.poster.render.iter_montage_strips``,
+with gutters) are both this stream, with their own cells.
 
 The poster montage is produced one row of cells at a time; writing those rows
 into a strip TIFF lets libvips read it back with plain sequential reads
@@ -11,7 +16,7 @@ touched would count towards the process's RSS.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,44 @@ import numpy as np
 ROWS_PER_STRIP = 64
 _HEADER = 16
 _SHORT, _LONG8 = 3, 16
+
+
+def iter_cell_strips(
+    cell_grid: np.ndarray,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    cell_px: int,
+    gutter_px: int = 0,
+    background: tuple[int, int, int] = (255, 255, 255),
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """A grid of cells as uint8 strips (h, width, 3), top to bottom.
+
+    ``cell_grid`` is int (n_rows, n_cols) of item ids, -1 for empty cells;
+    ``fetch(ids)`` returns their cells, in that order, as uint8 (k, cell_px, cell_px, 3)
+    (one call per row of cells, ids in column order). Strips are one row of cells,
+    then (with a gutter) a gutter strip between rows; empty cells and gutters are
+    ``background``. ``progress(1)`` after each row of cells. The same buffer is
+    reused: consume each strip before asking for the next.
+    """
+    n_rows, n_cols = cell_grid.shape
+    pitch = cell_px + gutter_px
+    width = n_cols * pitch - gutter_px
+    strip = np.empty((cell_px, width, 3), dtype=np.uint8)
+    gutter = np.empty((gutter_px, width, 3), dtype=np.uint8)
+    gutter[:] = background
+    for row in range(n_rows):
+        cols = np.flatnonzero(cell_grid[row] >= 0)
+        if len(cols) < n_cols or gutter_px:  # background under the gaps; a full row is cells
+            strip[:] = background
+        if len(cols):
+            cells = fetch(cell_grid[row, cols])
+            for cell, col in zip(cells, cols.tolist(), strict=True):
+                strip[:, col * pitch:col * pitch + cell_px] = cell
+        yield strip
+        if progress is not None:
+            progress(1)
+        if gutter_px and row < n_rows - 1:
+            yield gutter
 
 
 def write_strip_tiff(path: Path, blocks: Iterable[np.ndarray], width: int, height: int) -> None:

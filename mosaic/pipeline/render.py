@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import pyvips
 
+from mosaic.bundle import cell_ids
+from mosaic.strip_tiff import iter_cell_strips
+
 TILE_FORMATS = ("jpeg", "webp", "png")
 SUFFIXES = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 OVERVIEW_SIZE = 2048
@@ -46,28 +49,13 @@ def matrix_rows(
 
     ``cells`` is (N, c, c, 3) uint8: anything with ``.shape`` and
     ``.read_rows(ids)`` (a RowFile) or a numpy array; ``positions`` (N, 2) is
-    (row, col). Every block is the same buffer, overwritten by the next one.
+    (row, col), ``(-1, -1)`` for an item on no cell. Every block is the same buffer,
+    overwritten by the next one (``mosaic.strip_tiff.iter_cell_strips``, the poster's
+    montage stream too).
     """
-    cell = cells.shape[1]
     read_rows = getattr(cells, "read_rows", None) or (lambda ids: cells[ids])
-    order = np.lexsort((positions[:, 1], positions[:, 0]))
-    row_starts = np.searchsorted(positions[order, 0], np.arange(n_rows + 1))
-    columns = positions[order, 1].tolist()
-    strip = np.empty((cell, n_cols * cell, 3), dtype=np.uint8)
-    blank = None  # a background row, made for the first row with gaps (often the last only)
-    full = (np.diff(row_starts) == n_cols).tolist()  # one item per cell: a full row
-    for row in range(n_rows):
-        start, stop = row_starts[row], row_starts[row + 1]
-        if not full[row]:  # background under the gaps; a full row is all cells
-            if blank is None:
-                blank = np.empty_like(strip)
-                blank[:] = background
-            np.copyto(strip, blank)
-        for col, image in zip(columns[start:stop], read_rows(order[start:stop])):
-            strip[:, col * cell:(col + 1) * cell] = image
-        yield strip
-        if progress is not None:
-            progress(1)
+    return iter_cell_strips(cell_ids(positions, n_rows, n_cols), read_rows, cells.shape[1],
+                            background=background, progress=progress)
 
 
 def _png_chunk(kind: bytes, body) -> tuple[bytes, ...]:

@@ -23,6 +23,7 @@ import pyvips
 
 from mosaic.colour import Colour
 from mosaic.poster.paper import Page, PosterError
+from mosaic.strip_tiff import iter_cell_strips
 
 log = logging.getLogger(__name__)
 _BATCH = 128
@@ -166,25 +167,11 @@ def iter_montage_strips(
 
     ``cell_grid`` is int (n_rows, n_cols) of item ids, -1 for empty cells;
     ``fetch(ids)`` returns their cells as uint8 (k, cell_px, cell_px, 3).
-    Strips are one row of cells, then (with a gutter) a gutter strip. The
-    same buffer is reused: consume each strip before asking for the next.
+    Strips are one row of cells, then (with a gutter) a gutter strip: the stream
+    of ``mosaic.strip_tiff.iter_cell_strips``, which the map's render streams too.
+    The same buffer is reused: consume each strip before asking for the next.
     """
-    n_rows, n_cols = cell_grid.shape
-    pitch = cell_px + gutter_px
-    width = n_cols * pitch - gutter_px
-    strip = np.empty((cell_px, width, 3), dtype=np.uint8)
-    gutter = np.empty((gutter_px, width, 3), dtype=np.uint8)
-    gutter[:] = background
-    for row in range(n_rows):
-        strip[:] = background
-        cols = np.flatnonzero(cell_grid[row] >= 0)
-        if len(cols):
-            cells = fetch(cell_grid[row, cols])
-            for cell, col in zip(cells, cols, strict=True):
-                strip[:, col * pitch:col * pitch + cell_px] = cell
-        yield strip
-        if gutter_px and row < n_rows - 1:
-            yield gutter
+    return iter_cell_strips(cell_grid, fetch, cell_px, gutter_px, background)
 
 
 def text_colour_for(background: Colour) -> Colour:

@@ -8,7 +8,6 @@ test-artifacts/ (bench/screenshots.py retakes the README's).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -24,6 +23,7 @@ from bundle_sql import col
 from sample_collection import make_collection
 from werkzeug.serving import make_server
 
+from mosaic.bundle import read_manifest
 from server import create_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -63,7 +63,7 @@ def site(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle_facts(site):
     _, bundle = site
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)  # every layout entry whole (schema-4 form)
     layouts = {entry["name"]: entry for entry in manifest["layouts"]}
     positions = {name: np.load(bundle / entry["positions"]) for name, entry in layouts.items()}
     with sqlite3.connect(bundle / "metadata.sqlite") as conn:

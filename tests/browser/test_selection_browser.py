@@ -36,6 +36,7 @@ from static_host import static_host
 from viewer_page import overlay_alpha, view_of
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from mosaic.bundle import read_manifest
 from mosaic.cli.main import main as mosaic_main
 from server import create_app
 
@@ -99,7 +100,7 @@ def site(bundle):
 @pytest.fixture(scope="module")
 def facts(bundle) -> dict:
     """Each layout's grid (row-major item ids, -1 empty) and sizes; each item's category."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)  # every layout entry whole (schema-4 form)
     layouts = {}
     for entry in manifest["layouts"]:
         shape = (entry["grid"]["n_rows"], entry["grid"]["n_cols"])
