@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from mosaic.bundle import RowFile, open_cells, open_top_neighbors, removed_ids
 from mosaic.errors import BundleError
@@ -76,6 +77,7 @@ SIDE = 32              # pictures compared at 32 x 32 RGB
 EMBEDDING = "pixels"   # the distances above are this embedding's
 CHUNK = 65_536         # items whose neighbour lists are read (and paired) at a time
 _BATCH = 512           # pairs compared, or cells decoded, per task of the thread pool
+_COMPARE = 64          # pairs compared at once inside a task: ~1 MB arrays, in cache
 _TOP = 2              # alignments tried in 2-D per axis and direction: the best by profile
 STORED = "duplicates.json"  # the groups the pipeline stores in the bundle, at MAX_DIFFERENCE
 # What decides the stored groups besides the bundle's own files: the pipeline stage's
@@ -267,31 +269,50 @@ def pair_differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray | None = No
     For each direction, the crop of the first picture is chosen per axis by how well
     its grey row (column) profile, cropped and stretched, matches the other's (the
     ``_TOP`` best each); those crops are tried in 2-D and the smallest difference
-    kept. Every step is a batched matrix product."""
+    kept. Every step is a matrix product or an elementwise pass over ``_COMPARE``
+    pairs at a time, small enough to stay in the CPU's cache."""
     crops = crop_matrices(x.shape[1]) if crops is None else crops
     blur = blur_matrix(x.shape[1]) if blur is None else blur
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
     blurred_crops = blur @ crops  # (H, S, S): crop, then blur
+    best = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), _COMPARE):
+        part = slice(start, start + _COMPARE)
+        best[part] = _differences(np.asarray(x[part], np.float32),
+                                  np.asarray(y[part], np.float32), crops, blurred_crops, blur)
+    return best
+
+
+def _differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray, blurred_crops: np.ndarray,
+                 blur: np.ndarray) -> np.ndarray:
+    """``pair_differences`` of one block of float32 pictures."""
     best = np.full(len(x), np.inf, dtype=np.float32)
-    for first, second in ((x, y), (y, x)):
-        grey_first, grey_second = first.mean(axis=3), second.mean(axis=3)
-        row_choices, row_error = _best_crops(crops, grey_first.mean(axis=2),
-                                             grey_second.mean(axis=2))
-        col_choices, col_error = _best_crops(crops, grey_first.mean(axis=1),
-                                             grey_second.mean(axis=1))
+    # grey pictures and their row and column profiles, each computed once for both
+    # directions (the sum of the three channels, then / 3: the same float32 values as
+    # a mean over the channel axis, in a quarter of its time)
+    greys = [(p[..., 0] + p[..., 1] + p[..., 2]) / np.float32(3) for p in (x, y)]
+    rows = [grey.mean(axis=2) for grey in greys]
+    cols = [grey.mean(axis=1) for grey in greys]
+    blurred = [_blur2(p, blur) for p in (x, y)]
+    for one, other in ((0, 1), (1, 0)):
+        row_choices, row_error = _best_crops(crops, rows[one], rows[other])
+        col_choices, col_error = _best_crops(crops, cols[one], cols[other])
         live = np.flatnonzero(row_error + col_error <= MAX_PROFILE)
         if len(live) == 0:
             continue
-        first, target = first[live], _blur2(second[live], blur)
+        first, target = (x, y)[one][live], blurred[other][live]
         slack = SHIFT * _gradient(target)  # what half a pixel's misalignment explains
         flat = first.reshape(len(live), first.shape[1], -1)
-        for rows in row_choices[live].T:
-            cropped_rows = (blurred_crops[rows] @ flat).reshape(first.shape)
+        for row_crop in row_choices[live].T:
+            cropped_rows = (blurred_crops[row_crop] @ flat).reshape(first.shape)
             channels_first = cropped_rows.transpose(0, 3, 1, 2)  # (P, 3, S, S)
-            for cols in col_choices[live].T:
-                aligned = channels_first @ blurred_crops[cols].transpose(0, 2, 1)[:, None]
-                excess = np.maximum(np.abs(aligned - target) - slack, 0)
-                worst = excess.reshape(len(live), -1).max(axis=1)
+            for col_crop in col_choices[live].T:
+                aligned = channels_first @ blurred_crops[col_crop].transpose(0, 2, 1)[:, None]
+                # max(|aligned - target| - slack, 0) over the pixels, with the 0 taken
+                # once after the max, in place
+                aligned -= target
+                np.abs(aligned, out=aligned)
+                aligned -= slack
+                worst = np.maximum(aligned.reshape(len(live), -1).max(axis=1), 0)
                 best[live] = np.minimum(best[live], worst)
     return best
 
@@ -299,20 +320,26 @@ def pair_differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray | None = No
 def _gradient(pictures: np.ndarray) -> np.ndarray:
     """(P, 3, S, S): the larger of each pixel's differences to its neighbours in rows
     and in columns: how much a shift of one pixel changes it."""
-    rows = np.abs(np.diff(pictures, axis=2))
-    cols = np.abs(np.diff(pictures, axis=3))
+    rows = np.abs(pictures[:, :, 1:] - pictures[:, :, :-1])
+    cols = np.abs(pictures[:, :, :, 1:] - pictures[:, :, :, :-1])
     out = np.zeros_like(pictures)
     out[:, :, 1:] = rows
-    out[:, :, :-1] = np.maximum(out[:, :, :-1], rows)
-    out[:, :, :, 1:] = np.maximum(out[:, :, :, 1:], cols)
-    out[:, :, :, :-1] = np.maximum(out[:, :, :, :-1], cols)
+    np.maximum(out[:, :, :-1], rows, out=out[:, :, :-1])
+    np.maximum(out[:, :, :, 1:], cols, out=out[:, :, :, 1:])
+    np.maximum(out[:, :, :, :-1], cols, out=out[:, :, :, :-1])
     return out
 
 
 def _blur2(pictures: np.ndarray, blur: np.ndarray) -> np.ndarray:
-    """(P, 3, S, S): each channel of (P, S, S, 3) pictures blurred in both axes."""
-    channels = pictures.transpose(0, 3, 1, 2)
-    return blur @ channels @ blur.T
+    """(P, 3, S, S): each channel of (P, S, S, 3) pictures blurred in both axes, as two
+    large matrix products (not P x 3 small ones)."""
+    n, side = len(pictures), pictures.shape[1]
+    # blur the columns of each row: (P, S, S, 3) -> rows of S values along the column axis
+    along_cols = pictures.transpose(0, 1, 3, 2).reshape(-1, side) @ blur.T  # (P*S*3, S)
+    along_cols = along_cols.reshape(n, side, 3, side).transpose(0, 2, 3, 1)  # (P, 3, Sc, Sr)
+    # then the rows: each column's S values
+    both = along_cols.reshape(-1, side) @ blur.T  # (P*3*Sc, Sr)
+    return np.ascontiguousarray(both.reshape(n, 3, side, side).transpose(0, 1, 3, 2))
 
 
 def _best_crops(crops: np.ndarray, profile: np.ndarray, target: np.ndarray
@@ -322,7 +349,9 @@ def _best_crops(crops: np.ndarray, profile: np.ndarray, target: np.ndarray
     one's difference."""
     size = crops.shape[1]
     resampled = (profile @ crops.reshape(-1, size).T).reshape(len(profile), -1, size)
-    error = np.abs(resampled - target[:, None, :]).mean(axis=2)
+    resampled -= target[:, None, :]
+    np.abs(resampled, out=resampled)
+    error = resampled.mean(axis=2)
     top = min(_TOP, error.shape[1])
     return np.argpartition(error, top - 1, axis=1)[:, :top], error.min(axis=1)
 
@@ -435,7 +464,10 @@ def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
                 return pair_differences(pictures.read_rows(row_of[first]),
                                         pictures.read_rows(row_of[second]), crops, blur)
 
-            with ThreadPoolExecutor(jobs) as pool:
+            # the pairs run on our own threads: BLAS's own threads on top of them
+            # (OpenBLAS starts one per core for each small product) made the comparison
+            # 4x slower on 2 cores (docs/benchmarks.md, "The pipeline's duplicates stage")
+            with ThreadPoolExecutor(jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
                 for start, ids, distances in iter_neighbor_blocks(directory, entry):
                     a, b = pairs_of(start, ids, distances)
                     batches = [(a[i:i + _BATCH], b[i:i + _BATCH])

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 METRICS = ("angular", "euclidean", "manhattan", "dot")
 TOP_K = 50            # neighbours stored per item and embedding
@@ -69,7 +70,10 @@ def iter_top_neighbors(vectors, index, metric: str, search_k: int = -1, k: int =
             distances[row, :len(found)] = dist
         return start, ids, distances
 
-    with ThreadPoolExecutor(max(1, n_jobs)) as pool:
+    # the blocks run on our own threads: BLAS's threads on top of them (OpenBLAS starts
+    # one per core for each matrix-vector product) made the exact lists 5x slower in CPU
+    # on 2 cores (docs/benchmarks.md, "The pipeline's duplicates stage")
+    with ThreadPoolExecutor(max(1, n_jobs)) as pool, threadpool_limits(1, user_api="blas"):
         pending: deque = deque()
         for start in range(0, n_items, block):
             pending.append(pool.submit(run, start))
