@@ -132,3 +132,21 @@ def test_tiny_collections():
     same = np.zeros((30, 2))  # every item at one point: one region, not empty ones
     ids, parents, _ = regions.build_hierarchy(same, region_size=5)
     assert len(np.unique(ids[:, 0])) == len(parents) == 1
+
+
+def test_the_vocabulary_does_not_depend_on_the_hash_seed():
+    """Equally scored terms are ranked by their place in the vocabulary, so that place
+    must not follow a set's order, which changes with PYTHONHASHSEED from one process
+    to the next (a resumed run would label a region otherwise)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from mosaic.pipeline import regions; "
+            "print(regions.item_terms({'t': ['harbour boats night lanterns quay', "
+            "'boats harbour'], 'k': ['a|b|c|d', 'd|c']}, {'t': 'text', 'k': 'tags'})[1])")
+    root = Path(__file__).resolve().parents[1]
+    seen = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                           text=True, check=True, env={"PYTHONHASHSEED": str(seed)}).stdout
+            for seed in range(6)}
+    assert len(seen) == 1, seen

@@ -202,7 +202,7 @@ def item_terms(values: dict[str, list[str | None]], kinds: dict[str, str]
             else:
                 found = {w for w in (m.lower() for m in _WORD.findall(text))
                          if w not in STOPWORDS}
-            for term in found:
+            for term in sorted(found):  # a set's order changes with the hash seed
                 rows.append(item)
                 cols.append(vocabulary.setdefault((name, term), len(vocabulary)))
     matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)),
