@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -38,15 +39,21 @@ sys.path.insert(0, str(ROOT))
 from mosaic import quality  # noqa: E402
 from mosaic.bundle import open_vectors, read_manifest  # noqa: E402
 
+CPU_SECONDS: dict[str, float] = {}  # the last command's user + system time, as "cpu_s"
+
 
 def run(command: list[str], cold: bool) -> tuple[float, str]:
     if cold:
         subprocess.run(["sync"], check=True)
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "run.py"), *command],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS["cpu_s"] = round(after.ru_utime + after.ru_stime - used.ru_utime
+                                 - used.ru_stime, 2)
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
     return seconds, done.stdout + done.stderr
@@ -83,10 +90,7 @@ def main() -> None:
                              "publish run again")
     parser.add_argument("--record", type=Path, default=ROOT / "docs" / "data" / "living.jsonl")
     args = parser.parse_args()
-    images = sorted(str(p.resolve()) for p in (args.data / "images").rglob("*")
-                    if p.is_file())
     rng = np.random.default_rng(0)
-    held = set(rng.choice(len(images), args.held, replace=False).tolist())
     before = None
     if args.reuse:
         records = [json.loads(line) for line in args.record.read_text().splitlines()]
@@ -97,11 +101,21 @@ def main() -> None:
                 shutil.rmtree(args.work / "out" / name)
         for site in args.work.glob("site-*"):
             shutil.rmtree(site)
+        # the held-out pictures: those the full build has and the base lacks (the data
+        # folder may have grown since the builds)
+        base_sources = sources(args.work / "out" / "c")
+        images = sorted(sources(args.work / "out" / "full"))
+        lists = {"base": sorted(base_sources),
+                 "new": [p for p in images if p not in base_sources], "all": images}
+        rng.choice(len(images), args.held, replace=False)  # as below: the same draws after
     else:
         shutil.rmtree(args.work, ignore_errors=True)
         args.work.mkdir(parents=True)
-    lists = {"base": [p for i, p in enumerate(images) if i not in held],
-             "new": [p for i, p in enumerate(images) if i in held], "all": images}
+        images = sorted(str(p.resolve()) for p in (args.data / "images").rglob("*")
+                        if p.is_file())
+        held = set(rng.choice(len(images), args.held, replace=False).tolist())
+        lists = {"base": [p for i, p in enumerate(images) if i not in held],
+                 "new": [p for i, p in enumerate(images) if i in held], "all": images}
     for name, paths in lists.items():
         (args.work / f"{name}.txt").write_text("\n".join(paths) + "\n")
     out = str(args.work / "out")
@@ -128,6 +142,7 @@ def main() -> None:
         moved = re.search(r"existing items moved: similarity ([\d,]+)", said)
         far = re.search(r"([\d,]+) cells away at the median, ([\d,]+) at most", said)
         runs.append({"reach": reach, "name": name, "add_s": round(seconds, 2),
+                     "add_cpu_s": CPU_SECONDS["cpu_s"],
                      "tiles": int(tiles.group(1).replace(",", "")) if tiles else None,
                      "moved": int(moved.group(1).replace(",", "")) if moved else None,
                      "moved_cells": {"median": int(far.group(1).replace(",", "")),
