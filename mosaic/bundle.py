@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mosaic import READABLE_SCHEMAS
+from mosaic import READABLE_SCHEMAS, SCHEMA_VERSION
 from mosaic.errors import BundleError, BundleNotFound, UsageError
 
 MANIFEST = "manifest.json"
@@ -922,6 +922,33 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 def with_legacy_copies(manifest: dict[str, Any]) -> dict[str, Any]:
     """A manifest being written (schema 5) as ``read_manifest`` hands one out."""
     return Bundle.from_manifest(manifest).manifest
+
+
+def stored_manifest(view: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to write for ``view``, a ``read_manifest`` dict that ``run.py add`` or
+    ``remove`` changed: the schema-4 copies taken out again (``cells.cell_size`` and
+    ``shape``, each layout's ``grid.cell_size``, the similarity map's grid, files, tiles
+    and overview in ``layouts[0]``), so a changed bundle stores each fact once, as the
+    pipeline writes it (schema ``SCHEMA_VERSION``). ValueError when ``layouts[0]`` and
+    the top-level grid disagree: the edit changed one copy and not the other."""
+    model = Bundle.from_manifest(view)
+    out = dict(view)
+    out["schema_version"] = SCHEMA_VERSION
+    out["grid"] = {**(view.get("grid") or {}), "cell_size": model.grid.cell_size,
+                   "fit": model.fit}
+    out["cells"] = {k: v for k, v in (view.get("cells") or {}).items()
+                    if k not in ("cell_size", "shape")}
+    if view.get("layouts"):
+        first, *others = view["layouts"]
+        copied = first.get("grid") or {}
+        if any(k in copied and int(copied[k]) != int(out["grid"].get(k, -1))
+               for k in ("n_rows", "n_cols")):
+            raise ValueError(f"layouts[0].grid {copied} and grid {out['grid']} disagree")
+        out["layouts"] = [similarity_layout_entry(first.get("labels"), first.get("missing", 0))]
+        for entry in others:
+            out["layouts"].append({**entry, "grid": {k: v for k, v in entry["grid"].items()
+                                                     if k != "cell_size"}})
+    return out
 
 
 def _model(manifest: dict[str, Any], directory: str | Path = ".") -> Bundle:

@@ -33,7 +33,7 @@ import pyvips
 from bundle_compare import assert_same_bundle
 from sample_collection import make_collection
 
-from mosaic import knn
+from mosaic import SCHEMA_VERSION, knn
 from mosaic.bundle import open_cells, read_manifest, read_regions
 from mosaic.pipeline import render, retile
 
@@ -171,6 +171,14 @@ def test_remove_takes_items_out_of_everything(work):
     manifest = read_manifest(bundle)
     assert manifest["generation"] == 2 and manifest["counts"]["removed"] == len(REMOVED)
     assert not (work / "output" / ".c.next").exists()
+    # the new generation stores each fact once, as the pipeline writes it (schema 5):
+    # the cell size in grid (and the command line in parameters), not the copies
+    # read_manifest hands the not-yet-typed code
+    stored = json.loads((bundle / "manifest.json").read_text())
+    assert stored["schema_version"] == SCHEMA_VERSION
+    assert (bundle / "manifest.json").read_text().count('"cell_size"') == 2
+    assert stored["grid"]["cell_size"] == before["grid"]["cell_size"]
+    assert set(stored["layouts"][0]) == {"name", "kind", "slug", "labels", "missing"}
 
     # every layout: the removed items on no cell, every other item where it was
     for entry in manifest["layouts"]:

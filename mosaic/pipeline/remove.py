@@ -35,6 +35,7 @@ from mosaic.bundle import (
     open_vectors,
     read_manifest,
     read_regions,
+    stored_manifest,
 )
 from mosaic.errors import UsageError
 from mosaic.pipeline import edit, generation, render, retile
@@ -137,7 +138,7 @@ def remove_items(directory: Path, ids: np.ndarray) -> RemoveResult:
             updated["regions"] = _relabel_regions(directory, new, manifest, gone)
         if manifest.get("duplicates"):
             updated["duplicates"] = _ungroup(new, updated)
-        write_json_atomic(new / "manifest.json", updated)
+        write_json_atomic(new / "manifest.json", stored_manifest(updated))
         generation.exchange(directory, new)
         generation.finish(directory)
         result.generation += 1
