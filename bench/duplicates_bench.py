@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mosaic import duplicates  # noqa: E402
-from mosaic.bundle import open_top_neighbors, read_manifest  # noqa: E402
+from mosaic.bundle import Bundle, read_manifest  # noqa: E402
 
 KINDS = ("resize", "jpeg", "crop", "screenshot")
 CID = "dups"
@@ -248,14 +248,12 @@ def hashes_of(pictures: np.ndarray, kind: str) -> np.ndarray:
     return packed.view(">u8").reshape(-1).astype(np.uint64)
 
 
-def all_pictures(bundle: Path, manifest: dict) -> np.ndarray:
-    from mosaic.bundle import open_cells
-
-    n = manifest["counts"]["items"]
-    cell_size = manifest["cells"]["cell_size"]
-    boxes = duplicates.picture_boxes(duplicates.read_sizes(bundle, manifest), cell_size)
+def all_pictures(bundle: Bundle) -> np.ndarray:
+    n = bundle.counts.items
+    cell_size = bundle.grid.cell_size
+    boxes = duplicates.picture_boxes(duplicates.read_sizes(bundle), cell_size)
     out = np.empty((n, duplicates.SIDE, duplicates.SIDE, 3), np.uint8)
-    with open_cells(bundle, manifest) as cells:
+    with bundle.open_cells() as cells:
         for part, block in duplicates.read_pictures(cells, boxes, np.arange(n), cell_size):
             out[part] = block
     return out
@@ -264,12 +262,10 @@ def all_pictures(bundle: Path, manifest: dict) -> np.ndarray:
 # -- the sweep -----------------------------------------------------------------
 
 
-def neighbour_table(bundle: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                           np.ndarray]:
+def neighbour_table(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every stored neighbour pair once (a < b) with its ``pixels`` distance and its
     best rank (0 = nearest) in either list."""
-    entry = duplicates.pixels_entry(manifest)
-    ids_rows, distance_rows = open_top_neighbors(bundle, entry)
+    ids_rows, distance_rows = bundle.open_top_neighbors(duplicates.pixels_embedding(bundle))
     rows = np.arange(len(ids_rows))
     ids, distances = ids_rows.read_rows(rows), distance_rows.read_rows(rows)
     a = np.repeat(rows, ids.shape[1])
@@ -384,10 +380,11 @@ def main() -> int:
 
     # the stages one by one, timed, then the sweeps on their arrays
     started = time.perf_counter()
-    a, b, d, rank = neighbour_table(bundle, manifest)
+    model = Bundle.open(bundle)
+    a, b, d, rank = neighbour_table(model)
     report["neighbour_table_seconds"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
-    found = list(duplicates.iter_pair_differences(bundle, manifest, max_distance=np.inf,
+    found = list(duplicates.iter_pair_differences(model, max_distance=np.inf,
                                                   max_rank=20))
     seconds = time.perf_counter() - started
     pa = np.concatenate([f[0] for f in found])
@@ -405,7 +402,7 @@ def main() -> int:
     print("aligned difference: best", json.dumps(best(report["sweeps"][
         "aligned difference (shipped)"])), flush=True)
     if args.candidates:  # the first design: a perceptual hash over all 50 neighbours
-        pictures = all_pictures(bundle, manifest)
+        pictures = all_pictures(model)
         for kind in ("phash", "dhash"):
             hashes = hashes_of(pictures, kind)
             keys = {"max_distance": d, "max_hamming": np.bitwise_count(hashes[a] ^ hashes[b])}

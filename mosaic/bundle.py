@@ -919,11 +919,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return Bundle.open(directory).manifest
 
 
-def with_legacy_copies(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A manifest being written (schema 5) as ``read_manifest`` hands one out."""
-    return Bundle.from_manifest(manifest).manifest
-
-
 def stored_manifest(view: dict[str, Any]) -> dict[str, Any]:
     """The manifest to write for ``view``, a ``read_manifest`` dict that ``run.py add`` or
     ``remove`` changed: the schema-4 copies taken out again (``cells.cell_size`` and

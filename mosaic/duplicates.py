@@ -53,7 +53,7 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from mosaic.bundle import RowFile, open_cells, open_top_neighbors, removed_ids
+from mosaic.bundle import Bundle, Embedding, RowFile
 from mosaic.errors import BundleError
 
 # The thresholds, set once here and measured together by bench/duplicates_bench.py on
@@ -88,27 +88,27 @@ SETTINGS = {"version": 1, "max_difference": MAX_DIFFERENCE, "max_distance": MAX_
             "top": _TOP, "embedding": EMBEDDING}
 
 
-def pixels_entry(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's ``pixels`` embedding with stored neighbour lists.
+def pixels_embedding(bundle: Bundle) -> Embedding:
+    """The bundle's ``pixels`` embedding with stored neighbour lists.
 
     BundleError when the bundle has none: the thresholds are distances of that
     embedding, and its lists are what makes the search O(N)."""
-    for entry in manifest.get("embeddings", []):
-        if entry.get("name") == EMBEDDING and entry.get("top"):
-            return entry
+    embedding = bundle.embedding(EMBEDDING)
+    if embedding is not None and embedding.top is not None:
+        return embedding
     raise BundleError(
-        f"bundle {manifest.get('id')!r} has no stored neighbour lists of the {EMBEDDING!r} "
+        f"bundle {bundle.id!r} has no stored neighbour lists of the {EMBEDDING!r} "
         f"embedding, which duplicates are found with; build it again with "
         f"`run.py pipeline --embedding {EMBEDDING}` (the default)")
 
 
-def iter_neighbor_blocks(directory: str | Path, entry: dict[str, Any], chunk: int = CHUNK
+def iter_neighbor_blocks(bundle: Bundle, embedding: Embedding, chunk: int = CHUNK
                          ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(start, ids int32 (b, k), distances float32 (b, k))`` of the stored lists of
     ``chunk`` items at a time, from item 0."""
-    stored = open_top_neighbors(directory, entry)
+    stored = bundle.open_top_neighbors(embedding)
     if stored is None:
-        raise BundleError(f"embedding {entry.get('name')!r} has no stored neighbour lists")
+        raise BundleError(f"embedding {embedding.name!r} has no stored neighbour lists")
     ids_rows, distance_rows = stored
     try:
         for start in range(0, len(ids_rows), chunk):
@@ -153,18 +153,18 @@ def similar_aspects(sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
     return ~known | ((ratio <= slack) & (1 / ratio <= slack))
 
 
-def read_sizes(directory: str | Path, manifest: dict[str, Any]) -> np.ndarray:
+def read_sizes(bundle: Bundle) -> np.ndarray:
     """int64 (N, 2) ``(width, height)`` of every item's source picture, as the
     pipeline decoded it (metadata.sqlite ``items``), by id; 0 where unknown (an item
     ``run.py remove`` took out has no row)."""
-    database = Path(directory) / manifest["files"]["metadata"]
+    database = bundle.file(bundle.metadata)
     conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     try:
         rows = np.array(conn.execute("SELECT id, width, height FROM items ORDER BY id")
                         .fetchall(), dtype=np.float64).reshape(-1, 3)
     finally:
         conn.close()
-    sizes = np.zeros((int(manifest["counts"]["items"]), 2), dtype=np.int64)
+    sizes = np.zeros((bundle.counts.items, 2), dtype=np.int64)
     sizes[rows[:, 0].astype(np.int64)] = np.nan_to_num(rows[:, 1:], nan=0).astype(np.int64)
     return sizes
 
@@ -421,7 +421,7 @@ def file_sizes(sources: Iterable[str]) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
+def iter_pair_differences(bundle: Bundle,
                           max_distance: float = MAX_DISTANCE, max_rank: int = MAX_RANK,
                           n_jobs: int | None = None
                           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -430,9 +430,9 @@ def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
     Two passes over the stored lists: the first finds the items to decode (each
     once, into a temporary file), the second pairs them and compares the pairs on
     ``n_jobs`` threads."""
-    entry = pixels_entry(manifest)
-    n_items = int(manifest["counts"]["items"])
-    sizes = read_sizes(directory, manifest)
+    embedding = pixels_embedding(bundle)
+    n_items = bundle.counts.items
+    sizes = read_sizes(bundle)
 
     def pairs_of(start: int, ids: np.ndarray, distances: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -441,21 +441,21 @@ def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
         return a[keep], b[keep]
 
     wanted = np.zeros(n_items, dtype=bool)
-    for start, ids, distances in iter_neighbor_blocks(directory, entry):
+    for start, ids, distances in iter_neighbor_blocks(bundle, embedding):
         a, b = pairs_of(start, ids, distances)
         wanted[a] = wanted[b] = True
     items = np.flatnonzero(wanted)
     row_of = np.full(n_items, -1, dtype=np.int64)
     row_of[items] = np.arange(len(items))
-    cell_size = int(manifest["cells"]["cell_size"])
-    boxes = picture_boxes(sizes, cell_size, manifest.get("grid", {}).get("fit", "fit"))
+    cell_size = bundle.grid.cell_size
+    boxes = picture_boxes(sizes, cell_size, bundle.fit)
     crops, blur = crop_matrices(), blur_matrix()
     jobs = max(1, n_jobs or os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="mosaic-duplicates-") as scratch:
         pictures = RowFile(Path(scratch) / "pictures.u8", (max(1, len(items)), SIDE, SIDE, 3),
                            np.uint8, writable=True)
         try:
-            with open_cells(directory, manifest) as cells:
+            with bundle.open_cells() as cells:
                 for part, block in read_pictures(cells, boxes, items, cell_size, jobs):
                     pictures.write_rows(int(row_of[part[0]]), block)
 
@@ -468,7 +468,7 @@ def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
             # (OpenBLAS starts one per core for each small product) made the comparison
             # 4x slower on 2 cores (docs/benchmarks.md, "The pipeline's duplicates stage")
             with ThreadPoolExecutor(jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
-                for start, ids, distances in iter_neighbor_blocks(directory, entry):
+                for start, ids, distances in iter_neighbor_blocks(bundle, embedding):
                     a, b = pairs_of(start, ids, distances)
                     batches = [(a[i:i + _BATCH], b[i:i + _BATCH])
                                for i in range(0, len(a), _BATCH)]
@@ -479,16 +479,16 @@ def iter_pair_differences(directory: str | Path, manifest: dict[str, Any],
             pictures.close()
 
 
-def find_duplicates(directory: str | Path, manifest: dict[str, Any],
+def find_duplicates(bundle: Bundle,
                     max_difference: float = MAX_DIFFERENCE, n_jobs: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """``(group, ids)`` of a bundle's duplicate groups (``groups_from_labels``)."""
     def confirmed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for a, b, difference in iter_pair_differences(directory, manifest, n_jobs=n_jobs):
+        for a, b, difference in iter_pair_differences(bundle, n_jobs=n_jobs):
             same = difference <= max_difference
             yield a[same], b[same]
 
-    return groups_from_labels(group_labels(int(manifest["counts"]["items"]), confirmed()))
+    return groups_from_labels(group_labels(bundle.counts.items, confirmed()))
 
 
 # -- the stored groups (docs/bundle.md, "Duplicates") ---------------------------------
@@ -541,22 +541,22 @@ def without_items(document: dict[str, Any], gone: np.ndarray) -> dict[str, Any]:
     return {**document, "groups": groups}
 
 
-def read_stored(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """The groups the pipeline stored (``manifest["duplicates"]``), without the items
+def read_stored(bundle: Bundle) -> dict[str, Any] | None:
+    """The groups the pipeline stored (``bundle.duplicates``), without the items
     ``run.py remove`` took out since (``without_items``); None for a bundle without
     them (made before them, ``--no-duplicates``, or no ``pixels`` embedding)."""
-    entry = manifest.get("duplicates")
-    if not entry:
+    entry = bundle.duplicates
+    if entry is None:
         return None
     try:
-        with open(Path(directory) / entry["path"], encoding="utf-8") as handle:
+        with open(bundle.file(entry.path), encoding="utf-8") as handle:
             document = json.load(handle)
     except (OSError, ValueError) as error:
-        raise BundleError(f"cannot read the stored duplicate groups {entry['path']!r}: "
+        raise BundleError(f"cannot read the stored duplicate groups {entry.path!r}: "
                           f"{error}") from None
-    removed = removed_ids(directory, manifest)
+    removed = bundle.removed_ids()
     if len(removed):
-        gone = np.zeros(int(manifest["counts"]["items"]), dtype=bool)
+        gone = np.zeros(bundle.counts.items, dtype=bool)
         gone[removed] = True
         document = without_items(document, gone)
     return document

@@ -123,7 +123,7 @@ def write_map(bundle: Bundle, data: Path) -> int:
     if found:  # the duplicate groups: as they are, or without the items removed since
         total += _link_file(bundle.file(found.path), data / found.path) \
             if not len(bundle.removed_ids()) else \
-            _put(data / found.path, document_bytes(read_stored(bundle.path, bundle.manifest)))
+            _put(data / found.path, document_bytes(read_stored(bundle)))
     return total
 
 

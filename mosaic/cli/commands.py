@@ -157,7 +157,7 @@ def _duplicates_line(bundle: Bundle) -> str:
                else "pipeline --no-duplicates" if pixels else "no pixels embedding")
         return f"not stored ({why})" + ("; python run.py duplicates finds them" if pixels
                                         else "")
-    groups = read_stored(bundle.path, bundle.manifest)["groups"]
+    groups = read_stored(bundle)["groups"]
     counts = bundle.counts
     changes = [f"less the {counts.removed} removed" if counts.removed else "",
                f"not looking at the {counts.added} added" if counts.added else ""]

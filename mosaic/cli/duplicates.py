@@ -77,11 +77,9 @@ def _groups(bundle: Bundle, threshold: float):
 
     stored = bundle.duplicates
     if stored and stored.threshold == threshold and bundle.generation == 1:
-        group, ids = duplicates.stored_groups(duplicates.read_stored(bundle.path,
-                                                                     bundle.manifest))
+        group, ids = duplicates.stored_groups(duplicates.read_stored(bundle))
         return group, ids, f"stored by the pipeline, {stored.path}"
-    group, ids = duplicates.find_duplicates(bundle.path, bundle.manifest,
-                                            max_difference=threshold)
+    group, ids = duplicates.find_duplicates(bundle, max_difference=threshold)
     return group, ids, "searched now"
 
 

@@ -31,6 +31,7 @@ from mosaic.bundle import (
     COLLECTION_ID,
     DEFAULT_OUT,
     MANIFEST,
+    Bundle,
     bundle_dir,
     cells_record,
     grid_entry,
@@ -38,7 +39,6 @@ from mosaic.bundle import (
     open_cell_pack,
     open_vectors,
     similarity_layout_entry,
-    with_legacy_copies,
 )
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import arrange, collect, grid, iiif_in, reduce, regions, render, thumbnail
@@ -743,13 +743,14 @@ class _Run:
         if not c.duplicates or entry is None:
             return [], {"duplicates": None}
         n_items = len(kept)
-        # The manifest fields the search reads (as a dict, with the copies it indexes),
-        # before the manifest is written.
-        partial = with_legacy_copies({
+        # The bundle as the search reads it, from the manifest fields it needs, before
+        # the manifest is written.
+        partial = Bundle.from_manifest({
             "id": c.collection_id(), "counts": {"items": n_items},
             "files": {"metadata": "metadata.sqlite"}, "cells": cells_record(thumbnail.DECODER),
-            "grid": grid_entry(0, 0, c.cell_size, c.fit, c.grid), "embeddings": [entry]})
-        group, ids = duplicates.find_duplicates(self.directory, partial, n_jobs=c.n_jobs())
+            "grid": grid_entry(0, 0, c.cell_size, c.fit, c.grid), "embeddings": [entry]},
+            self.directory)
+        group, ids = duplicates.find_duplicates(partial, n_jobs=c.n_jobs())
         sizes = np.load(self.path("cache/sizes.npy"))[ids].astype(np.int64)
         largest = duplicates.largest_members(
             group, ids, sizes[:, 0] * sizes[:, 1],

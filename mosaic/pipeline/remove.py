@@ -27,6 +27,7 @@ import numpy as np
 from mosaic import duplicates, knn
 from mosaic.bundle import (
     CELL_QUALITY,
+    Bundle,
     encode_cell,
     layout_entries,
     npy_layout,
@@ -319,7 +320,7 @@ def _ungroup(new: Path, manifest: dict) -> dict:
     which ``read_stored`` applies by the new ``manifest``'s positions), so that no id of
     theirs is left in the file."""
     entry = manifest["duplicates"]
-    document = duplicates.read_stored(new, manifest)
+    document = duplicates.read_stored(Bundle.from_manifest(manifest, new))
     generation.replace(new / entry["path"],
                        lambda tmp: tmp.write_bytes(duplicates.document_bytes(document)))
     return {**entry, "groups": len(document["groups"]),
