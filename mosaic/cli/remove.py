@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
+from mosaic.bundle import DEFAULT_OUT, Bundle, bundle_dir
 from mosaic.errors import UsageError
 
 
@@ -48,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     ids = parse_ids(args.ids) if args.ids is not None else None
     where = parse_where(args.where) if args.where is not None else None
     directory = bundle_dir(args.out, args.id)
-    manifest = read_manifest(directory)
-    chosen = select_ids(directory, manifest, ids, where)
+    chosen = select_ids(Bundle.open(directory), ids, where)
     result = remove_items(directory, chosen)
     if result.already:
         print(f"already removed before: {len(result.already):,} items "

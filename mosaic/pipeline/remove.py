@@ -25,19 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mosaic import duplicates, knn
-from mosaic.bundle import (
-    CELL_QUALITY,
-    Bundle,
-    encode_cell,
-    layout_entries,
-    npy_layout,
-    open_cells,
-    open_top_neighbors,
-    open_vectors,
-    read_manifest,
-    read_regions,
-    stored_manifest,
-)
+from mosaic.bundle import Bundle, Embedding, Layout, encode_cell, npy_layout, stored_manifest
 from mosaic.errors import UsageError
 from mosaic.pipeline import edit, generation, render, retile
 from mosaic.pipeline.index import build_annoy
@@ -58,27 +46,26 @@ class RemoveResult:
     seconds: float = 0.0
 
 
-def select_ids(directory: Path, manifest: dict, ids: list[int] | None = None,
+def select_ids(bundle: Bundle, ids: list[int] | None = None,
                where: tuple[str, str] | None = None) -> np.ndarray:
     """The sorted item ids to remove: ``ids`` as given, or the items whose metadata
     column ``where[0]`` equals ``where[1]`` (a ``tags`` column: carries the tag).
     UsageError for an id outside the collection, an unknown column, or no match."""
-    n_items = int(manifest["counts"]["items"])
+    n_items = bundle.counts.items
     if ids is not None:
         chosen = np.unique(np.asarray(ids, dtype=np.int64))
         outside = chosen[(chosen < 0) | (chosen >= n_items)]
         if len(outside):
             raise UsageError(f"--ids: no item {', '.join(str(i) for i in outside[:5])} in "
-                             f"collection {manifest['id']!r} (ids are 0 to {n_items - 1})")
+                             f"collection {bundle.id!r} (ids are 0 to {n_items - 1})")
         return chosen
     column, value = where
-    columns = manifest.get("columns", [])
+    columns = bundle.columns
     kinds = {c["name"]: c["kind"] for c in columns}
     if column not in kinds:
-        raise UsageError(f"--where: collection {manifest['id']!r} has no metadata column "
+        raise UsageError(f"--where: collection {bundle.id!r} has no metadata column "
                          f"{column!r}" + (f" (it has {', '.join(kinds)})" if kinds else ""))
-    conn = sqlite3.connect(f"{(directory / manifest['files']['metadata']).resolve().as_uri()}"
-                           "?mode=ro", uri=True)
+    conn = bundle.connect()
     try:
         if kinds[column] == "tags":
             rows = conn.execute(f"SELECT id FROM {TAGS_TABLE} WHERE name = ? AND value = ?",
@@ -92,7 +79,7 @@ def select_ids(directory: Path, manifest: dict, ids: list[int] | None = None,
         conn.close()
     if not len(chosen):
         raise UsageError(f"--where {column}={value}: no item of collection "
-                         f"{manifest['id']!r} has that value")
+                         f"{bundle.id!r} has that value")
     return chosen
 
 
@@ -102,14 +89,13 @@ def remove_items(directory: Path, ids: np.ndarray) -> RemoveResult:
     out, only a previous run's old generation is cleared away."""
     started = time.perf_counter()
     with bundle_lock(directory):
-        manifest = read_manifest(directory)
-        entries = layout_entries(manifest)
-        positions = np.load(directory / entries[0]["positions"])
+        bundle = Bundle.open(directory)
+        positions = bundle.read_layout_positions()
         ids = np.asarray(ids, dtype=np.int64)
         out_before = positions[ids, 0] < 0
         todo = ids[~out_before]
         result = RemoveResult(directory, todo.tolist(), ids[out_before].tolist(),
-                              int(manifest.get("generation", 1)))
+                              bundle.generation)
         if not len(todo):
             generation.finish(directory)
             return result
@@ -117,27 +103,27 @@ def remove_items(directory: Path, ids: np.ndarray) -> RemoveResult:
         new = generation.start(directory, skip=("cache",))
         gone = positions[:, 0] < 0
         gone[todo] = True
-        background = tuple(manifest["parameters"].get("background", (255, 255, 255)))
-        _blank_cells(directory, new, manifest, gone, background)
-        cells = open_cells(directory, manifest)
-        try:
-            for entry in entries:
-                result.tiles[entry["name"]] = _empty_cells(new, entry, todo, cells, background)
-        finally:
-            cells.close()
-        for embedding in manifest.get("embeddings", []):
-            _remove_vectors(directory, new, embedding, gone,
-                            int(manifest["parameters"].get("random_state", 0)))
-        _remove_rows(directory, new, manifest, todo)
-        updated = dict(manifest)
+        background = bundle.background
+        _blank_cells(bundle, new, gone, background)
+        with bundle.open_cells() as cells:
+            for layout in bundle.layouts:
+                result.tiles[layout.name] = _empty_cells(new, layout, todo, cells, background)
+        for embedding in bundle.embeddings:
+            _remove_vectors(bundle, new, embedding, gone,
+                            int(bundle.parameters.get("random_state", 0)))
+        _remove_rows(bundle, new, todo)
+        # the next generation's manifest: what changed, over the stored facts as read
+        updated = dict(bundle.manifest)
         updated["generation"] = result.generation + 1
-        updated["counts"] = {**manifest["counts"], "removed": int(gone.sum())}
-        updated["layouts"] = [_recount_labels(new, entry, todo) for entry in entries]
-        updated["hotspots"] = _move_representatives(manifest.get("hotspots", []), gone,
-                                                    np.load(new / entries[0]["positions"]))
-        if manifest.get("regions"):
-            updated["regions"] = _relabel_regions(directory, new, manifest, gone)
-        if manifest.get("duplicates"):
+        updated["counts"] = {**bundle.counts.entry, "removed": int(gone.sum())}
+        entries = bundle.manifest.get("layouts") or [e.as_entry() for e in bundle.layouts]
+        updated["layouts"] = [_recount_labels(new, layout, entry, todo)
+                              for layout, entry in zip(bundle.layouts, entries, strict=True)]
+        updated["hotspots"] = _move_representatives(
+            bundle.hotspots, gone, bundle.similarity.read_positions(new))
+        if bundle.regions:
+            updated["regions"] = _relabel_regions(bundle, new, gone)
+        if bundle.duplicates:
             updated["duplicates"] = _ungroup(new, updated)
         write_json_atomic(new / "manifest.json", stored_manifest(updated))
         generation.exchange(directory, new)
@@ -147,22 +133,20 @@ def remove_items(directory: Path, ids: np.ndarray) -> RemoveResult:
     return result
 
 
-def _blank_cells(directory: Path, new: Path, manifest: dict, gone: np.ndarray,
+def _blank_cells(bundle: Bundle, new: Path, gone: np.ndarray,
                  background: tuple[int, int, int]) -> None:
     """A new ``cells.pack`` + ``cells.idx``: the other cells' bytes as they were (copied
     in the kernel), a blank cell of the background for each removed item."""
-    entry = manifest["cells"]
-    size = int(entry["cell_size"])
-    blank = encode_cell(np.full((size, size, 3), background, dtype=np.uint8),
-                        int(entry.get("quality", CELL_QUALITY)))
-    offsets = np.fromfile(directory / entry["index"], dtype="<u8").astype(np.int64)
+    cells, size = bundle.cells, bundle.grid.cell_size
+    blank = encode_cell(np.full((size, size, 3), background, dtype=np.uint8), cells.quality)
+    offsets = np.fromfile(bundle.file(cells.index), dtype="<u8").astype(np.int64)
     lengths = np.diff(offsets)
     lengths[gone] = len(blank)
     new_offsets = np.zeros(len(offsets), dtype="<u8")
     np.cumsum(lengths, out=new_offsets[1:])
 
     def write(tmp: Path) -> None:
-        with open(directory / entry["path"], "rb") as source, open(tmp, "wb") as target:
+        with open(bundle.file(cells.path), "rb") as source, open(tmp, "wb") as target:
             position = 0
             for keep, start, stop in _runs(gone):
                 if keep:
@@ -174,8 +158,8 @@ def _blank_cells(directory: Path, new: Path, manifest: dict, gone: np.ndarray,
                     position += len(blank) * (stop - start)
             os.fsync(target.fileno())
 
-    generation.replace(new / entry["path"], write)
-    generation.replace(new / entry["index"], lambda tmp: new_offsets.tofile(tmp))
+    generation.replace(new / cells.path, write)
+    generation.replace(new / cells.index, lambda tmp: new_offsets.tofile(tmp))
 
 
 def _runs(mask: np.ndarray):
@@ -195,37 +179,35 @@ def _copy_range(source: int, target: int, offset: int, count: int, position: int
         offset, position, count = offset + done, position + done, count - done
 
 
-def _empty_cells(new: Path, entry: dict, todo: np.ndarray, cells, background) -> int:
+def _empty_cells(new: Path, layout: Layout, todo: np.ndarray, cells, background) -> int:
     """Empty the removed items' cells of one layout: its positions, grid, the tiles over
     them at every level and its overview. Returns how many tiles were written."""
-    positions = np.load(new / entry["positions"])
+    positions = layout.read_positions(new)
     where = positions[todo]
     where = where[where[:, 0] >= 0]
     positions[todo] = -1
-    edit.save_npy(new / entry["positions"], positions)
-    grid_info = entry["grid"]
-    grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(
-        grid_info["n_rows"], grid_info["n_cols"])
+    edit.save_npy(new / layout.positions, positions)
+    grid = np.fromfile(new / layout.grid_file, dtype="<i4").reshape(layout.grid.shape)
     grid[where[:, 0], where[:, 1]] = -1
-    generation.replace(new / entry["grid_file"], lambda tmp: grid.tofile(tmp))
-    tiles = entry["tiles"]
-    cell = int(grid_info["cell_size"])
+    generation.replace(new / layout.grid_file, lambda tmp: grid.tofile(tmp))
+    tiles = layout.tiles.entry
+    cell = layout.grid.cell_size
     rects = [(int(c) * cell, int(r) * cell, (int(c) + 1) * cell, (int(r) + 1) * cell)
              for r, c in where]
     folder = new / Path(tiles["dzi"]).parent / "map_files"
     written = retile.rewrite_tiles(folder, tiles, rects, grid, cell, cells, background)
     overview = render.render_overview(new / Path(tiles["dzi"]).parent, tiles)
-    generation.replace(new / entry["overview"]["path"],
+    generation.replace(new / layout.overview.path,
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
     return written
 
 
-def _remove_vectors(directory: Path, new: Path, embedding: dict, gone: np.ndarray,
+def _remove_vectors(bundle: Bundle, new: Path, embedding: Embedding, gone: np.ndarray,
                     random_state: int) -> None:
     """Zero the removed items' vectors, rebuild the annoy index without them, and
     take them out of every stored neighbour list."""
     def zero(tmp: Path) -> None:
-        shutil.copyfile(directory / embedding["vectors"], tmp)
+        shutil.copyfile(bundle.file(embedding.vectors), tmp)
         shape, dtype, offset = npy_layout(tmp)
         row = int(shape[1]) * np.dtype(dtype).itemsize
         with open(tmp, "r+b") as handle:
@@ -233,20 +215,20 @@ def _remove_vectors(directory: Path, new: Path, embedding: dict, gone: np.ndarra
                 os.pwrite(handle.fileno(), bytes(row * (stop - start)), offset + start * row)
             os.fsync(handle.fileno())
 
-    generation.replace(new / embedding["vectors"], zero)
-    vectors = open_vectors(new, embedding)
-    index = build_annoy(vectors, embedding["metric"], int(embedding.get("n_trees", 20)),
+    generation.replace(new / embedding.vectors, zero)
+    vectors = embedding.open_vectors(new)
+    index = build_annoy(vectors, embedding.metric, int(embedding.entry.get("n_trees", 20)),
                         random_state, skip=gone)
-    generation.replace(new / embedding["index"], lambda tmp: index.save(str(tmp)))
+    generation.replace(new / embedding.index, lambda tmp: index.save(str(tmp)))
     index.unload()
-    stored = open_top_neighbors(directory, embedding)
-    if stored is None:
+    stored = bundle.open_top_neighbors(embedding)
+    if stored is None or embedding.top is None:
         return
     old_ids, old_distances = stored
     k = old_ids.shape[1]
     files = {}
     for part, dtype in (("ids", np.int32), ("distances", np.float32)):
-        path = new / embedding["top"][part]
+        path = new / getattr(embedding.top, part)
         tmp = path.with_name(f".new.{path.name}")
         files[part] = (tmp, path, create_npy_rows(tmp, (len(gone), k), dtype))
     for start in range(0, len(gone), _BLOCK):
@@ -265,16 +247,16 @@ def _remove_vectors(directory: Path, new: Path, embedding: dict, gone: np.ndarra
     old_distances.close()
 
 
-def _remove_rows(directory: Path, new: Path, manifest: dict, todo: np.ndarray) -> None:
+def _remove_rows(bundle: Bundle, new: Path, todo: np.ndarray) -> None:
     """The removed items' rows out of every table of ``metadata.sqlite``, their facet
     values and tags out of ``facet_values``; deleted pages zeroed and the file vacuumed."""
-    columns = manifest.get("columns", [])
+    columns = bundle.columns
     stored = sql_names(columns)
     counted = [c for c in columns if c["kind"] in COUNTED_KINDS]
     ids = [int(i) for i in todo]
 
     def write(tmp: Path) -> None:
-        shutil.copyfile(directory / manifest["files"]["metadata"], tmp)
+        shutil.copyfile(bundle.file(bundle.metadata), tmp)
         conn = sqlite3.connect(tmp)
         try:
             conn.execute("PRAGMA secure_delete = ON")
@@ -304,15 +286,14 @@ def _remove_rows(directory: Path, new: Path, manifest: dict, todo: np.ndarray) -
         finally:
             conn.close()
 
-    generation.replace(new / manifest["files"]["metadata"], write)
+    generation.replace(new / bundle.metadata, write)
 
 
-def _relabel_regions(directory: Path, new: Path, manifest: dict, gone: np.ndarray) -> dict:
+def _relabel_regions(bundle: Bundle, new: Path, gone: np.ndarray) -> dict:
     """The labelled regions over the items left (``edit.relabel_regions``)."""
-    described, ids = read_regions(directory, manifest)
-    return edit.relabel_regions(new, manifest, np.asarray(ids), described, gone,
-                                np.load(directory / "layout.npy"),
-                                np.load(new / layout_entries(manifest)[0]["positions"]))
+    described, ids = bundle.read_regions()
+    return edit.relabel_regions(new, bundle.manifest, np.asarray(ids), described, gone,
+                                bundle.read_layout_xy(), bundle.similarity.read_positions(new))
 
 
 def _ungroup(new: Path, manifest: dict) -> dict:
@@ -327,16 +308,14 @@ def _ungroup(new: Path, manifest: dict) -> dict:
             "items": sum(len(group["ids"]) for group in document["groups"])}
 
 
-def _recount_labels(new: Path, entry: dict, todo: np.ndarray) -> dict:
-    """A layout's entry with its block labels' counts less the removed items in them
-    (their cells, read before the removal, from the unchanged labels' rectangles)."""
-    if not entry.get("labels"):
+def _recount_labels(new: Path, layout: Layout, entry: dict, todo: np.ndarray) -> dict:
+    """The layout's manifest ``entry`` with its block labels' counts less the removed items
+    in them (their cells, read before the removal, from the unchanged labels' rectangles)."""
+    if not layout.labels:
         return entry
-    grid_info = entry["grid"]
-    grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(
-        grid_info["n_rows"], grid_info["n_cols"])
+    grid = np.fromfile(new / layout.grid_file, dtype="<i4").reshape(layout.grid.shape)
     labels = []
-    for label in entry["labels"]:
+    for label in layout.labels:
         block = grid[label["row"]:label["row"] + label["n_rows"],
                      label["col"]:label["col"] + label["n_cols"]]
         labels.append({**label, "count": int((block >= 0).sum())})
