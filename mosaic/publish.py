@@ -16,6 +16,7 @@ The viewer's ``StaticSource`` (static/js/source.js) reads what is written here::
     data/items/<k>.json          full items (fields + metadata), ITEM_SHARD per file
     data/thumbs/<k>/<id>.jpg     each cell's JPEG, k = id // THUMB_FOLDER
     data/knn/<e>/<k>.bin         top-KNN_K neighbours of KNN_SHARD items (see write_neighbors)
+    data/query/<e>.json, .f32, .i8   query by example for pixels/raw (see write_query_indexes)
     data/search/...              the sharded search index (see write_search_index)
 
 Nothing fetched before the first paint grows with N except the grid (4 bytes
@@ -56,20 +57,35 @@ TEXT_SHARD_BYTES = 64 * 1024  # postings + dictionary bytes per text shard (one 
 TOP_READ = 64 * KNN_SHARD  # stored neighbour rows read at a time
 ITEM_FIELDS = ("id", "row", "col", "x", "y", "title", "url", "filename", "width", "height")
 NUMERIC_KINDS = ("number", "year")
+# Query by example in the browser (static/js/query_index.js): the embeddings whose vector
+# the browser can compute, the most items an index is written for, its PCA dimensions and
+# how many items the PCA is fitted on (evenly spaced ids).
+QUERY_KINDS = ("pixels", "raw")
+QUERY_MAX_ITEMS = 125_000  # 16 MB of codes at 128 dimensions
+QUERY_COMPONENTS = 128
+QUERY_FIT_ITEMS = 20_000
+# The decode's constants the browser repeats (static/js/query_vector.js). The read side
+# does not import mosaic.pipeline; tests/test_publish_query.py checks they are its values:
+# thumbnail.DIRECT_DECODE_PIXELS, DEFAULT_MAX_PIXELS, embed.PIXELS_SIDE == RAW_SIDE,
+# VGG_INPUT_SIZE (the model input that widens the decode's box) and MODEL_KINDS.
+QUERY_DECODE = {"direct_decode_pixels": 512 * 512, "max_pixels": 40_000 * 40_000, "side": 16,
+                "model_size": 224, "model_kinds": ("vgg16", "clip")}
 _BATCH = int(np.lcm(TITLE_SHARD, ITEM_SHARD)) * 16  # items written per batch: whole shards
 
 
 def write_site(directory: str | os.PathLike, site: str | os.PathLike,
                static: str | os.PathLike, *, thumbnails: bool = True,
                neighbors: bool = True, num_chunk: int = NUM_CHUNK,
-               text_shard_bytes: int = TEXT_SHARD_BYTES) -> dict[str, int]:
+               text_shard_bytes: int = TEXT_SHARD_BYTES,
+               query_max_items: int = QUERY_MAX_ITEMS) -> dict[str, int]:
     """Write the static site of the bundle ``directory`` into ``site`` (created; files
     already there are replaced) with the viewer from ``static`` (the repository's
     static/ folder, OpenSeadragon installed by npm). Returns bytes written per part.
 
     ``num_chunk`` and ``text_shard_bytes`` size the search index's files (see
     write_search_index); the viewer reads the cuts from ``facets.json``, so any sizes
-    give the same answers (tests publish a small bundle into many shards)."""
+    give the same answers (tests publish a small bundle into many shards).
+    ``query_max_items``: the most items a query-by-example index is written for."""
     site, static = Path(site), Path(static)
     bundle = Bundle.open(directory)
     osd = static / "node_modules" / "openseadragon" / "build" / "openseadragon"
@@ -88,7 +104,8 @@ def write_site(directory: str | os.PathLike, site: str | os.PathLike,
         sizes["thumbs"] = write_thumbnails(bundle, data)
     if neighbors:
         sizes["knn"] = write_neighbors(bundle, data)
-    sizes["collection"] = write_collection(bundle, data, neighbors=neighbors)
+    sizes["query"], query = write_query_indexes(bundle, data, max_items=query_max_items)
+    sizes["collection"] = write_collection(bundle, data, neighbors=neighbors, query=query)
     return sizes
 
 
@@ -127,10 +144,12 @@ def write_map(bundle: Bundle, data: Path) -> int:
     return total
 
 
-def write_collection(bundle: Bundle | dict, data: Path, *, neighbors: bool = True) -> int:
+def write_collection(bundle: Bundle | dict, data: Path, *, neighbors: bool = True,
+                     query: list[dict] | None = None) -> int:
     """``collection.json``: the server's collection body (``Bundle.collection_document``),
     its addresses the bundle paths the site holds the files at (``write_map``), and what
-    the static viewer needs to read the site's shards."""
+    the static viewer needs to read the site's shards (``query``: the query-by-example
+    indexes, ``write_query_indexes``)."""
     bundle = _model(bundle)
     body = bundle.collection_document(lambda path: path)
     body.update(
@@ -138,7 +157,8 @@ def write_collection(bundle: Bundle | dict, data: Path, *, neighbors: bool = Tru
         export_fields=[*SERVER_EXPORT_FIELDS,
                        *(META_PREFIX + c["name"] for c in bundle.columns)],
         static={"title_shard": TITLE_SHARD, "item_shard": ITEM_SHARD,
-                "thumb_folder": THUMB_FOLDER, "knn_k": KNN_K, "knn_shard": KNN_SHARD})
+                "thumb_folder": THUMB_FOLDER, "knn_k": KNN_K, "knn_shard": KNN_SHARD,
+                "query": query or [], "query_max_items": QUERY_MAX_ITEMS})
     if not neighbors:
         body["embeddings"] = []
     return _write_json(data / "collection.json", body)
@@ -211,6 +231,99 @@ def write_neighbors(bundle: Bundle, data: Path) -> int:
                     distances[offset:offset + KNN_SHARD].astype("<f4").tobytes()
                 total += _put(folder / f"{(start + offset) // KNN_SHARD}.bin", body)
     return total
+
+
+def write_query_indexes(bundle: Bundle, data: Path, *, max_items: int = QUERY_MAX_ITEMS
+                        ) -> tuple[int, list[dict]]:
+    """``query/<e>.json``, ``.f32`` and ``.i8`` for each ``pixels`` or ``raw`` embedding
+    (``e``: its position), when the bundle has at most ``max_items`` items; the bytes and
+    the ``[{embedding, url}]`` the collection lists. Beyond the limit none is written, and
+    a warning says so (the viewer's control stays hidden).
+
+    - ``<e>.json``: the embedding, its kind and scale, the decode the browser repeats
+      (cell size, fit, background, the box the picture is shrunk into, side, limits) and
+      the index's layout (``dim``, ``components`` d, ``n_items``, ``removed`` ids);
+    - ``<e>.f32``: little-endian float32: the mean vector (dim), the d principal axes
+      (d x dim, one per row) and the d quantisation steps;
+    - ``<e>.i8``: every item's projection on the axes divided by the steps, int8 (n x d;
+      a removed item's row is zeros, never a match).
+
+    The PCA is fitted on up to QUERY_FIT_ITEMS evenly spaced items' stored uint8 vectors:
+    their sums and products are exact in float64, so the same bundle gives the same axes
+    and, published again, the same bytes (unchanged files are not rewritten)."""
+    folder = data / "query"
+    entries: list[dict] = []
+    wanted: set[str] = set()
+    total = 0
+    usable = [(e, m) for e, m in enumerate(bundle.embeddings) if m.kind in QUERY_KINDS]
+    n = bundle.counts.items
+    if usable and n > max_items:
+        log.warning("query by example is left out of the site: %s items, over the limit of "
+                    "%s for an index the browser searches", f"{n:,}", f"{max_items:,}")
+        usable = []
+    for e, embedding in usable:
+        meta, model, codes = build_query_index(bundle, embedding)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta["index"].update(model=f"query/{e}.f32", codes=f"query/{e}.i8")
+        total += _put(folder / f"{e}.f32", model) + _put(folder / f"{e}.i8", codes)
+        total += _write_json(folder / f"{e}.json", meta)
+        wanted |= {f"{e}.json", f"{e}.f32", f"{e}.i8"}
+        entries.append({"embedding": embedding.name, "url": f"query/{e}.json"})
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name not in wanted:
+                path.unlink()
+        if not wanted:
+            folder.rmdir()
+    return total, entries
+
+
+def build_query_index(bundle: Bundle, embedding: Embedding,
+                      components: int = QUERY_COMPONENTS) -> tuple[dict, bytes, bytes]:
+    """One embedding's query index (see write_query_indexes): its JSON body, the
+    ``.f32`` bytes and the ``.i8`` bytes."""
+    stored = np.load(bundle.file(embedding.vectors), mmap_mode="r")
+    n, dim = stored.shape
+    removed = bundle.removed_ids()
+    kept = np.setdiff1d(np.arange(n), removed)
+    fit = stored[kept[np.linspace(0, len(kept) - 1, min(len(kept), QUERY_FIT_ITEMS))
+                      .round().astype(np.int64)]] if len(kept) else stored[:0]
+    sample = np.asarray(fit, dtype=np.float64)
+    count = max(len(sample), 1)
+    mean = sample.sum(axis=0) / count
+    covariance = sample.T @ sample / count - np.outer(mean, mean)
+    values, axes = np.linalg.eigh(covariance)
+    d = min(components, dim)
+    axes = axes[:, ::-1][:, :d].T  # (d, dim), largest variance first
+    axes *= np.where(axes[np.arange(d), np.abs(axes).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    mean32, axes32 = mean.astype(np.float32), axes.astype(np.float32)
+    projected = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 8192):
+        block = np.asarray(stored[start:start + 8192], dtype=np.float32)
+        projected[start:start + len(block)] = (block - mean32) @ axes32.T
+    projected[removed] = 0
+    steps = np.abs(projected).max(axis=0) / 127 if n else np.ones(d, np.float32)
+    steps = np.where(steps > 0, steps, 1).astype(np.float32)
+    codes = np.clip(np.rint(projected / steps), -127, 127).astype(np.int8)
+    kinds = {m.kind for m in bundle.embeddings}
+    model_size = QUERY_DECODE["model_size"] if kinds & set(QUERY_DECODE["model_kinds"]) else 0
+    meta = {
+        "embedding": embedding.name, "kind": embedding.kind, "scale": embedding.scale,
+        "metric": embedding.metric,
+        "decode": {"cell_size": bundle.grid.cell_size, "fit": bundle.fit,
+                   "background": list(bundle.background),
+                   "box": max(bundle.grid.cell_size, model_size),
+                   "side": QUERY_DECODE["side"],
+                   "direct_decode_pixels": QUERY_DECODE["direct_decode_pixels"],
+                   "max_pixels": int(bundle.parameters.get("max_pixels")
+                                     or QUERY_DECODE["max_pixels"])},
+        "index": {"dim": int(dim), "components": int(d), "n_items": int(n),
+                  "removed": [int(i) for i in removed], "fitted_on": int(len(sample)),
+                  "variance_kept": float(values[::-1][:d].sum() / max(values.sum(), 1e-12))},
+    }
+    model = mean32.astype("<f4").tobytes() + axes32.astype("<f4").tobytes() + \
+        steps.astype("<f4").tobytes()
+    return meta, model, codes.tobytes()
 
 
 def top_neighbor_blocks(directory: Path, embedding: Embedding, n: int

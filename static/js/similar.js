@@ -2,8 +2,11 @@
 // to the server, which embeds it as the pipeline embedded the collection (in the
 // neighbour strip's embedding). Its nearest items show as a strip and as outlines on
 // the map, and the view flies to the best match; Esc or "Clear" clears them. A
-// published static site has no server to embed the image: the control is hidden.
+// published static site has no server to embed the image: for the `pixels` and `raw`
+// embeddings the browser embeds it and searches the site's compact index
+// (query_index.js, its answer shaped as the server's); without one the control is hidden.
 
+import { similarInSite } from "./query_index.js";
 import { renderStrip } from "./strip.js";
 
 const K = 20;
@@ -17,8 +20,11 @@ export function setupSimilar(app) {
   const map = app.viewer.element;
   let token = 0;
 
-  section.hidden = !app.source.server;
-  if (!app.source.server) return;
+  const inSite = app.collection.static?.query || []; // a published site's indexes
+  section.hidden = !app.source.server && !inSite.length;
+  if (section.hidden) return;
+  const ask = (file) => (app.source.server ? app.source.similar(file, K, app.state.embedding)
+    : similarInSite(app.source, inSite, file, K, app.state.embedding));
 
   function show(text, state) {
     status.textContent = text;
@@ -41,7 +47,7 @@ export function setupSimilar(app) {
     show(`Looking for images like ${file.name || "the image"}…`, "busy");
     let body;
     try {
-      body = await app.source.similar(file, K, app.state.embedding);
+      body = await ask(file);
     } catch (error) {
       if (mine === token) show(`Error: ${error.message}`, "error");
       return;

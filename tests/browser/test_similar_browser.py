@@ -3,8 +3,9 @@
 The viewer served by the app uploads the file to ``POST …/similar``: the strip shows
 the server's answer (an item's own source image finds that item first), the cells
 are outlined on the map and the view flies to the best match; the server's error
-shows in the panel. A published static site has no server: the control is hidden
-and nothing asks /api. Debian chromium through Playwright (tests/browser/conftest.py).
+shows in the panel. A published static site has no server: the browser answers from
+the site's index and nothing asks /api. Debian chromium through Playwright
+(tests/browser/conftest.py).
 """
 
 from __future__ import annotations
@@ -295,19 +296,22 @@ def site(server_bundle):
         yield root + "similar/site/"
 
 
-def test_a_published_site_hides_the_control_and_asks_no_api(browser, site, server_bundle):
+def test_a_published_site_answers_in_the_browser_and_asks_no_api(browser, site,
+                                                                 server_bundle):
+    """The site has no server: the browser embeds the image and searches the site's
+    index (tests/browser/test_query_site_browser.py checks its answers)."""
     page = browser.new_context(viewport=VIEWPORT).new_page()
     problems: list[str] = []
     requests: list[str] = []
     watch(page, problems, requests, [])
     try:
         open_viewer(page, site)
-        assert page.locator("#similar-section").is_hidden()
-        assert page.locator("#similar-file").is_hidden()
+        assert page.locator("#similar-section").is_visible()
         image = next((server_bundle.parent.parent / "images").glob("*.png"))
-        before = view_of(page)
-        # No server to ask: a dropped file is left to the browser, the source refuses.
-        assert not drop_file(page, image.name, "image/png", image.read_bytes())
+        assert drop_file(page, image.name, "image/png", image.read_bytes())
+        page.wait_for_function(
+            f"document.querySelectorAll('#similar .strip-item').length === {K}")
+        # StaticSource itself still has no server to upload to
         refused = page.evaluate("""async () => {
             const { pickSource } = await import("./static/js/source.js");
             try {
@@ -318,9 +322,6 @@ def test_a_published_site_hides_the_control_and_asks_no_api(browser, site, serve
             }
         }""")
         assert "needs the mosaic server" in refused
-        page.wait_for_timeout(500)
-        assert view_of(page) == before
-        assert page.locator("#similar .strip-item").count() == 0
     finally:
         page.context.close()
     assert problems == []
