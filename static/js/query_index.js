@@ -10,7 +10,9 @@ import { decodeFile, queryVector } from "./query_vector.js";
 // Fetched once per page and embedding: {meta, mean, components, scales, codes, norms}.
 const loaded = new WeakMap();
 
-function indexOf(source, entry) {
+// The index of one data/query entry ({embedding, url}), read with `source`'s json() and
+// bytes() (StaticSource's, relative to the site's data/).
+export function loadIndex(source, entry) {
   let byUrl = loaded.get(source);
   if (!byUrl) loaded.set(source, byUrl = new Map());
   if (!byUrl.has(entry.url)) {
@@ -91,7 +93,7 @@ export function queryEntry(entries, embedding) {
 export async function similarInSite(source, entries, file, k, embedding) {
   const entry = queryEntry(entries, embedding);
   if (!entry) throw new Error("this site has no index to find similar images in");
-  const index = await indexOf(source, entry);
+  const index = await loadIndex(source, entry);
   const image = await decodeFile(file, index.meta.decode);
   const vector = queryVector(image, index.meta.kind, index.meta.decode);
   const found = searchIndex(index, vector, k);
