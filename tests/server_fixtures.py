@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,15 @@ def client(server_app):
 @pytest.fixture(scope="session")
 def live_server(server_bundle) -> Iterator[str]:
     """The app on a free loopback port in a thread; yields its base URL."""
-    app = create_app(out_dir=server_bundle.parent)
+    with serving(server_bundle.parent) as url:
+        yield url
+
+
+@contextmanager
+def serving(out_dir: Path) -> Iterator[str]:
+    """The app over the bundles in ``out_dir`` on a free loopback port in a thread, for
+    the ``with`` block; yields its base URL."""
+    app = create_app(out_dir=out_dir)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -29,7 +29,6 @@ from server import create_app
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ROOT / "tests" / "process_hooks"
 CID = "shapes"
-PER_CLASS = 12
 
 
 def run_cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -46,26 +45,10 @@ def assert_one_error_line(result: subprocess.CompletedProcess, contains: str) ->
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """``models/trained`` and ``models/random`` (KerasHub presets), ``pictures/`` (12 per
-    caption, not the training pictures) and two bundles built from them by the CLI:
-    ``output/shapes`` with the trained model, ``output/control`` with the random one."""
-    work = tmp_path_factory.mktemp("clip")
-    backbone, preprocessor = tiny_clip.build(seed=0)
-    tiny_clip.save(backbone, preprocessor, work / "models" / "random")
-    tiny_clip.train(backbone, preprocessor)
-    tiny_clip.save(backbone, preprocessor, work / "models" / "trained")
-    images, captions = tiny_clip.pictures(PER_CLASS, seed=99)
-    (work / "pictures").mkdir()
-    for number, (image, caption) in enumerate(zip(images, captions, strict=True)):
-        name = f"{number:03d}-{caption[2:].replace(' ', '-')}.png"
-        Image.fromarray(image).save(work / "pictures" / name)
-    for cid, model in ((CID, "trained"), ("control", "random")):
-        result = run_cli(work, "pipeline", "--images", "pictures", "--id", cid, "--jobs", "1",
-                         "--cell-size", "32", "--embedding", "clip", "--embedding", "pixels",
-                         "--weights", f"models/{model}")
-        assert result.returncode == 0, result.stderr
-    return work
+def work(clip_work) -> Path:
+    """tests/conftest.py's ``clip_work``: the tiny CLIP models, the pictures and the
+    ``shapes`` (trained) and ``control`` (random weights) bundles."""
+    return clip_work
 
 
 def precision_at_10(work: Path, cid: str) -> dict[str, float]:
