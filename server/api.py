@@ -119,7 +119,7 @@ def similar(cid: str):
     k = _int_arg("k", 20, 1, MAX_K, request.values)
     from mosaic.pipeline.decode import embed_query
 
-    vector = embed_query(upload.read(), bundle.model.manifest, spec.entry)
+    vector = embed_query(upload.read(), bundle.model, spec)
     index = bundle.neighbor_index(name)
     ids, distances = index.query_vector(vector, k)
     return jsonify(ok=True, embedding=name, metric=index.metric, method=index.method, k=k,
@@ -185,7 +185,7 @@ def _search_meaning(bundle: ServedBundle):
         abort(400, description=f"ids must be 'all' or absent, not {want_ids!r}")
     from mosaic.pipeline.decode import embed_text_query
 
-    vector = embed_text_query(text, bundle.model.manifest, spec.entry)
+    vector = embed_text_query(text, bundle.model, spec)
     index = bundle.neighbor_index(name)
     ids, distances = index.query_vector(vector, k)
     body = dict(ok=True, total=len(ids), limit=limit, offset=offset, embedding=name,

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mosaic.bundle import open_vectors, read_manifest
+from mosaic.bundle import Bundle, read_manifest
 from mosaic.cli.similar import FIELDS
 from mosaic.errors import UsageError
 from mosaic.pipeline import decode, thumbnail
@@ -119,21 +119,20 @@ def noise_png(target: Path) -> None:
 def test_every_items_query_vector_is_its_stored_vector(work, sources):
     """Bit for bit, for every item and both pixel embeddings: the stored vectors are
     exact (uint8), so "within the storage rounding" is equality here."""
-    bundle = work / "output" / CID
-    manifest = read_manifest(bundle)
-    for embedding in manifest["embeddings"][:2]:
-        stored = open_vectors(bundle, embedding)[:]
-        queried = np.stack([embed_query(sources[i], manifest, embedding) for i in range(N)])
+    bundle = Bundle.open(work / "output" / CID)
+    for embedding in bundle.embeddings[:2]:
+        stored = bundle.open_vectors(embedding)[:]
+        queried = np.stack([embed_query(sources[i], bundle, embedding) for i in range(N)])
         assert queried.dtype == np.float32 and queried.shape == stored.shape
-        np.testing.assert_array_equal(queried, stored, err_msg=embedding["name"])
+        np.testing.assert_array_equal(queried, stored, err_msg=embedding.name)
 
 
 def test_an_uploads_bytes_decode_as_its_file_does(work, sources):
-    manifest = read_manifest(work / "output" / CID)
+    bundle = Bundle.open(work / "output" / CID)
     for item in QUERIED:
-        for embedding in manifest["embeddings"][:2]:
-            from_path = embed_query(sources[item], manifest, embedding)
-            from_bytes = embed_query(Path(sources[item]).read_bytes(), manifest, embedding)
+        for embedding in bundle.embeddings[:2]:
+            from_path = embed_query(sources[item], bundle, embedding)
+            from_bytes = embed_query(Path(sources[item]).read_bytes(), bundle, embedding)
             np.testing.assert_array_equal(from_bytes, from_path)
 
 
@@ -158,24 +157,26 @@ def test_a_vgg16_query_takes_the_pipelines_model_input_and_rounding(work, source
     manifest = {**manifest, "parameters": {**manifest["parameters"], "weights": str(weights)},
                 "embeddings": [{"name": "vgg16", "kind": "vgg16", "dim": 4096,
                                 "dtype": "float16"}, *manifest["embeddings"]]}
-    options = decode.query_options(manifest)
+    bundle = Bundle.from_manifest(manifest, work / "output" / CID)
+    options = decode.query_options(bundle)
     assert options.kinds == ("vgg16", "pixels", "raw")
     paths = tuple(sources[i] for i in QUERIED)
     chunk = decode_chunk(ChunkTask(0, QUERIED, paths, options))
     for row, path in enumerate(paths):
         for position, name in enumerate(("vgg16", "pixels")):
-            embedding = manifest["embeddings"][position]
+            embedding = bundle.embeddings[position]
             stored = chunk[f"vectors-{name}"][row].astype(np.float32)
-            if embedding.get("scale"):
-                stored *= np.float32(embedding["scale"])
-            np.testing.assert_array_equal(embed_query(path, manifest, embedding), stored)
-    random = {**manifest, "parameters": {**manifest["parameters"], "weights": "none"}}
+            if embedding.scale:
+                stored *= np.float32(embedding.scale)
+            np.testing.assert_array_equal(embed_query(path, bundle, embedding), stored)
+    random = Bundle.from_manifest(
+        {**manifest, "parameters": {**manifest["parameters"], "weights": "none"}})
     with pytest.raises(UsageError, match="random VGG16 weights"):
-        embed_query(paths[0], random, random["embeddings"][0])
+        embed_query(paths[0], random, random.embeddings[0])
 
 
 def test_decode_options_of_a_bundle_are_the_pipelines(work):
-    options = decode.query_options(read_manifest(work / "output" / CID))
+    options = decode.query_options(Bundle.open(work / "output" / CID))
     assert options == DecodeOptions(cell_size=128, fit="fit", background=(255, 255, 255),
                                     max_pixels=40_000 * 40_000, weights="none",
                                     kinds=("pixels", "raw"))

@@ -77,9 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--embedding {name!r}: collection {args.id!r} has "
                          f"{', '.join(bundle.embedding_names) or 'no embeddings'}")
     queries = args.text or args.images
-    vectors = [embed_text_query(text, model.manifest, embedding.entry) for text in args.text] \
-        if args.text else [embed_query(path, model.manifest, embedding.entry)
-                           for path in args.images]
+    vectors = [embed_text_query(text, model, embedding) for text in args.text] \
+        if args.text else [embed_query(path, model, embedding) for path in args.images]
     index = bundle.neighbor_index(name)
     found = [index.query_vector(vector, args.k) for vector in vectors]
     sources = _sources(bundle, sorted({int(i) for ids, _ in found for i in ids}))

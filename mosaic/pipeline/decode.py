@@ -51,7 +51,7 @@ from zipfile import BadZipFile
 import numpy as np
 import pyvips
 
-from mosaic.bundle import encode_cell
+from mosaic.bundle import Bundle, Embedding, encode_cell
 from mosaic.errors import ImageError, MosaicError, UsageError
 from mosaic.pipeline import thumbnail
 from mosaic.pipeline.embed import (
@@ -228,30 +228,28 @@ def _model(kind: str, weights: str) -> Vgg16Embedder | ClipEmbedder:
     return model
 
 
-def embed_text_query(text: str, manifest: dict, embedding: dict) -> np.ndarray:
-    """A text's vector in a bundle's ``clip`` embedding (a ``manifest["embeddings"]``
-    entry): float32 (dim,), unit length, from the text tower of the model that embedded
-    the images (the entry's ``weights``, loaded once per process). A search by meaning
-    ranks the items by their cosine with it (the embedding's angular index).
+def embed_text_query(text: str, bundle: Bundle, embedding: Embedding) -> np.ndarray:
+    """A text's vector in one of a bundle's ``clip`` embeddings: float32 (dim,), unit
+    length, from the text tower of the model that embedded the images (the embedding's
+    ``weights``, loaded once per process). A search by meaning ranks the items by their
+    cosine with it (the embedding's angular index).
 
     UsageError for an empty text or an embedding that has no text tower."""
-    name = embedding.get("name")
-    if embedding.get("kind") != "clip":
-        usable = [e["name"] for e in manifest.get("embeddings", []) if e.get("kind") == "clip"]
+    if embedding.kind != "clip":
+        usable = [e.name for e in bundle.embeddings if e.kind == "clip"]
         raise UsageError(
-            f"embedding {name!r} ({embedding.get('kind')}) has no text tower: a search by "
+            f"embedding {embedding.name!r} ({embedding.kind}) has no text tower: a search by "
             f"meaning needs a clip embedding ({', '.join(usable) or 'this bundle has none'})")
     if not text.strip():
         raise UsageError("the text to search for is empty")
-    weights = embedding.get("weights") or query_options(manifest).weights
+    weights = embedding.weights or query_options(bundle).weights
     return _model("clip", weights).embed_text([text])[0]
 
 
-def embed_query(source: str | os.PathLike | bytes, manifest: dict,
-                embedding: dict) -> np.ndarray:
-    """A new image's vector in one of a bundle's embeddings (a ``manifest["embeddings"]``
-    entry), as the bundle reads its own: float32 (dim,), times the entry's ``scale``
-    (``mosaic.bundle.open_vectors``).
+def embed_query(source: str | os.PathLike | bytes, bundle: Bundle,
+                embedding: Embedding) -> np.ndarray:
+    """A new image's vector in one of a bundle's embeddings, as the bundle reads its own:
+    float32 (dim,), times the embedding's ``scale`` (``Embedding.open_vectors``).
 
     The query goes through the pipeline's own decode (``decode_one`` with the bundle's
     cell size, fit, background, pixel limit and set of pixel embeddings) and vector
@@ -264,16 +262,15 @@ def embed_query(source: str | os.PathLike | bytes, manifest: dict,
     image to skip. Also for an embedding that cannot embed a new image: the user's
     own vectors (``file:``, ``xy:``) or VGG16 with random weights (``--weights none``).
     """
-    name, kind = embedding.get("name"), embedding.get("kind")
+    name, kind = embedding.name, embedding.kind
     if kind not in PIXEL_KINDS:
-        usable = [e["name"] for e in manifest.get("embeddings", [])
-                  if e.get("kind") in PIXEL_KINDS]
+        usable = [e.name for e in bundle.embeddings if e.kind in PIXEL_KINDS]
         raise UsageError(
             f"embedding {name!r} holds vectors given to the pipeline ({kind}:PATH), so a "
             f"new image cannot be embedded in it; use an embedding computed from pixels "
             f"({', '.join(usable) or 'this bundle has none'})")
-    options = query_options(manifest)
-    made_by = (manifest.get("cells") or {}).get("decoder")
+    options = query_options(bundle)
+    made_by = bundle.cells.decoder
     if made_by != thumbnail.DECODER:
         logger.warning("the bundle's images were decoded by decoder %s, this program's is "
                        "%s: an image of the collection may not find itself at distance 0",
@@ -297,34 +294,33 @@ def embed_query(source: str | os.PathLike | bytes, manifest: dict,
     models = {kind: _model(kind, options.weights)} if kind in MODEL_KINDS else None
     stored = image_vectors([vector_inputs(image, (kind,))], (kind,), models)[kind][0]
     vector = stored.astype(np.float32)
-    if embedding.get("scale") is not None:
-        vector *= np.float32(embedding["scale"])
+    if embedding.scale is not None:
+        vector *= np.float32(embedding.scale)
     return vector
 
 
-def query_options(manifest: dict) -> DecodeOptions:
-    """The decode the pipeline ran for a bundle, from its manifest: the grid's cell size
-    and fit, the run's background, pixel limit and weights, and its pixel embeddings."""
-    parameters = manifest.get("parameters") or {}
-    kinds = tuple(e["kind"] for e in manifest.get("embeddings", [])
-                  if e.get("kind") in PIXEL_KINDS)
+def query_options(bundle: Bundle) -> DecodeOptions:
+    """The decode the pipeline ran for a bundle: the grid's cell size and fit, the run's
+    background, pixel limit and weights, and its pixel embeddings."""
+    parameters = bundle.parameters
+    kinds = tuple(e.kind for e in bundle.embeddings if e.kind in PIXEL_KINDS)
     background = parameters.get("background") or (255, 255, 255)
     return DecodeOptions(
-        cell_size=int(manifest["grid"]["cell_size"]), fit=manifest["grid"].get("fit", "fit"),
+        cell_size=bundle.grid.cell_size, fit=bundle.fit,
         background=tuple(int(c) for c in background),
         max_pixels=int(parameters.get("max_pixels") or thumbnail.DEFAULT_MAX_PIXELS),
-        weights=_query_weights(manifest, kinds), kinds=kinds)
+        weights=_query_weights(bundle, kinds), kinds=kinds)
 
 
-def _query_weights(manifest: dict, kinds: tuple[str, ...]) -> str:
-    """The run's ``--weights``; for clip alone, the preset its manifest entry records
-    (an absolute path: the run's own may have been relative to another folder)."""
+def _query_weights(bundle: Bundle, kinds: tuple[str, ...]) -> str:
+    """The run's ``--weights``; for clip alone, the preset its embedding records (an
+    absolute path: the run's own may have been relative to another folder)."""
     if "clip" in kinds and "vgg16" not in kinds:
-        entry = next(e for e in manifest["embeddings"] if e.get("kind") == "clip")
-        if entry.get("weights"):
-            return str(entry["weights"])
+        clip = next(e for e in bundle.embeddings if e.kind == "clip")
+        if clip.weights:
+            return str(clip.weights)
     if set(MODEL_KINDS) & set(kinds):
-        return str((manifest.get("parameters") or {}).get("weights") or "imagenet")
+        return str(bundle.parameters.get("weights") or "imagenet")
     return "none"
 
 

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 from static_host import static_host
 
-from mosaic.bundle import read_manifest
+from mosaic.bundle import Bundle
 from mosaic.pipeline.decode import embed_query
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -155,10 +155,9 @@ def browser_vectors(page, path: Path) -> dict[str, list[int]]:
 
 
 def python_vector(work: Path, path: Path, kind: str) -> np.ndarray:
-    directory = work / "output" / "pics"
-    manifest = read_manifest(directory)
-    entry = next(e for e in manifest["embeddings"] if e["kind"] == kind)
-    return np.rint(embed_query(path, manifest, entry) / entry["scale"]).astype(int)
+    bundle = Bundle.open(work / "output" / "pics")
+    embedding = next(e for e in bundle.embeddings if e.kind == kind)
+    return np.rint(embed_query(path, bundle, embedding) / embedding.scale).astype(int)
 
 
 def test_the_browsers_vector_equals_the_pipelines(page, site, work, sources):
