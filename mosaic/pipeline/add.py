@@ -39,6 +39,7 @@ import os
 import shutil
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,6 @@ from annoy import AnnoyIndex
 
 from mosaic import __version__, knn
 from mosaic.bundle import (
-    Bundle,
     PackedCells,
     layout_entries,
     npy_layout,
@@ -134,7 +134,7 @@ def add_items(directory: Path, inputs: collect.Inputs,
         if not paths:
             generation.finish(directory)
             return _done(result, started)
-        options = query_options(Bundle.from_manifest(manifest, directory))
+        options = query_options(manifest)
         work = directory / ADD_WORK
         key = cache_key(__version__, "add", [collect.display_path(p) for p in paths],
                         [_signature(p) for p in paths], repr(options),
@@ -298,11 +298,14 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
     cells = open_cells(new, {"cells": {**manifest["cells"], "shape": [n_all,
                                                                        *manifest["cells"]["shape"][1:]]}})
     try:
-        similarity, positions, moved = _place_similarity(new, entries[0], neighbours, n_old,
-                                                         cells, manifest, result, reach)
-        for embedding in manifest["embeddings"]:
-            _add_vectors(directory, new, embedding, work, keep, gone,
-                         int(manifest["parameters"].get("random_state", 0)))
+        # The neighbour indexes (annoy builds on one core) are made while the tiles over the
+        # new cells render: they touch different files, and each half waits mostly in C.
+        with ThreadPoolExecutor(1) as pool:
+            vectors_done = pool.submit(_add_all_vectors, directory, new, manifest, work, keep,
+                                       gone)
+            similarity, positions, moved = _place_similarity(
+                directory, new, entries[0], neighbours, n_old, cells, manifest, result, reach)
+            vectors_done.result()
         _insert_rows(directory, new, manifest, paths, sizes, decoded, keep, new_ids,
                      positions, xy, inputs, metadata, moved)
         layouts = [similarity]
@@ -333,6 +336,13 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
     result.added = new_ids.tolist()
 
 
+def _add_all_vectors(directory: Path, new: Path, manifest: dict, work: Path,
+                     keep: np.ndarray, gone: np.ndarray) -> None:
+    for embedding in manifest["embeddings"]:
+        _add_vectors(directory, new, embedding, work, keep, gone,
+                     int(manifest["parameters"].get("random_state", 0)))
+
+
 def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells,
                   keep: np.ndarray) -> None:
     """``cells.pack`` and ``cells.idx`` with the new cells after the old ones (the old
@@ -355,8 +365,8 @@ def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells
                        lambda tmp: np.concatenate([offsets, more]).astype("<u8").tofile(tmp))
 
 
-def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int,
-                      cells: PackedCells, manifest: dict, result: AddResult,
+def _place_similarity(directory: Path, new: Path, entry: dict, neighbours: np.ndarray,
+                      n_old: int, cells: PackedCells, manifest: dict, result: AddResult,
                       reach: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Each new item near the median cell of its nearest items (``place.place_items``),
     the grid grown by rows at the bottom where it is short of free cells; the tiles over
@@ -376,7 +386,7 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     before = positions
     positions = np.concatenate([positions, np.full((n_new, 2), -1, dtype=positions.dtype)])
     changed, moved = place_items(grid, positions, targets, np.arange(n_old, n_old + n_new),
-                                 neighbours, _fit_lists(new, manifest, n_old), reach)
+                                 neighbours, _fit_lists(directory, manifest, n_old), reach)
     moved = np.unique(moved)
     if len(moved):
         far = np.abs(positions[moved] - before[moved]).max(axis=1)
@@ -414,11 +424,11 @@ def _place_similarity(new: Path, entry: dict, neighbours: np.ndarray, n_old: int
     return updated, positions, moved
 
 
-def _fit_lists(new: Path, manifest: dict, n_old: int) -> np.ndarray | None:
+def _fit_lists(directory: Path, manifest: dict, n_old: int) -> np.ndarray | None:
     """int32 (n_old, FIT_K): each existing item's nearest items from the first
-    embedding's stored lists (read in blocks; the lists are not yet merged with the new
-    items), for its fit on the grid; None for a bundle without stored lists."""
-    stored = open_top_neighbors(new, manifest["embeddings"][0])
+    embedding's stored lists of the served generation (read in blocks), for its fit on
+    the grid; None for a bundle without stored lists."""
+    stored = open_top_neighbors(directory, manifest["embeddings"][0])
     if stored is None:
         logger.info("no stored neighbour lists: new items take free cells only")
         return None
