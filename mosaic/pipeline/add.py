@@ -48,6 +48,7 @@ from annoy import AnnoyIndex
 
 from mosaic import __version__, knn
 from mosaic.bundle import (
+    Bundle,
     PackedCells,
     layout_entries,
     npy_layout,
@@ -134,7 +135,7 @@ def add_items(directory: Path, inputs: collect.Inputs,
         if not paths:
             generation.finish(directory)
             return _done(result, started)
-        options = query_options(manifest)
+        options = query_options(Bundle.from_manifest(manifest, directory))
         work = directory / ADD_WORK
         key = cache_key(__version__, "add", [collect.display_path(p) for p in paths],
                         [_signature(p) for p in paths], repr(options),
