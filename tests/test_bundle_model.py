@@ -180,3 +180,34 @@ def test_the_cli_reads_a_bundle_built_with_relative_paths(tmp_path):
     assert poster.returncode == 0, poster.stderr
     record = json.loads((tmp_path / "rel.items.json").read_text())
     assert record["cells"]["stored_px"] == 24 and record["bundle"] == "rel"
+
+
+def test_add_and_remove_store_each_fact_once(tmp_path):
+    """``run.py add`` and ``remove`` write their generation's manifest as the pipeline
+    does: the cell size in ``grid`` (and the command line in ``parameters``) only, the
+    similarity map's facts at the top level only, every layout still read."""
+    import numpy as np
+    from PIL import Image
+
+    write_collection(tmp_path / "pics")
+    built = run_cli(tmp_path, "pipeline", "--images", "pics", "--metadata", "metadata.csv",
+                    "--out", "bundles", "--id", "edit", "--embedding", "raw", "--cell-size",
+                    "24", "--tile-size", "64", "--jobs", "2", "--perplexity", "5",
+                    "--layout", "category:category")
+    assert built.returncode == 0, built.stderr
+    (tmp_path / "new").mkdir()
+    ramp = np.linspace(0, 255, 40 * 30 * 3).reshape(30, 40, 3).astype(np.uint8)
+    Image.fromarray(ramp).save(tmp_path / "new" / "ramp.png")
+    bundle = tmp_path / "bundles" / "edit"
+    before = Bundle.open(bundle)
+    for args in (("add", "--images", "new"), ("remove", "--ids", "0")):
+        done = run_cli(tmp_path, *args, "--id", "edit", "--out", "bundles")
+        assert done.returncode == 0, done.stderr
+        stored = _stored(bundle)
+        assert stored["schema_version"] == SCHEMA_VERSION
+        assert _paths_of(stored, "cell_size") == [("parameters", "cell_size"),
+                                                  ("grid", "cell_size")], args
+        assert set(stored["layouts"][0]) == {"name", "kind", "slug", "labels", "missing"}
+        model = Bundle.open(bundle)
+        assert model.grid.cell_size == 24 and len(model.layouts) == 2
+        assert model.counts.items == before.counts.items + 1

@@ -57,6 +57,7 @@ from mosaic.bundle import (
     open_vectors,
     read_manifest,
     read_regions,
+    stored_manifest,
 )
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import arrange, collect, edit, generation, render, retile
@@ -331,7 +332,7 @@ def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
     updated["overview"] = similarity["overview"]
     updated["layouts"] = layouts
     updated["skipped"] = manifest.get("skipped", []) + result.skipped
-    write_json_atomic(new / "manifest.json", updated)
+    write_json_atomic(new / "manifest.json", stored_manifest(updated))
     generation.exchange(directory, new)
     result.generation += 1
     result.added = new_ids.tolist()
