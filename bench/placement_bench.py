@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,12 @@ from sklearn.decomposition import PCA
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from living_bench import sources  # noqa: E402  (bench/, the script's folder)
+
 from mosaic import quality  # noqa: E402
 from mosaic.bundle import open_vectors, read_manifest  # noqa: E402
 from mosaic.pipeline.place import FIT_K, FreeCells, place_items  # noqa: E402
 from mosaic.pipeline.reduce import PLACE_K  # noqa: E402
-
-
-def sources(bundle: Path) -> dict[str, int]:
-    conn = sqlite3.connect(bundle / "metadata.sqlite")
-    try:
-        return {source: item for item, source in conn.execute("SELECT id, source FROM items")}
-    finally:
-        conn.close()
 
 
 def nearest_free(grid, positions, targets, items, near, lists, reach, cost):
