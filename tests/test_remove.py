@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import pyvips
 from bundle_compare import assert_same_bundle
+from PIL import Image
 from sample_collection import make_collection
 
 from mosaic import SCHEMA_VERSION, knn
@@ -128,6 +129,28 @@ def test_shrink_is_dzsave_exactly(tmp_path):
                                         reader(level))
                 rounded_down += not np.array_equal(floor, whole)
         assert rounded_down > 0
+
+
+def test_a_rewritten_jpeg_tile_decodes_to_libvips_own_pixels(tmp_path):
+    """retile reads and writes JPEG tiles with Pillow (faster); decoded, they are the
+    pixels libvips's own jpegsave and decode give, at qualities on both sides of libvips's
+    switch to full-resolution chroma (Q 90); the same save with chroma always halved (the
+    control) is not, at Q 92."""
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    pixels = np.asarray(pyvips.Image.new_from_array(small).resize(8, kernel="linear")
+                        .numpy(), dtype=np.uint8)[:256, :300]
+    for quality in (75, 85, 92):
+        tiles = {"format": "jpeg", "quality": quality}
+        ours, theirs = tmp_path / f"ours{quality}.jpg", tmp_path / f"theirs{quality}.jpg"
+        retile.write_tile(ours, pixels, tiles)
+        pyvips.Image.new_from_array(pixels).copy(interpretation="srgb").write_to_file(
+            f"{theirs}{retile.tile_options(tiles)[1]}")
+        assert np.array_equal(_tile(ours), _tile(theirs)), quality
+        assert np.array_equal(retile.read_tile(theirs), _tile(theirs)), quality
+    control = tmp_path / "control.jpg"
+    Image.fromarray(pixels).save(control, quality=92, subsampling=2)
+    assert not np.array_equal(_tile(control), _tile(tmp_path / "theirs92.jpg"))
 
 
 def test_tiles_over_finds_every_tile_a_rectangle_touches():
