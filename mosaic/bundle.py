@@ -572,7 +572,8 @@ class Bundle:
     (``open_manifest``); ``Bundle.from_manifest`` types a manifest already in hand.
 
     ``manifest`` is the manifest as a dict with the copies older code indexes filled in
-    (``read_manifest``), for the functions that still take one.
+    (``read_manifest``): the base ``run.py add`` and ``remove`` change into their next
+    generation's manifest (written through ``stored_manifest``).
     """
 
     path: Path
@@ -908,10 +909,10 @@ def layout_record(name: str, kind: str, slug: str, *, n_rows: int, n_cols: int,
     return entry
 
 
-# -- dict-taking readers, for the code not yet on the model ---------------------------
+# -- dict-taking readers, for bench/ and the tests -------------------------------------
 #
-# mosaic/pipeline/add.py, remove.py, edit.py, decode.py and mosaic/duplicates.py (and
-# bench/) still take the manifest as a dict; these wrap the model for them.
+# The product reads the model; the benchmark scripts and tests that build or change
+# manifests as dicts use these wrappers of it.
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest as a dict, with the copies schema 4 kept filled in (see

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--reach must be 0 or more cells")
     directory = bundle_dir(args.out, args.id)
     bundle = Bundle.open(directory)
-    check_addable(bundle.manifest)
+    check_addable(bundle)
     inputs = collect.collect_inputs(args.images)
     if inputs.urls:
         raise UsageError("--images: a list of IIIF URLs cannot be added yet; download the "

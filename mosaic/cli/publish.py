@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mosaic.bundle import DEFAULT_OUT, bundle_dir, read_manifest
+from mosaic.bundle import DEFAULT_OUT, Bundle, bundle_dir
 from mosaic.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from mosaic.publish import site_changes, site_snapshot, write_site
 
     directory = bundle_dir(args.out, args.id)
-    read_manifest(directory)  # BundleNotFound before any writing
+    Bundle.open(directory)  # BundleNotFound before any writing
     site = Path(args.to)
     if site.resolve() == directory.resolve() or directory.resolve() in site.resolve().parents:
         raise UsageError(f"--to {site} is inside the bundle {directory}; choose another folder")

@@ -40,25 +40,14 @@ import shutil
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
 
 from mosaic import __version__, knn
-from mosaic.bundle import (
-    Bundle,
-    PackedCells,
-    layout_entries,
-    npy_layout,
-    open_cells,
-    open_top_neighbors,
-    open_vectors,
-    read_manifest,
-    read_regions,
-    stored_manifest,
-)
+from mosaic.bundle import Bundle, Embedding, Layout, PackedCells, npy_layout, stored_manifest
 from mosaic.errors import MosaicError, UsageError
 from mosaic.pipeline import arrange, collect, edit, generation, render, retile
 from mosaic.pipeline.decode import DONE, compact, open_executor, query_options, run_decode
@@ -95,19 +84,19 @@ class AddResult:
     seconds: float = 0.0
 
 
-def check_addable(manifest: dict) -> None:
+def check_addable(bundle: Bundle) -> None:
     """UsageError where a bundle's vectors or layouts cannot be made for new images
     from their pixels alone (an embedding or layout read from the user's file)."""
-    for embedding in manifest.get("embeddings", []):
-        if embedding.get("kind") not in PIXEL_KINDS:
+    for embedding in bundle.embeddings:
+        if embedding.kind not in PIXEL_KINDS:
             raise UsageError(
-                f"collection {manifest['id']!r} has the embedding {embedding['name']!r}, "
+                f"collection {bundle.id!r} has the embedding {embedding.name!r}, "
                 f"read from a file of vectors: new images cannot be embedded the same way; "
                 f"rebuild it with run.py pipeline")
-    for entry in layout_entries(manifest)[1:]:
-        if entry["kind"] == "xy":
+    for layout in bundle.layouts[1:]:
+        if layout.kind == "xy":
             raise UsageError(
-                f"collection {manifest['id']!r} has the layout {entry['name']!r}, read from "
+                f"collection {bundle.id!r} has the layout {layout.name!r}, read from "
                 f"a file of x, y: new images have no place in it; rebuild it with "
                 f"run.py pipeline")
 
@@ -120,11 +109,11 @@ def add_items(directory: Path, inputs: collect.Inputs,
     ``directory`` (held under its lock) as its next generation; see the module."""
     started = time.perf_counter()
     with bundle_lock(directory):
-        manifest = read_manifest(directory)
-        check_addable(manifest)
-        result = AddResult(directory, generation=int(manifest.get("generation", 1)))
-        _check_columns(manifest, metadata)
-        sources = _sources(directory, manifest)
+        bundle = Bundle.open(directory)
+        check_addable(bundle)
+        result = AddResult(directory, generation=bundle.generation)
+        _check_columns(bundle, metadata)
+        sources = _sources(bundle)
         paths = []
         for path in inputs.paths:
             shown = collect.display_path(os.path.abspath(path))
@@ -136,28 +125,28 @@ def add_items(directory: Path, inputs: collect.Inputs,
         if not paths:
             generation.finish(directory)
             return _done(result, started)
-        options = query_options(Bundle.from_manifest(manifest, directory))
+        options = query_options(bundle)
         work = directory / ADD_WORK
         key = cache_key(__version__, "add", [collect.display_path(p) for p in paths],
                         [_signature(p) for p in paths], repr(options),
-                        manifest.get("cells", {}).get("decoder"))
+                        bundle.cells.decoder)
         with Progress(len(paths), "decode", show_progress) as bar, \
                 open_executor(jobs) as (executor, workers):
             summary = run_decode(paths, options, work, key, executor, workers, bar.update)
         decoded = np.flatnonzero(summary.status == DONE)
         result.skipped = [{"source": collect.display_path(paths[i]),
                            "reason": summary.failures[i]} for i in sorted(summary.failures)]
-        dims = {e["kind"]: int(e["dim"]) for e in manifest["embeddings"]}
+        dims = {e.kind: e.dim for e in bundle.embeddings}
         compact(work, len(paths), len(decoded), work / "cells.pack", work / "cells.idx",
                 {kind: work / f"{kind}.npy" for kind in dims}, dims)
         fresh_cells = PackedCells(work / "cells.pack", work / "cells.idx",
-                                  (len(decoded), *manifest["cells"]["shape"][1:]))
+                                  (len(decoded), *bundle.cells.shape[1:]))
         try:
-            keep = _drop_same_pixels(directory, manifest, decoded, paths, fresh_cells,
-                                     allow_duplicates, result)
+            keep = _drop_same_pixels(bundle, decoded, paths, fresh_cells, allow_duplicates,
+                                     result)
             if len(keep):
-                _add(directory, manifest, paths, summary.sizes, decoded, keep, fresh_cells,
-                     inputs, metadata, result, reach)
+                _add(bundle, paths, summary.sizes, decoded, keep, fresh_cells, inputs, metadata,
+                     result, reach)
         finally:
             fresh_cells.close()
         generation.finish(directory)
@@ -178,42 +167,37 @@ def _signature(path: str) -> list:
         return [type(error).__name__]
 
 
-def _check_columns(manifest: dict, metadata: collect.Metadata | None) -> None:
+def _check_columns(bundle: Bundle, metadata: collect.Metadata | None) -> None:
     """A CSV for new images must not bring columns the collection lacks (they would have
     no kind, no facet and no place in search): UsageError naming them."""
     if metadata is None:
         return
-    known = {c["name"] for c in manifest.get("columns", [])}
+    known = {c["name"] for c in bundle.columns}
     extra = [c for c in metadata.columns if c not in known and c != metadata.filename_column]
     if extra:
-        raise UsageError(f"--metadata has columns collection {manifest['id']!r} lacks: "
+        raise UsageError(f"--metadata has columns collection {bundle.id!r} lacks: "
                          f"{', '.join(extra)} (its columns: {', '.join(sorted(known)) or 'none'})")
 
 
-def _sources(directory: Path, manifest: dict) -> dict[str, int]:
+def _sources(bundle: Bundle) -> dict[str, int]:
     """Each item's source path (as stored) -> its id."""
-    conn = _connect_ro(directory / manifest["files"]["metadata"])
+    conn = bundle.connect()
     try:
         return {source: item for item, source in conn.execute("SELECT id, source FROM items")}
     finally:
         conn.close()
 
 
-def _connect_ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-
-
-def _drop_same_pixels(directory: Path, manifest: dict, decoded: np.ndarray, paths: list[str],
+def _drop_same_pixels(bundle: Bundle, decoded: np.ndarray, paths: list[str],
                       fresh: PackedCells, allow: bool, result: AddResult) -> np.ndarray:
     """The rows of ``fresh`` to add: those whose cell bytes equal no existing item's
     (looked up among its nearest items in the first embedding) nor an earlier new one's."""
     if allow:
         return np.arange(len(decoded))
-    embedding = manifest["embeddings"][0]
-    vectors = open_vectors(directory / ADD_WORK,
-                           {**embedding, "vectors": f"{embedding['kind']}.npy"})
-    nearest = _nearest_existing(directory, manifest, embedding, vectors, 3)
-    cells = open_cells(directory, manifest)
+    embedding = bundle.embeddings[0]
+    vectors = _decoded_vectors(bundle, embedding)
+    nearest = _nearest_existing(bundle, embedding, vectors, 3)
+    cells = bundle.open_cells()
     seen: dict[bytes, int] = {}
     keep = []
     try:
@@ -237,15 +221,21 @@ def _drop_same_pixels(directory: Path, manifest: dict, decoded: np.ndarray, path
     return np.asarray(keep, dtype=np.int64)
 
 
-def _nearest_existing(directory: Path, manifest: dict, embedding: dict, queries, k: int
-                      ) -> np.ndarray:
+def _decoded_vectors(bundle: Bundle, embedding: Embedding):
+    """The new images' vectors of ``embedding`` as decoded (``ADD_WORK``), scaled as the
+    bundle's own."""
+    return replace(embedding, vectors=f"{embedding.kind}.npy").open_vectors(
+        bundle.file(ADD_WORK))
+
+
+def _nearest_existing(bundle: Bundle, embedding: Embedding, queries, k: int) -> np.ndarray:
     """int64 (len(queries), k): each query vector's ``k`` nearest existing items on the
     map (the removed left out), -1 past the end; exact where that is cheap, else the
     bundle's annoy index with its ``search_k``."""
-    existing = open_vectors(directory, embedding)
-    gone = _gone(directory, manifest)
+    existing = bundle.open_vectors(embedding)
+    gone = _gone(bundle)
     out = np.full((len(queries), k), -1, dtype=np.int64)
-    metric = embedding["metric"]
+    metric = embedding.metric
     if knn.exact_is_cheap(len(existing), existing.shape[1], metric):
         matrix = np.asarray(existing[:], dtype=np.float32)
         norms = knn.row_norms(matrix)
@@ -256,128 +246,121 @@ def _nearest_existing(directory: Path, manifest: dict, embedding: dict, queries,
             out[row, :len(found)] = found
         return out
     index = AnnoyIndex(existing.shape[1], metric)
-    index.load(str(directory / embedding["index"]))
+    index.load(str(bundle.file(embedding.index)))
     try:
         for row in range(len(queries)):
             found = index.get_nns_by_vector(np.asarray(queries[row]).tolist(), k,
-                                            search_k=int(embedding.get("search_k", -1)))
+                                            search_k=embedding.search_k)
             out[row, :len(found)] = found
     finally:
         index.unload()
     return out
 
 
-def _gone(directory: Path, manifest: dict) -> np.ndarray:
-    positions = np.load(directory / layout_entries(manifest)[0]["positions"], mmap_mode="r")
-    return np.asarray(positions[:, 0] < 0)
+def _gone(bundle: Bundle) -> np.ndarray:
+    return np.asarray(bundle.read_layout_positions(mmap=True)[:, 0] < 0)
 
 
 # -- the new generation --------------------------------------------------------------
 
 
-def _add(directory: Path, manifest: dict, paths: list[str], sizes: np.ndarray,
-         decoded: np.ndarray,
+def _add(bundle: Bundle, paths: list[str], sizes: np.ndarray, decoded: np.ndarray,
          keep: np.ndarray, fresh: PackedCells, inputs: collect.Inputs,
          metadata: collect.Metadata | None, result: AddResult, reach: int) -> None:
-    n_old = int(manifest["counts"]["items"])
+    directory = bundle.path
+    n_old = bundle.counts.items
     n_new = len(keep)
     n_all = n_old + n_new
     new_ids = np.arange(n_old, n_all)
-    work = directory / ADD_WORK
-    lead = manifest["embeddings"][0]
-    lead_rows = open_vectors(work, {**lead, "vectors": f"{lead['kind']}.npy"})
-    lead_new = np.asarray(lead_rows.read_rows(keep), dtype=np.float32)
-    neighbours = _nearest_existing(directory, manifest, lead, lead_new, PLACE_K)
-    gone = np.concatenate([_gone(directory, manifest), np.zeros(n_new, dtype=bool)])
+    lead = bundle.embeddings[0]
+    lead_new = np.asarray(_decoded_vectors(bundle, lead).read_rows(keep), dtype=np.float32)
+    neighbours = _nearest_existing(bundle, lead, lead_new, PLACE_K)
+    gone = np.concatenate([_gone(bundle), np.zeros(n_new, dtype=bool)])
 
     new = generation.start(directory, skip=("cache",))
-    _append_cells(directory, new, manifest, fresh, keep)
-    entries = layout_entries(manifest)
-    xy = np.load(directory / "layout.npy")
+    _append_cells(bundle, new, fresh, keep)
+    # the layouts' manifest entries, which the next generation's manifest updates
+    entries = bundle.manifest.get("layouts") or [layout.as_entry() for layout in bundle.layouts]
+    xy = np.asarray(bundle.read_layout_xy())
     xy_new = np.array([np.median(xy[row[row >= 0]], axis=0) for row in neighbours])
     xy = np.concatenate([xy, xy_new])
-    edit.save_npy(new / "layout.npy", xy)
-    cells = open_cells(new, {"cells": {**manifest["cells"], "shape": [n_all,
-                                                                       *manifest["cells"]["shape"][1:]]}})
+    edit.save_npy(new / bundle.layout_xy, xy)
+    cells = replace(bundle.cells, shape=(n_all, *bundle.cells.shape[1:])).open(new)
     try:
         # The neighbour indexes (annoy builds on one core) are made while the tiles over the
         # new cells render: they touch different files, and each half waits mostly in C.
         with ThreadPoolExecutor(1) as pool:
-            vectors_done = pool.submit(_add_all_vectors, directory, new, manifest, work, keep,
-                                       gone)
+            vectors_done = pool.submit(_add_all_vectors, bundle, new, keep, gone)
             similarity, positions, moved = _place_similarity(
-                directory, new, entries[0], neighbours, n_old, cells, manifest, result, reach)
+                bundle, new, entries[0], neighbours, n_old, cells, result, reach)
             vectors_done.result()
-        _insert_rows(directory, new, manifest, paths, sizes, decoded, keep, new_ids,
-                     positions, xy, inputs, metadata, moved)
+        _insert_rows(bundle, new, paths, sizes, decoded, keep, new_ids, positions, xy,
+                     inputs, metadata, moved)
         layouts = [similarity]
-        for entry in entries[1:]:
-            layouts.append(_rearrange(new, manifest, entry, xy, gone, cells, result))
+        for layout, entry in zip(bundle.layouts[1:], entries[1:], strict=True):
+            layouts.append(_rearrange(bundle, new, layout, entry, xy, gone, cells, result))
     finally:
         cells.close()
-    updated = dict(manifest)
-    if manifest.get("regions"):
-        updated["regions"] = _join_regions(directory, new, manifest, neighbours, gone, xy,
-                                           positions)
+    # the next generation's manifest: what changed, over the stored facts as read
+    updated = dict(bundle.manifest)
+    if bundle.regions:
+        updated["regions"] = _join_regions(bundle, new, neighbours, gone, xy, positions)
     updated["hotspots"] = [{**spot, "row": int(positions[spot["representative"], 0]),
                             "col": int(positions[spot["representative"], 1])}
-                           for spot in manifest.get("hotspots", [])]
+                           for spot in bundle.hotspots]
     updated["generation"] = result.generation + 1
-    updated["counts"] = {**manifest["counts"], "items": n_all,
-                         "inputs": int(manifest["counts"].get("inputs", n_old)) + len(paths),
-                         "added": int(manifest["counts"].get("added", 0)) + n_new}
-    updated["cells"] = {**manifest["cells"], "shape": [n_all, *manifest["cells"]["shape"][1:]]}
-    updated["grid"] = {**manifest["grid"], "n_rows": similarity["grid"]["n_rows"]}
+    updated["counts"] = {**bundle.counts.entry, "items": n_all,
+                         "inputs": bundle.counts.inputs + len(paths),
+                         "added": bundle.counts.added + n_new}
+    updated["grid"] = {**bundle.manifest["grid"], "n_rows": similarity["grid"]["n_rows"]}
     updated["tiles"] = similarity["tiles"]
     updated["overview"] = similarity["overview"]
     updated["layouts"] = layouts
-    updated["skipped"] = manifest.get("skipped", []) + result.skipped
+    updated["skipped"] = bundle.manifest.get("skipped", []) + result.skipped
     write_json_atomic(new / "manifest.json", stored_manifest(updated))
     generation.exchange(directory, new)
     result.generation += 1
     result.added = new_ids.tolist()
 
 
-def _add_all_vectors(directory: Path, new: Path, manifest: dict, work: Path,
-                     keep: np.ndarray, gone: np.ndarray) -> None:
-    for embedding in manifest["embeddings"]:
-        _add_vectors(directory, new, embedding, work, keep, gone,
-                     int(manifest["parameters"].get("random_state", 0)))
+def _add_all_vectors(bundle: Bundle, new: Path, keep: np.ndarray, gone: np.ndarray) -> None:
+    for embedding in bundle.embeddings:
+        _add_vectors(bundle, new, embedding, keep, gone,
+                     int(bundle.parameters.get("random_state", 0)))
 
 
-def _append_cells(directory: Path, new: Path, manifest: dict, fresh: PackedCells,
-                  keep: np.ndarray) -> None:
+def _append_cells(bundle: Bundle, new: Path, fresh: PackedCells, keep: np.ndarray) -> None:
     """``cells.pack`` and ``cells.idx`` with the new cells after the old ones (the old
     bytes copied in the kernel)."""
-    entry = manifest["cells"]
-    offsets = np.fromfile(directory / entry["index"], dtype="<u8")
+    cells = bundle.cells
+    offsets = np.fromfile(bundle.file(cells.index), dtype="<u8")
     lengths = [len(fresh.read_encoded(int(row))) for row in keep]
     more = offsets[-1] + np.cumsum(np.asarray(lengths, dtype=np.uint64))
 
     def write(tmp: Path) -> None:
-        shutil.copyfile(directory / entry["path"], tmp)
+        shutil.copyfile(bundle.file(cells.path), tmp)
         with open(tmp, "ab") as handle:
             for row in keep:
                 handle.write(fresh.read_encoded(int(row)))
             handle.flush()
             os.fsync(handle.fileno())
 
-    generation.replace(new / entry["path"], write)
-    generation.replace(new / entry["index"],
+    generation.replace(new / cells.path, write)
+    generation.replace(new / cells.index,
                        lambda tmp: np.concatenate([offsets, more]).astype("<u8").tofile(tmp))
 
 
-def _place_similarity(directory: Path, new: Path, entry: dict, neighbours: np.ndarray,
-                      n_old: int, cells: PackedCells, manifest: dict, result: AddResult,
+def _place_similarity(bundle: Bundle, new: Path, entry: dict, neighbours: np.ndarray,
+                      n_old: int, cells: PackedCells, result: AddResult,
                       reach: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Each new item near the median cell of its nearest items (``place.place_items``),
     the grid grown by rows at the bottom where it is short of free cells; the tiles over
-    every changed cell re-rendered. Returns the layout's new entry, the positions and the
-    ids of the existing items that moved."""
-    info = entry["grid"]
-    n_rows, n_cols = int(info["n_rows"]), int(info["n_cols"])
-    grid = np.fromfile(new / entry["grid_file"], dtype="<i4").reshape(n_rows, n_cols)
-    positions = np.load(new / entry["positions"])
+    every changed cell re-rendered. Returns the layout's new manifest ``entry``, the
+    positions and the ids of the existing items that moved."""
+    layout = bundle.similarity
+    n_rows, n_cols = layout.grid.shape
+    grid = np.fromfile(new / layout.grid_file, dtype="<i4").reshape(n_rows, n_cols)
+    positions = layout.read_positions(new)
     n_new = len(neighbours)
     short = n_new - int((grid < 0).sum())
     grown = max(0, math.ceil(short / n_cols))
@@ -388,49 +371,49 @@ def _place_similarity(directory: Path, new: Path, entry: dict, neighbours: np.nd
     before = positions
     positions = np.concatenate([positions, np.full((n_new, 2), -1, dtype=positions.dtype)])
     changed, moved = place_items(grid, positions, targets, np.arange(n_old, n_old + n_new),
-                                 neighbours, _fit_lists(directory, manifest, n_old), reach)
+                                 neighbours, _fit_lists(bundle, n_old), reach)
     moved = np.unique(moved)
     if len(moved):
         far = np.abs(positions[moved] - before[moved]).max(axis=1)
         result.moved_cells = {"median": int(np.median(far)), "max": int(far.max())}
-    edit.save_npy(new / entry["positions"], positions)
-    generation.replace(new / entry["grid_file"], lambda tmp: grid.astype("<i4").tofile(tmp))
-    cell = int(info["cell_size"])
-    tiles_dir = new / Path(entry["tiles"]["dzi"]).parent
-    tiles, on_top = entry["tiles"], 0
+    edit.save_npy(new / layout.positions, positions)
+    generation.replace(new / layout.grid_file, lambda tmp: grid.astype("<i4").tofile(tmp))
+    cell = layout.grid.cell_size
+    tiles_dir = new / Path(layout.tiles.dzi).parent
+    tiles, on_top = dict(layout.tiles.entry), 0
     rects = [(int(c) * cell, int(r) * cell, (int(c) + 1) * cell, (int(r) + 1) * cell)
              for r, c in np.unique(changed, axis=0)]
-    background = tuple(manifest["parameters"].get("background", (255, 255, 255)))
+    background = bundle.background
     if _mostly_dirty(tiles, rects, len(grid) * cell):  # one streamed cut is cheaper
         tiles, overview = render.render_grid(
             cells, positions, len(grid), n_cols, tiles_dir, background,
             int(tiles["tile_size"]), int(tiles["overlap"]), tiles["format"],
             int(tiles["quality"]))
-        tiles["dzi"] = entry["tiles"]["dzi"]
-        result.tiles[entry["name"]] = _tile_count(tiles)
+        tiles["dzi"] = layout.tiles.dzi
+        result.tiles[layout.name] = _tile_count(tiles)
     else:
         if grown:
             tiles, on_top = retile.grow(tiles_dir, tiles, len(grid) * cell)
             rects.append((0, n_rows * cell, n_cols * cell, len(grid) * cell))
-        result.tiles[entry["name"]] = retile.rewrite_tiles(
+        result.tiles[layout.name] = retile.rewrite_tiles(
             tiles_dir / "map_files", tiles, rects, grid, cell, cells, background,
             every_tile_below=on_top)
         overview = render.render_overview(tiles_dir, tiles)
     result.grown_rows = grown
-    result.moved[entry["name"]] = len(moved)
-    generation.replace(new / entry["overview"]["path"],
+    result.moved[layout.name] = len(moved)
+    generation.replace(new / layout.overview.path,
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
-    updated = {**entry, "grid": {**info, "n_rows": len(grid)}, "tiles": tiles,
+    updated = {**entry, "grid": {**entry["grid"], "n_rows": len(grid)}, "tiles": tiles,
                "overview": {**entry["overview"], "width": overview.width,
                             "height": overview.height}}
     return updated, positions, moved
 
 
-def _fit_lists(directory: Path, manifest: dict, n_old: int) -> np.ndarray | None:
+def _fit_lists(bundle: Bundle, n_old: int) -> np.ndarray | None:
     """int32 (n_old, FIT_K): each existing item's nearest items from the first
     embedding's stored lists of the served generation (read in blocks), for its fit on
     the grid; None for a bundle without stored lists."""
-    stored = open_top_neighbors(directory, manifest["embeddings"][0])
+    stored = bundle.open_top_neighbors(bundle.embeddings[0])
     if stored is None:
         logger.info("no stored neighbour lists: new items take free cells only")
         return None
@@ -463,20 +446,20 @@ def _tile_count(tiles: dict) -> int:
         int(tiles["width"]), int(tiles["height"]), int(tiles["levels"])))
 
 
-def _add_vectors(directory: Path, new: Path, embedding: dict, work: Path, keep: np.ndarray,
+def _add_vectors(bundle: Bundle, new: Path, embedding: Embedding, keep: np.ndarray,
                  gone: np.ndarray, random_state: int) -> None:
     """One embedding: the new rows after the old, its annoy index rebuilt, every old
     item's stored list merged with the new items nearer than its last, and the new
     items' own lists."""
-    shape, dtype, offset = npy_layout(directory / embedding["vectors"])
-    added = open_vectors(work, {**embedding, "vectors": f"{embedding['kind']}.npy"})
-    raw = np.load(work / f"{embedding['kind']}.npy", mmap_mode="r")[keep]
+    shape, dtype, offset = npy_layout(bundle.file(embedding.vectors))
+    added = _decoded_vectors(bundle, embedding)
+    raw = np.load(bundle.file(ADD_WORK) / f"{embedding.kind}.npy", mmap_mode="r")[keep]
     n_old, n_all = int(shape[0]), int(shape[0]) + len(keep)
 
     def write(tmp: Path) -> None:
         rows = create_npy_rows(tmp, (n_all, int(shape[1])), dtype)
         rows.close()
-        with open(directory / embedding["vectors"], "rb") as source, open(tmp, "r+b") as target:
+        with open(bundle.file(embedding.vectors), "rb") as source, open(tmp, "r+b") as target:
             target.seek(npy_layout(tmp)[2])
             source.seek(offset)
             shutil.copyfileobj(source, target, 1 << 20)
@@ -484,14 +467,14 @@ def _add_vectors(directory: Path, new: Path, embedding: dict, work: Path, keep: 
             target.flush()
             os.fsync(target.fileno())
 
-    generation.replace(new / embedding["vectors"], write)
-    vectors = open_vectors(new, embedding)
-    metric = embedding["metric"]
-    index = build_annoy(vectors, metric, int(embedding.get("n_trees", 20)), random_state,
+    generation.replace(new / embedding.vectors, write)
+    vectors = embedding.open_vectors(new)
+    metric = embedding.metric
+    index = build_annoy(vectors, metric, int(embedding.entry.get("n_trees", 20)), random_state,
                         skip=gone)
-    generation.replace(new / embedding["index"], lambda tmp: index.save(str(tmp)))
-    stored = open_top_neighbors(directory, embedding)
-    if stored is None:
+    generation.replace(new / embedding.index, lambda tmp: index.save(str(tmp)))
+    stored = bundle.open_top_neighbors(embedding)
+    if stored is None or embedding.top is None:
         index.unload()
         return
     queries = np.asarray(added.read_rows(keep), dtype=np.float32)
@@ -499,7 +482,7 @@ def _add_vectors(directory: Path, new: Path, embedding: dict, work: Path, keep: 
     files = {}
     k = stored[0].shape[1]
     for part, kind in (("ids", np.int32), ("distances", np.float32)):
-        path = new / embedding["top"][part]
+        path = new / getattr(embedding.top, part)
         tmp = path.with_name(f".new.{path.name}")
         files[part] = (tmp, path, create_npy_rows(tmp, (n_all, k), kind))
     block_rows = max(1_024, min(_BLOCK, _PAIRS // max(1, len(keep))))
@@ -513,8 +496,7 @@ def _add_vectors(directory: Path, new: Path, embedding: dict, work: Path, keep: 
         distances[gone[rows]] = np.inf
         files["ids"][2].write_rows(start, ids)
         files["distances"][2].write_rows(start, distances)
-    own = knn.neighbors_of(vectors, index, new_ids, metric, int(embedding.get("search_k", -1)),
-                           k, gone)
+    own = knn.neighbors_of(vectors, index, new_ids, metric, embedding.search_k, k, gone)
     files["ids"][2].write_rows(n_old, own[0])
     files["distances"][2].write_rows(n_old, own[1])
     for tmp, path, rows in files.values():
@@ -526,15 +508,15 @@ def _add_vectors(directory: Path, new: Path, embedding: dict, work: Path, keep: 
     index.unload()
 
 
-def _insert_rows(directory: Path, new: Path, manifest: dict, paths: list[str],
+def _insert_rows(bundle: Bundle, new: Path, paths: list[str],
                  sizes: np.ndarray, decoded: np.ndarray, keep: np.ndarray, new_ids: np.ndarray,
                  positions: np.ndarray, xy: np.ndarray, inputs: collect.Inputs,
                  metadata: collect.Metadata | None, moved: np.ndarray) -> None:
     """The new items' rows in ``metadata.sqlite`` (``metadata.insert_items``, as the
     pipeline writes them) and their facet counts added in; the ``moved`` items' cells."""
-    kinds = {c["name"]: c["kind"] for c in manifest.get("columns", [])}
+    kinds = {c["name"]: c["kind"] for c in bundle.columns}
     match = collect.match_metadata(inputs, metadata) if metadata else None
-    display = manifest.get("display") or {}
+    display = bundle.display
 
     def records():
         for item, row in zip(new_ids.tolist(), keep.tolist()):
@@ -554,7 +536,7 @@ def _insert_rows(directory: Path, new: Path, manifest: dict, paths: list[str],
                 width=int(width), height=int(height), metadata=values or None)
 
     def write(tmp: Path) -> None:
-        shutil.copyfile(directory / manifest["files"]["metadata"], tmp)
+        shutil.copyfile(bundle.file(bundle.metadata), tmp)
         conn = sqlite3.connect(tmp)
         try:
             counts = insert_items(conn, records(), kinds)
@@ -572,39 +554,39 @@ def _insert_rows(directory: Path, new: Path, manifest: dict, paths: list[str],
         finally:
             conn.close()
 
-    generation.replace(new / manifest["files"]["metadata"], write)
+    generation.replace(new / bundle.metadata, write)
 
 
-def _rearrange(new: Path, manifest: dict, entry: dict, xy: np.ndarray, gone: np.ndarray,
-               cells: PackedCells, result: AddResult) -> dict:
-    """A metadata layout arranged again over every item on the map and rendered whole."""
-    columns = entry["column"] if isinstance(entry["column"], list) else [entry["column"]]
-    raw = edit.column_values(new, manifest, columns, len(xy))
+def _rearrange(bundle: Bundle, new: Path, layout: Layout, entry: dict, xy: np.ndarray,
+               gone: np.ndarray, cells: PackedCells, result: AddResult) -> dict:
+    """A metadata layout arranged again over every item on the map and rendered whole;
+    its new manifest ``entry``."""
+    columns = layout.column if isinstance(layout.column, list) else [layout.column]
+    raw = edit.column_values(new, bundle, columns, len(xy))
     present = np.flatnonzero(~gone)
     spec_values = [[raw[c][i] for i in present] for c in columns]
-    values = arrange.layout_values(entry["kind"], spec_values)
+    values = arrange.layout_values(layout.kind, spec_values)
     arrange_kind = {"date": arrange.arrange_date, "category": arrange.arrange_category,
-                    "geo": arrange.arrange_geo}[entry["kind"]]
+                    "geo": arrange.arrange_geo}[layout.kind]
     placed, (n_rows, n_cols), labels = arrange_kind(values, xy[present])
-    old = np.load(new / entry["positions"])
+    old = layout.read_positions(new)
     positions = np.full((len(xy), 2), -1, dtype=np.int32)
     positions[present] = placed
-    result.moved[entry["name"]] = int((old[present[present < len(old)]]
+    result.moved[layout.name] = int((old[present[present < len(old)]]
                                        != positions[present[present < len(old)]]).any(1).sum())
-    edit.save_npy(new / entry["positions"], positions)
+    edit.save_npy(new / layout.positions, positions)
     grid = np.full(n_rows * n_cols, -1, dtype="<i4")
     grid[placed[:, 0] * n_cols + placed[:, 1]] = present
-    generation.replace(new / entry["grid_file"], lambda tmp: grid.tofile(tmp))
-    parameters = manifest["parameters"]
-    tiles_dir = new / Path(entry["tiles"]["dzi"]).parent
+    generation.replace(new / layout.grid_file, lambda tmp: grid.tofile(tmp))
+    stored = layout.tiles
+    tiles_dir = new / Path(stored.dzi).parent
     tiles, overview = render.render_grid(
-        cells, positions, n_rows, n_cols, tiles_dir,
-        tuple(parameters.get("background", (255, 255, 255))), int(entry["tiles"]["tile_size"]),
-        int(entry["tiles"]["overlap"]), entry["tiles"]["format"], int(entry["tiles"]["quality"]))
-    tiles["dzi"] = entry["tiles"]["dzi"]
-    generation.replace(new / entry["overview"]["path"],
+        cells, positions, n_rows, n_cols, tiles_dir, bundle.background, stored.tile_size,
+        stored.overlap, stored.format, int(stored.entry["quality"]))
+    tiles["dzi"] = stored.dzi
+    generation.replace(new / layout.overview.path,
                        lambda tmp: tmp.write_bytes(overview.jpegsave_buffer(Q=85)))
-    result.tiles[entry["name"]] = _tile_count(tiles)
+    result.tiles[layout.name] = _tile_count(tiles)
     missing = sum(label["count"] for label in labels if label["text"] in arrange.MISSING)
     return {**entry, "grid": {**entry["grid"], "n_rows": n_rows, "n_cols": n_cols},
             "tiles": tiles, "labels": labels, "missing": missing,
@@ -612,14 +594,14 @@ def _rearrange(new: Path, manifest: dict, entry: dict, xy: np.ndarray, gone: np.
                          "height": overview.height}}
 
 
-def _join_regions(directory: Path, new: Path, manifest: dict, neighbours: np.ndarray,
-                  gone: np.ndarray, xy: np.ndarray, positions: np.ndarray) -> dict:
+def _join_regions(bundle: Bundle, new: Path, neighbours: np.ndarray, gone: np.ndarray,
+                  xy: np.ndarray, positions: np.ndarray) -> dict:
     """Each new item into the regions of its nearest item at every level; the regions
     described and labelled again from every item on the map (``edit.relabel_regions``)."""
-    described, ids = read_regions(directory, manifest)
+    described, ids = bundle.read_regions()
     ids = np.asarray(ids)
     first = neighbours[:, 0]
     if (first < 0).any():
         raise MosaicError("a new item has no existing item near it to share regions with")
-    return edit.relabel_regions(new, manifest, np.concatenate([ids, ids[first]]), described,
-                                gone, xy, positions)
+    return edit.relabel_regions(new, bundle, np.concatenate([ids, ids[first]]),
+                                described, gone, xy, positions)

@@ -292,7 +292,7 @@ def _remove_rows(bundle: Bundle, new: Path, todo: np.ndarray) -> None:
 def _relabel_regions(bundle: Bundle, new: Path, gone: np.ndarray) -> dict:
     """The labelled regions over the items left (``edit.relabel_regions``)."""
     described, ids = bundle.read_regions()
-    return edit.relabel_regions(new, bundle.manifest, np.asarray(ids), described, gone,
+    return edit.relabel_regions(new, bundle, np.asarray(ids), described, gone,
                                 bundle.read_layout_xy(), bundle.similarity.read_positions(new))
 
 
