@@ -24,7 +24,6 @@ rebuild places them and 0.007 for the nearest free cell with short pushes,
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from mosaic.errors import MosaicError
 
@@ -133,6 +132,10 @@ class FreeCells:
     free at the start; a cell once taken stays taken: placing only fills free cells)."""
 
     def __init__(self, grid: np.ndarray) -> None:
+        # scipy.spatial (0.2 s to import) here, not at the top: every CLI start imports
+        # this module for --reach's default
+        from scipy.spatial import cKDTree
+
         self.cells = np.argwhere(grid < 0)
         self.tree = cKDTree(self.cells) if len(self.cells) else None
         self.taken = np.zeros(len(self.cells), dtype=bool)
