@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import subprocess
@@ -155,3 +157,35 @@ def test_round_trip_through_a_published_site(server_bundle, tmp_path):
     conn.close()
     assert got == original
     assert {"category", "year"} <= {c["name"] for c in manifest["columns"]}
+
+
+def test_add_takes_a_list_of_iiif_urls(live_server, tmp_path):
+    """``run.py add --images LIST`` of IIIF URLs: downloaded as the pipeline downloads
+    them, each new item with its manifest's label and metadata in the collection's
+    columns; a URL that fails is skipped with its reason; the same list again adds
+    nothing (the same download, already an item)."""
+    lines = [f"{live_server}/iiif/test/items/{i}/manifest.json" for i in range(60)]
+    (tmp_path / "first.txt").write_text("\n".join(lines[:40]) + "\n")
+    (tmp_path / "more.txt").write_text("\n".join(lines[40:] + [f"{live_server}/nope"]) + "\n")
+    built = _pipeline(tmp_path, "--images", "first.txt", "--id", "grow")
+    assert built.returncode == 0, built.stderr
+
+    def add(listing: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "run.py"), "add", "--id", "grow",
+                               "--out", "out", "--images", listing, "--jobs", "2"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    done = add("more.txt")
+    assert done.returncode == 0, done.stderr
+    assert "Added 20 items" in done.stdout and "/nope" in done.stderr  # skipped, with reason
+    exported = subprocess.run([sys.executable, str(ROOT / "run.py"), "export", "--id", "grow",
+                               "--out", "out", "-o", "-"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    rows = [row for row in csv.DictReader(io.StringIO(exported.stdout)) if int(row["id"]) >= 40]
+    served = {json.loads(_get(line))["label"]["none"][0] for line in lines[40:]}
+    assert {row["title"] for row in rows} == served
+    assert all(row["meta.category"] for row in rows) and len(rows) == 20
+    again = add("more.txt")
+    assert again.returncode == 0, again.stderr
+    assert "Nothing added" in again.stdout and "already item" in again.stderr

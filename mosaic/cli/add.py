@@ -18,7 +18,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="folder that holds the bundles")
     parser.add_argument("--images", required=True,
                         help="the new images: a folder (searched recursively), a glob ('**' "
-                             "allowed) or a .txt list of image paths")
+                             "allowed), a .txt list of image paths, or a .txt list of IIIF "
+                             "manifest / image / collection URLs (downloaded; their labels "
+                             "and metadata fill the collection's columns)")
     parser.add_argument("--metadata", help="CSV with one row per new image, with the "
                                            "collection's columns (no others)")
     parser.add_argument("--filename-column", default=None,
@@ -51,9 +53,6 @@ def run(args: argparse.Namespace) -> int:
     bundle = Bundle.open(directory)
     check_addable(bundle)
     inputs = collect.collect_inputs(args.images)
-    if inputs.urls:
-        raise UsageError("--images: a list of IIIF URLs cannot be added yet; download the "
-                         "images, or rebuild with run.py pipeline")
     filename_column = args.filename_column or \
         bundle.parameters.get("filename_column") or "filename"
     metadata = collect.read_metadata(args.metadata, filename_column) if args.metadata else None
@@ -61,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
                        jobs=args.jobs or os.cpu_count() or 1,
                        reach=args.reach,
                        show_progress=args.progress)
+    if result.dropped_columns:
+        print(f"note: the IIIF metadata {', '.join(result.dropped_columns)} has no column in "
+              f"collection {args.id!r} and was not added", file=sys.stderr)
     for kind, found in (("not added", result.duplicates), ("skipped", result.skipped)):
         for entry in found[:20]:
             print(f"{kind}: {entry['source']}: {entry['reason']}", file=sys.stderr)

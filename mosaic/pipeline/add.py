@@ -49,7 +49,7 @@ from annoy import AnnoyIndex
 from mosaic import __version__, knn
 from mosaic.bundle import Bundle, Embedding, Layout, PackedCells, npy_layout, stored_manifest
 from mosaic.errors import MosaicError, UsageError
-from mosaic.pipeline import arrange, collect, edit, generation, render, retile
+from mosaic.pipeline import arrange, collect, edit, generation, iiif_in, render, retile
 from mosaic.pipeline.decode import DONE, compact, open_executor, query_options, run_decode
 from mosaic.pipeline.embed import PIXEL_KINDS
 from mosaic.pipeline.index import build_annoy
@@ -62,6 +62,7 @@ from mosaic.progress import Progress
 logger = logging.getLogger(__name__)
 
 ADD_WORK = "cache/add-work"
+ADD_IIIF = "cache/add-iiif"  # the new images of a list of IIIF URLs, downloaded
 _BLOCK = 65_536  # existing rows of a neighbour list handled at a time
 _PAIRS = 16_000_000  # at most this many (existing, new) distances in memory at once
 # Past this share of the deepest level's tiles changed, the pyramid is cut again whole
@@ -81,6 +82,8 @@ class AddResult:
     moved: dict[str, int] = field(default_factory=dict)  # layout -> existing items moved
     # similarity: how far (cells, Chebyshev) the moved items went: {"median", "max"}
     moved_cells: dict[str, int] = field(default_factory=dict)
+    # IIIF metadata labels of the new images that the collection has no column for
+    dropped_columns: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -112,6 +115,8 @@ def add_items(directory: Path, inputs: collect.Inputs,
         bundle = Bundle.open(directory)
         check_addable(bundle)
         result = AddResult(directory, generation=bundle.generation)
+        if inputs.urls:
+            inputs, metadata = _fetch_iiif(bundle, inputs, metadata, result)
         _check_columns(bundle, metadata)
         sources = _sources(bundle)
         paths = []
@@ -134,7 +139,7 @@ def add_items(directory: Path, inputs: collect.Inputs,
                 open_executor(jobs) as (executor, workers):
             summary = run_decode(paths, options, work, key, executor, workers, bar.update)
         decoded = np.flatnonzero(summary.status == DONE)
-        result.skipped = [{"source": collect.display_path(paths[i]),
+        result.skipped += [{"source": collect.display_path(paths[i]),
                            "reason": summary.failures[i]} for i in sorted(summary.failures)]
         dims = {e.kind: e.dim for e in bundle.embeddings}
         compact(work, len(paths), len(decoded), work / "cells.pack", work / "cells.idx",
@@ -152,6 +157,26 @@ def add_items(directory: Path, inputs: collect.Inputs,
         generation.finish(directory)
         shutil.rmtree(work, ignore_errors=True)
     return _done(result, started)
+
+
+def _fetch_iiif(bundle: Bundle, inputs: collect.Inputs, metadata: collect.Metadata | None,
+                result: AddResult) -> tuple[collect.Inputs, collect.Metadata]:
+    """A list of IIIF URLs, downloaded as the pipeline downloads one (``iiif_in``) into
+    ``ADD_IIIF`` (a killed run fetches only what it lacks), with the metadata the
+    manifests carry, kept to the collection's columns (the others named in
+    ``result.dropped_columns``); failures go to ``result.skipped``."""
+    if metadata is not None:
+        raise UsageError("--metadata: a list of IIIF URLs brings its own metadata (each "
+                         "manifest's label and metadata pairs); leave --metadata out")
+    fetched, metadata, failed = iiif_in.fetch_inputs(
+        inputs.urls, bundle.file(ADD_IIIF),
+        iiif_in.model_size(bundle.grid.cell_size, [e.kind for e in bundle.embeddings]))
+    result.skipped.extend(failed)
+    known = {c["name"] for c in bundle.columns} | {metadata.filename_column}
+    result.dropped_columns = [c for c in metadata.columns if c not in known]
+    kept = [c for c in metadata.columns if c in known]
+    return fetched, replace(metadata, columns=kept,
+                            rows=[{c: row[c] for c in kept} for row in metadata.rows])
 
 
 def _done(result: AddResult, started: float) -> AddResult:
