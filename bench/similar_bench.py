@@ -50,10 +50,11 @@ def route(args) -> dict:
     url = f"/api/collections/{args.id}/similar"
     whole = []
     for number, path in enumerate(paths):
-        begin = time.perf_counter()
-        response = client.post(url, data={"image": (open(path, "rb"), Path(path).name),
-                                          "k": "20"}, content_type="multipart/form-data")
-        elapsed = time.perf_counter() - begin
+        with open(path, "rb") as handle:
+            begin = time.perf_counter()
+            response = client.post(url, data={"image": (handle, Path(path).name), "k": "20"},
+                                   content_type="multipart/form-data")
+            elapsed = time.perf_counter() - begin
         assert response.status_code == 200, response.get_json()
         if number:  # the first loads the index and warms the worker
             whole.append(elapsed)

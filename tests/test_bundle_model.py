@@ -155,16 +155,25 @@ def test_a_layout_outside_the_bundle_is_a_usage_error(server_bundle):
     assert bundle.layout_by_slug("nope") is None
 
 
-def test_the_cli_reads_a_bundle_built_with_relative_paths(tmp_path):
-    """``pipeline`` with a relative image folder and output folder, then the readers as
-    subprocesses from the same folder: every path they open is the bundle's own."""
-    write_collection(tmp_path / "pics")
-    built = run_cli(tmp_path, "pipeline", "--images", "pics", "--metadata", "metadata.csv",
+@pytest.fixture(scope="module")
+def relative(tmp_path_factory) -> Path:
+    """A folder with ``pics/`` and the bundle ``bundles/rel`` that ``pipeline`` built
+    from it with relative paths (24-px cells, a category layout)."""
+    work = tmp_path_factory.mktemp("relative")
+    write_collection(work / "pics")
+    built = run_cli(work, "pipeline", "--images", "pics", "--metadata", "metadata.csv",
                     "--out", "bundles", "--id", "rel", "--embedding", "raw", "--cell-size",
                     "24", "--tile-size", "64", "--jobs", "2", "--perplexity", "5",
                     "--layout", "category:category")
     assert built.returncode == 0, built.stderr
     assert "at 24 px" in built.stdout
+    return work
+
+
+def test_the_cli_reads_a_bundle_built_with_relative_paths(relative, tmp_path):
+    """``pipeline`` with a relative image folder and output folder, then the readers as
+    subprocesses from the same folder: every path they open is the bundle's own."""
+    shutil.copytree(relative, tmp_path, dirs_exist_ok=True)
     bundle = Bundle.open(tmp_path / "bundles" / "rel")
     assert bundle.grid.cell_size == 24 and len(bundle.layouts) == 2
     shown = run_cli(tmp_path, "info", "--id", "rel", "--out", "bundles")
@@ -182,26 +191,21 @@ def test_the_cli_reads_a_bundle_built_with_relative_paths(tmp_path):
     assert record["cells"]["stored_px"] == 24 and record["bundle"] == "rel"
 
 
-def test_add_and_remove_store_each_fact_once(tmp_path):
+def test_add_and_remove_store_each_fact_once(relative, tmp_path):
     """``run.py add`` and ``remove`` write their generation's manifest as the pipeline
     does: the cell size in ``grid`` (and the command line in ``parameters``) only, the
     similarity map's facts at the top level only, every layout still read."""
     import numpy as np
     from PIL import Image
 
-    write_collection(tmp_path / "pics")
-    built = run_cli(tmp_path, "pipeline", "--images", "pics", "--metadata", "metadata.csv",
-                    "--out", "bundles", "--id", "edit", "--embedding", "raw", "--cell-size",
-                    "24", "--tile-size", "64", "--jobs", "2", "--perplexity", "5",
-                    "--layout", "category:category")
-    assert built.returncode == 0, built.stderr
+    shutil.copytree(relative, tmp_path, dirs_exist_ok=True)
     (tmp_path / "new").mkdir()
     ramp = np.linspace(0, 255, 40 * 30 * 3).reshape(30, 40, 3).astype(np.uint8)
     Image.fromarray(ramp).save(tmp_path / "new" / "ramp.png")
-    bundle = tmp_path / "bundles" / "edit"
+    bundle = tmp_path / "bundles" / "rel"
     before = Bundle.open(bundle)
     for args in (("add", "--images", "new"), ("remove", "--ids", "0")):
-        done = run_cli(tmp_path, *args, "--id", "edit", "--out", "bundles")
+        done = run_cli(tmp_path, *args, "--id", "rel", "--out", "bundles")
         assert done.returncode == 0, done.stderr
         stored = _stored(bundle)
         assert stored["schema_version"] == SCHEMA_VERSION

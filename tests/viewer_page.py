@@ -7,6 +7,21 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 
+def watch(page, problems: list[str], site: str | None = None, deny_api: bool = False) -> None:
+    """Record in ``problems`` every console error and page error of ``page``, and, with
+    ``site``, every request that leaves it (``blob:`` and ``data:`` URLs aside) or, with
+    ``deny_api``, asks a server's ``/api``: a test asserts ``problems == []`` at the end."""
+    def request(r) -> None:
+        if site is not None and not r.url.startswith((site, "blob:", "data:")) or \
+                deny_api and "/api/" in urlsplit(r.url).path + "/":
+            problems.append(f"request: {r.url}")
+
+    page.on("console", lambda m: problems.append(f"console: {m.text}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("request", request)
+
+
 def view_of(page) -> tuple[float, float, float]:
     params = parse_qs(urlsplit(page.url).fragment)
     x, y, zoom = (float(v) for v in params["view"][0].split(","))

@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 from server_fixtures import serving
+from viewer_page import watch
 
 pytest_plugins = ["server_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -27,8 +28,7 @@ CAPTION = "a red circle"
 def open_page(browser, base: str, url: str, problems: list[str]):
     context = browser.new_context(viewport=VIEWPORT, base_url=base)
     page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-    page.on("pageerror", lambda e: problems.append(str(e)))
+    watch(page, problems)
     page.goto(url)
     page.wait_for_selector("#viewer[data-fully-loaded=true]", timeout=30_000)
     return context, page

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 from static_host import static_host
-from viewer_page import cell_centre, overlay_alpha, view_of
+from viewer_page import cell_centre, overlay_alpha, view_of, watch
 
 pytest_plugins = ["server_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -50,12 +50,7 @@ def page(browser, site):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console: {m.text}")
-            if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("request", lambda r: problems.append(f"request: {r.url}")
-            if "/api/" in urlsplit(r.url).path + "/"
-            or not r.url.startswith((site, "blob:", "data:")) else None)
+    watch(page, problems, site, deny_api=True)
     yield page
     context.close()
     assert problems == []

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from static_host import static_host
+from viewer_page import watch
 
 from mosaic.bundle import Bundle
 from mosaic.pipeline.decode import embed_query
@@ -124,11 +125,7 @@ def page(browser, site):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console: {m.text}")
-            if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("request", lambda r: problems.append(f"request: {r.url}")
-            if not r.url.startswith((site, "blob:", "data:")) else None)
+    watch(page, problems, site)
     yield page
     context.close()
     assert problems == []
