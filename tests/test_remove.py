@@ -30,6 +30,7 @@ import kill_points
 import numpy as np
 import pytest
 import pyvips
+from annoy import AnnoyIndex
 from bundle_compare import assert_same_bundle
 from PIL import Image
 from sample_collection import make_collection
@@ -37,6 +38,7 @@ from sample_collection import make_collection
 from mosaic import SCHEMA_VERSION, knn
 from mosaic.bundle import open_cells, read_manifest, read_regions
 from mosaic.pipeline import render, retile
+from mosaic.pipeline.index import build_annoy, drop_items
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -177,6 +179,35 @@ def test_drop_neighbors_keeps_order_and_pads():
 # -- the command -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "angular"])
+def test_drop_items_takes_them_out_of_an_annoy_index(tmp_path, metric):
+    vectors = np.random.default_rng(3).random((3_000, 24)).astype(np.float32)
+    built = build_annoy(vectors, metric, n_trees=8)
+    built.save(str(tmp_path / "a.ann"))
+    built.unload()
+    gone = np.array([0, 5, 17, 2_000, 2_999])
+    assert drop_items(tmp_path / "a.ann", tmp_path / "b.ann", gone, vectors[gone], metric)
+    before, after = AnnoyIndex(24, metric), AnnoyIndex(24, metric)
+    before.load(str(tmp_path / "a.ann"))
+    after.load(str(tmp_path / "b.ann"))
+    for item in gone.tolist():  # never found, even searching from their own vectors
+        assert not set(after.get_nns_by_vector(vectors[item].tolist(), 50, search_k=-1)) \
+            & set(gone.tolist())
+        assert not any(after.get_item_vector(item))
+        assert vectors[item].tobytes() not in (tmp_path / "b.ann").read_bytes()
+    for item in range(1, 3_000, 37):  # the others answer as before, less the dropped
+        if item in gone:
+            continue
+        old = [j for j in before.get_nns_by_item(item, 20, search_k=400) if j not in gone]
+        assert after.get_nns_by_item(item, 20, search_k=400)[:len(old)] == old
+    # dropping them again is a no-op; vectors that are not the index's are refused
+    assert drop_items(tmp_path / "b.ann", tmp_path / "c.ann", gone, vectors[gone] * 0, metric)
+    assert (tmp_path / "c.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
+    assert not drop_items(tmp_path / "a.ann", tmp_path / "d.ann", gone, vectors[gone] + 1,
+                          metric)
+    assert not (tmp_path / "d.ann").exists()
+
+
 def test_remove_takes_items_out_of_everything(work):
     bundle = work / "output" / "c"
     before = read_manifest(bundle)
@@ -184,6 +215,7 @@ def test_remove_takes_items_out_of_everything(work):
         removed_cells = {i: cells.read_encoded(i) for i in REMOVED}
         kept_cells = {i: cells.read_encoded(i) for i in range(36) if i not in REMOVED}
     old_top = np.load(bundle / before["embeddings"][0]["top"]["ids"])
+    old_vectors = np.load(bundle / before["embeddings"][0]["vectors"])
     old_grids = {e["name"]: np.fromfile(bundle / e["grid_file"], dtype="<i4")
                  for e in before["layouts"]}
     old_tiles = _all_bytes(bundle / "tiles")
@@ -245,6 +277,13 @@ def test_remove_takes_items_out_of_everything(work):
             assert not set(index.get_nns_by_item(item, 36)) & set(REMOVED)
     vectors = np.load(bundle / embedding["vectors"])
     assert not vectors[REMOVED].any() and vectors[[0, 1, 2]].any()
+    # the index holds no copy of their vectors (annoy stores float32 rows)
+    assert not any(index.get_item_vector(item)[:8] != [0.0] * 8 for item in REMOVED)
+    annoy_bytes = (bundle / embedding["index"]).read_bytes()
+    for item in REMOVED:
+        row = np.asarray(old_vectors[item], dtype=np.float32) * np.float32(
+            embedding.get("scale") or 1.0)
+        assert row.tobytes()[:64] not in annoy_bytes
 
     # tiles: only those over the removed cells changed, and they equal a full re-cut
     new_tiles = _all_bytes(bundle / "tiles")

@@ -6,6 +6,10 @@ with the ``search_k`` that this module picks by measuring recall.
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 from annoy import AnnoyIndex
 
@@ -16,6 +20,10 @@ RECALL_K = 20
 RECALL_SAMPLE = 200
 SEARCH_K_CANDIDATES = (-1, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 ADD_BLOCK = 4_096
+# Where an item's vector starts in its node of an annoy file (annoy 1.17: int32
+# n_descendants, then int32 children[2], then for euclidean and manhattan a float offset;
+# then the float32 vector). Nodes 0..n_items-1 are the items, in id order.
+_VECTOR_OFFSET = {"angular": 12, "euclidean": 16, "manhattan": 16}
 
 
 def build_annoy(vectors: np.ndarray, metric: str, n_trees: int = 20,
@@ -62,3 +70,48 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
         if recall >= RECALL_TARGET:
             return search_k, recall
     return SEARCH_K_CANDIDATES[-1], recall
+
+
+def drop_items(source: Path, target: Path, ids: np.ndarray, vectors: np.ndarray,
+               metric: str) -> bool:
+    """Write ``target``: the annoy index ``source`` with the items ``ids`` taken out,
+    without building it again (seconds at 1M instead of minutes).
+
+    Each item's node is zeroed, vector and all, as annoy leaves an id it was never
+    given: a zeroed node has no descendants, so annoy never returns it (its search
+    keeps only nodes with exactly one), and nothing of its vector stays in the file.
+    The trees' split planes are left as they were; they are means over more than a
+    leaf's worth of items. ``vectors`` (len(ids), dim) are the items' stored vectors:
+    each node must hold them before it is zeroed, or nothing is written and False is
+    returned (a file layout this function does not know: build the index again).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    offset = _VECTOR_OFFSET.get(metric)
+    if offset is None or not len(ids):
+        return offset is not None
+    dim = vectors.shape[1]
+    node = offset + 4 * dim
+    index = AnnoyIndex(dim, metric)
+    index.load(str(source))
+    n_items = index.get_n_items()
+    index.unload()
+    if source.stat().st_size % node:
+        return False
+    inside = ids < n_items  # ids above the last one annoy was given have no node
+    ids, vectors = ids[inside], vectors[inside]
+    with open(source, "rb") as handle:
+        for item, vector in zip(ids.tolist(), vectors):
+            stored = os.pread(handle.fileno(), node, item * node)
+            held = int.from_bytes(stored[:4], "little") == 1 \
+                and stored[offset:] == vector.tobytes()
+            if not (held or not any(stored)):  # an item's node, or one zeroed before
+                return False
+    temporary = target.with_name(f".drop.{target.name}")
+    shutil.copyfile(source, temporary)
+    with open(temporary, "r+b") as handle:
+        for item in ids.tolist():
+            os.pwrite(handle.fileno(), bytes(node), item * node)
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    return True

@@ -4,7 +4,7 @@ The removed items keep their ids (no other id changes) and leave no trace a
 reader can show: their cells are emptied on every layout's grid (``positions``
 ``(-1, -1)``, ``-1`` in ``grid.i32``) and in every tile at every level and the
 overviews; their cell in ``cells.pack`` becomes a blank one; their vectors are
-zeroed and the annoy indexes rebuilt without them; they leave every other
+zeroed, in the vector files and the annoy indexes; they leave every other
 item's stored neighbour lists; their rows leave ``metadata.sqlite`` (search,
 facet counts, exports, IIIF), written with ``secure_delete`` and vacuumed so no
 page keeps their text. Only the tiles over their cells are rendered again
@@ -28,7 +28,7 @@ from mosaic import duplicates, knn
 from mosaic.bundle import Bundle, Embedding, Layout, encode_cell, npy_layout, stored_manifest
 from mosaic.errors import UsageError
 from mosaic.pipeline import edit, generation, render, retile
-from mosaic.pipeline.index import build_annoy
+from mosaic.pipeline.index import build_annoy, drop_items
 from mosaic.pipeline.metadata import COUNTED_KINDS, TAGS_TABLE, split_tags
 from mosaic.pipeline.store import bundle_lock, create_npy_rows, write_json_atomic
 from mosaic.store import sql_names
@@ -204,8 +204,9 @@ def _empty_cells(new: Path, layout: Layout, todo: np.ndarray, cells, background)
 
 def _remove_vectors(bundle: Bundle, new: Path, embedding: Embedding, gone: np.ndarray,
                     random_state: int) -> None:
-    """Zero the removed items' vectors, rebuild the annoy index without them, and
-    take them out of every stored neighbour list."""
+    """Zero the removed items' vectors, take them out of the annoy index (their nodes
+    zeroed: ``index.drop_items``; built again without them where that cannot be done)
+    and out of every stored neighbour list."""
     def zero(tmp: Path) -> None:
         shutil.copyfile(bundle.file(embedding.vectors), tmp)
         shape, dtype, offset = npy_layout(tmp)
@@ -215,12 +216,15 @@ def _remove_vectors(bundle: Bundle, new: Path, embedding: Embedding, gone: np.nd
                 os.pwrite(handle.fileno(), bytes(row * (stop - start)), offset + start * row)
             os.fsync(handle.fileno())
 
+    taken = np.flatnonzero(gone)
+    held = embedding.open_vectors(bundle.path).read_rows(taken)
     generation.replace(new / embedding.vectors, zero)
-    vectors = embedding.open_vectors(new)
-    index = build_annoy(vectors, embedding.metric, int(embedding.entry.get("n_trees", 20)),
-                        random_state, skip=gone)
-    generation.replace(new / embedding.index, lambda tmp: index.save(str(tmp)))
-    index.unload()
+    if not drop_items(bundle.file(embedding.index), new / embedding.index, taken, held,
+                      embedding.metric):
+        index = build_annoy(embedding.open_vectors(new), embedding.metric,
+                            int(embedding.entry.get("n_trees", 20)), random_state, skip=gone)
+        generation.replace(new / embedding.index, lambda tmp: index.save(str(tmp)))
+        index.unload()
     stored = bundle.open_top_neighbors(embedding)
     if stored is None or embedding.top is None:
         return
