@@ -26,8 +26,12 @@ A variant is ``full``, ``place:SAMPLE`` (sample + place, no refinement),
 ``refine:SAMPLE:ITER[:EXAG]`` (sample + place + ITER plain iterations on all
 items, after EXAG exaggerated ones) or ``fast:TREES:ITER`` (a full fit with
 Annoy at TREES trees instead of openTSNE's 50 and ITER plain iterations after
-the usual 250 exaggerated ones, instead of 500). Each variant runs in its own process, so
-its peak RSS is its own; the PCA vectors are cached in ``--cache``.
+the usual 250 exaggerated ones, instead of 500) or ``bundle`` (the bundle's own
+``layout.npy``: what the pipeline shipped, measured on the same items; its time is in
+the manifest's ``timings``). Each variant runs in its own process, so
+its peak RSS is its own; the PCA vectors are cached in ``--cache``, and the grid
+refinement's neighbour graph is the bundle's own (``cache/layout-graph.npy``) when
+``--n`` is the bundle's size.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from mosaic import quality  # noqa: E402
 from mosaic.bundle import open_vectors, read_manifest  # noqa: E402
 from mosaic.pipeline import grid, reduce  # noqa: E402
+from mosaic.pipeline.orchestrator import LAYOUT_GRAPH  # noqa: E402
 
 
 def pca_vectors(bundle: Path, n: int, cache: Path, jobs: int = 2
@@ -64,18 +69,24 @@ def pca_vectors(bundle: Path, n: int, cache: Path, jobs: int = 2
         pca = manifest["layout"]["pca"] or vectors.shape[1]
         high = reduce.reduce_pca(vectors, pca)
         np.save(high_path, high)
-        np.save(graph_path, reduce.neighbour_graph(high, reduce.GRAPH_K, n_jobs=jobs))
+        stored = bundle / LAYOUT_GRAPH  # the pipeline's own graph, when it is of these n
+        if stored.exists() and len(np.load(stored, mmap_mode="r")) == n:
+            np.save(graph_path, np.load(stored))
+        else:
+            np.save(graph_path, reduce.neighbour_graph(high, reduce.GRAPH_K, n_jobs=jobs))
     high = np.load(high_path, mmap_mode="r")
     return high, high[:, :quality.FEATURE_DIMS], np.load(graph_path)
 
 
-def layout(variant: str, high: np.ndarray, jobs: int) -> np.ndarray:
+def layout(variant: str, high: np.ndarray, jobs: int, bundle: Path) -> np.ndarray:
     kind, *numbers = variant.split(":")
     high = np.ascontiguousarray(high, dtype=np.float32)
     if kind == "full":
         return reduce.layout_2d(high, n_jobs=jobs, sample=None)
     if kind == "random":
         return np.random.default_rng(2).random((len(high), 2))
+    if kind == "bundle":  # the layout the pipeline shipped (its time: the manifest's timings)
+        return np.load(bundle / "layout.npy")[:len(high)]
     if kind == "fast":  # a full fit with a cheaper kNN and fewer plain iterations
         from openTSNE import TSNE
 
@@ -93,7 +104,7 @@ def measure(args: argparse.Namespace) -> dict:
     """One variant, in this process."""
     high, features, graph = pca_vectors(args.bundle, args.n, args.cache, args.jobs)
     started = time.perf_counter()
-    xy = layout(args.one, high, args.jobs)
+    xy = layout(args.one, high, args.jobs, args.bundle)
     seconds = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     positions, (n_rows, n_cols) = grid.assign_grid(
