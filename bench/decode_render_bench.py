@@ -96,13 +96,13 @@ def build_matrix(bundle: Path, target: Path) -> None:
     """The floor's matrix file: mosaic's own grid of cells, written once, not timed."""
     from mosaic.bundle import open_cells, read_manifest
     from mosaic.pipeline.render import matrix_rows
-    from mosaic.strip_tiff import write_strip_tiff
+    from mosaic.strips import write_tiff
 
     manifest = read_manifest(bundle)
     grid = manifest["grid"]
     cells = open_cells(bundle, manifest)
     cell = cells.shape[1]
-    write_strip_tiff(target, matrix_rows(cells, np.load(bundle / "positions.npy"),
+    write_tiff(target, matrix_rows(cells, np.load(bundle / "positions.npy"),
                                          grid["n_rows"], grid["n_cols"]),
                      grid["n_cols"] * cell, grid["n_rows"] * cell)
     cells.close()

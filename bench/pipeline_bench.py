@@ -120,14 +120,14 @@ def dzsave_only(bundle: Path, out: Path) -> None:
 
     from mosaic.bundle import open_cells, read_manifest
     from mosaic.pipeline.render import cut_tiles, matrix_rows
-    from mosaic.strip_tiff import write_strip_tiff
+    from mosaic.strips import write_tiff
 
     manifest = read_manifest(bundle)
     grid = manifest["grid"]
     out.mkdir(parents=True, exist_ok=True)
     matrix_path = out / "matrix.tif"
     cells = open_cells(bundle, manifest)
-    write_strip_tiff(matrix_path, matrix_rows(cells, np.load(bundle / "positions.npy"),
+    write_tiff(matrix_path, matrix_rows(cells, np.load(bundle / "positions.npy"),
                                               grid["n_rows"], grid["n_cols"]),
                      grid["n_cols"] * cells.shape[1], grid["n_rows"] * cells.shape[1])
     pyvips.cache_set_max(0)

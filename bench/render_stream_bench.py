@@ -59,7 +59,7 @@ def render_once(way: str, n: int, cell: int, root: Path) -> dict:
     import pyvips
 
     from mosaic.pipeline import render
-    from mosaic.strip_tiff import write_strip_tiff
+    from mosaic.strips import write_tiff
 
     n_rows, n_cols = grid_shape(n)
     positions = np.stack([np.arange(n) // n_cols, np.arange(n) % n_cols], axis=1)
@@ -76,7 +76,7 @@ def render_once(way: str, n: int, cell: int, root: Path) -> dict:
     started = time.perf_counter()
     if way == "file":
         path = root / "cache" / "matrix.tif"
-        write_strip_tiff(path, render.matrix_rows(cells, positions, n_rows, n_cols),
+        write_tiff(path, render.matrix_rows(cells, positions, n_rows, n_cols),
                          n_cols * cell, n_rows * cell)
         written = time.perf_counter()
         peak[0] = max(peak[0], scratch_size(root))

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What each part may import from mosaic/ and server/ (prefixes), at module level.
 READ_SIDE = ("mosaic", "mosaic.bundle", "mosaic.errors", "mosaic.query", "mosaic.store",
-             "mosaic.knn", "mosaic.colour", "mosaic.strip_tiff", "mosaic.progress", "mosaic.iiif",
+             "mosaic.knn", "mosaic.colour", "mosaic.strips", "mosaic.progress", "mosaic.iiif",
              "mosaic.quality", "mosaic.duplicates")
 ALLOWED = {
     "read side": (READ_SIDE, READ_SIDE),

@@ -15,7 +15,7 @@ from mosaic.poster.render import (
     resize_cells,
     text_colour_for,
 )
-from mosaic.strip_tiff import write_strip_tiff
+from mosaic.strips import write_tiff
 
 
 def test_a_series_sizes_and_landscape():
@@ -155,15 +155,15 @@ def test_montage_strips_place_cells_and_gutters():
 
 
 @pytest.mark.parametrize("heights", [[3], [5, 2, 5, 2, 5], [70, 1, 70]])
-def test_strip_tiff_reads_back_as_written(tmp_path, heights):
+def test_write_tiff_reads_back_as_written(tmp_path, heights):
     rng = np.random.default_rng(0)
     blocks = [rng.integers(0, 256, size=(h, 7, 3), dtype=np.uint8) for h in heights]
     path = tmp_path / "m.tif"
-    write_strip_tiff(path, iter(blocks), 7, sum(heights))
+    write_tiff(path, iter(blocks), 7, sum(heights))
     image = pyvips.Image.new_from_file(str(path), access="sequential")
     np.testing.assert_array_equal(image.numpy(), np.concatenate(blocks))
 
 
-def test_strip_tiff_checks_the_height(tmp_path):
+def test_write_tiff_checks_the_height(tmp_path):
     with pytest.raises(ValueError, match="rows"):
-        write_strip_tiff(tmp_path / "m.tif", [np.zeros((2, 4, 3), np.uint8)], 4, 3)
+        write_tiff(tmp_path / "m.tif", [np.zeros((2, 4, 3), np.uint8)], 4, 3)

@@ -17,11 +17,10 @@ import pyvips
 from mosaic.pipeline.render import (
     cut_tiles,
     matrix_rows,
-    png_stream,
     render_overview,
     stream_matrix,
 )
-from mosaic.strip_tiff import write_strip_tiff
+from mosaic.strips import png_stream, write_tiff
 
 BACKGROUND = (7, 8, 9)
 
@@ -132,7 +131,7 @@ def random_grid(n_rows: int, n_cols: int, n_items: int, cell: int, seed: int = 0
 def cut_from_matrix_file(path: Path, cells, positions, n_rows, n_cols, out_dir, **options):
     """The render stage as it was: a strip TIFF matrix file, read once by dzsave."""
     cell = cells.shape[1]
-    write_strip_tiff(path, matrix_rows(cells, positions, n_rows, n_cols, BACKGROUND),
+    write_tiff(path, matrix_rows(cells, positions, n_rows, n_cols, BACKGROUND),
                      n_cols * cell, n_rows * cell)
     info = cut_tiles(pyvips.Image.new_from_file(str(path), access="sequential"), out_dir,
                      **options)

@@ -1,26 +1,15 @@
 """Render stage: the giant grid matrix and its Deep Zoom pyramid.
 
 The matrix is never stored. ``stream_matrix`` builds it one row of cells at a
-time and hands it to libvips as an uncompressed PNG stream through a
-non-seekable ``pyvips.SourceCustom``; ``dzsave`` reads that stream in one
-sequential pass and cuts the tiles. Memory holds one row of cells plus
-libvips's tile buffers, whatever N is, and the only files written are tiles.
-
-Why PNG: of the loaders in this libvips build, only PNG reads a non-seekable
-source as it goes. TIFF from a non-seekable source is first read whole into
-memory, and the PPM and ``.v`` loaders are not built into pyvips-binary (or
-need a file). The PNG is stored, not compressed (deflate level 0, filter
-none), so encoding it is a copy and a checksum.
+time and hands it to libvips as a stream (``mosaic.strips.stream_image``);
+``dzsave`` reads that stream in one sequential pass and cuts the tiles. Memory
+holds one row of cells plus libvips's tile buffers, whatever N is, and the only
+files written are tiles.
 """
 
 from __future__ import annotations
 
-import queue
 import shutil
-import struct
-import threading
-import weakref
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,13 +17,11 @@ import numpy as np
 import pyvips
 
 from mosaic.bundle import cell_ids
-from mosaic.strip_tiff import iter_cell_strips
+from mosaic.strips import iter_cell_strips, save_streamed, stream_image
 
 TILE_FORMATS = ("jpeg", "webp", "png")
 SUFFIXES = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 OVERVIEW_SIZE = 2048
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-IDAT_BYTES = 1 << 20  # pixel bytes per IDAT chunk: the encoder holds a few chunks at a time
 
 
 def matrix_rows(
@@ -50,125 +37,12 @@ def matrix_rows(
     ``cells`` is (N, c, c, 3) uint8: anything with ``.shape`` and
     ``.read_rows(ids)`` (a RowFile) or a numpy array; ``positions`` (N, 2) is
     (row, col), ``(-1, -1)`` for an item on no cell. Every block is the same buffer,
-    overwritten by the next one (``mosaic.strip_tiff.iter_cell_strips``, the poster's
+    overwritten by the next one (``mosaic.strips.iter_cell_strips``, the poster's
     montage stream too).
     """
     read_rows = getattr(cells, "read_rows", None) or (lambda ids: cells[ids])
     return iter_cell_strips(cell_ids(positions, n_rows, n_cols), read_rows, cells.shape[1],
                             background=background, progress=progress)
-
-
-def _png_chunk(kind: bytes, body) -> tuple[bytes, ...]:
-    """A PNG chunk as pieces (length + type, body, CRC), so a large body is not copied."""
-    crc = zlib.crc32(body, zlib.crc32(kind))
-    return struct.pack(">I", len(body)) + kind, body, struct.pack(">I", crc)
-
-
-def png_stream(blocks: Iterator[np.ndarray], width: int, height: int) -> Iterator[bytes]:
-    """An 8-bit RGB PNG of uint8 (h, ``width``, 3) ``blocks``, top to bottom, as byte pieces.
-
-    Stored deflate (no compression) and filter type none on every scanline, so
-    the pixels pass through unchanged. The blocks must add up to ``height``.
-    """
-    yield PNG_SIGNATURE
-    yield from _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    deflate = zlib.compressobj(0)
-    lines_per_chunk = max(1, IDAT_BYTES // (width * 3 + 1))
-    lines = np.zeros((lines_per_chunk, width * 3 + 1), dtype=np.uint8)  # column 0: filter 0
-    written = 0
-    for block in blocks:
-        if block.shape[1:] != (width, 3) or block.dtype != np.uint8:
-            raise ValueError(f"block of shape {block.shape} is not (h, {width}, 3) uint8")
-        flat = block.reshape(block.shape[0], width * 3)
-        for start in range(0, len(flat), lines_per_chunk):
-            part = flat[start:start + lines_per_chunk]
-            lines[:len(part), 1:] = part
-            data = deflate.compress(lines[:len(part)].data)
-            if data:
-                yield from _png_chunk(b"IDAT", data)
-        written += block.shape[0]
-    if written != height:
-        raise ValueError(f"blocks hold {written} rows, not {height}")
-    yield from _png_chunk(b"IDAT", deflate.flush())
-    yield from _png_chunk(b"IEND", b"")
-
-
-_END = object()
-
-
-def _produce(pieces: Iterator[bytes], out: queue.Queue, closed: threading.Event) -> None:
-    """Put ``pieces`` on ``out``, then _END or the exception that stopped them."""
-    try:
-        for piece in pieces:
-            if not _put(out, piece, closed):
-                return
-        last = _END
-    except BaseException as error:  # noqa: BLE001 -- handed to the reader, raised there
-        last = error
-    _put(out, last, closed)
-
-
-def _put(out: queue.Queue, item, closed: threading.Event) -> bool:
-    while not closed.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            pass
-    return False
-
-
-class StreamSource(pyvips.SourceCustom):
-    """A non-seekable libvips source that reads an iterator of byte pieces.
-
-    The iterator runs in one thread of its own, at most ``depth`` pieces ahead
-    of libvips: its allocations stay in one malloc arena (libvips calls
-    ``read`` from any of its worker threads, and large buffers freed across
-    many arenas were kept as RSS), and building the next row overlaps with
-    cutting the last. An exception raised by the iterator ends the stream
-    (libvips then fails on a truncated image) and is kept in ``error`` for
-    ``cut_tiles`` to raise instead of libvips's message.
-    """
-
-    def __init__(self, pieces: Iterator[bytes], depth: int = 4):
-        super().__init__()
-        self.error: BaseException | None = None
-        self.pieces, self.queue = pieces, queue.Queue(maxsize=depth)
-        self.closed = threading.Event()
-        self.producer: threading.Thread | None = None
-        self.piece, self.offset = memoryview(b""), 0
-        self.lock = threading.Lock()
-        weakref.finalize(self, self.closed.set)  # a source dropped half-read stops its thread
-        self.on_read(self.read)
-
-    def read(self, size: int) -> memoryview | None:
-        with self.lock:
-            if self.producer is None:
-                self.producer = threading.Thread(
-                    target=_produce, args=(self.pieces, self.queue, self.closed),
-                    name="matrix-stream", daemon=True)
-                self.producer.start()
-            while self.offset >= len(self.piece):
-                if self.closed.is_set():
-                    return None
-                item = self.queue.get()
-                if item is _END:
-                    self.closed.set()
-                    return None
-                if isinstance(item, BaseException):
-                    self.error = item
-                    self.closed.set()
-                    return None
-                self.piece, self.offset = memoryview(item), 0
-            chunk = self.piece[self.offset:self.offset + size]
-            self.offset += len(chunk)
-            return chunk
-
-    def close(self) -> None:
-        """Stop the producer thread (the stream is done or abandoned)."""
-        self.closed.set()
-        if self.producer is not None:
-            self.producer.join()
 
 
 def stream_matrix(
@@ -185,36 +59,14 @@ def stream_matrix(
     them, so the image can be read once, top to bottom (e.g. by ``cut_tiles``).
     """
     cell = cells.shape[1]
-    width, height = n_cols * cell, n_rows * cell
     rows = matrix_rows(cells, positions, n_rows, n_cols, background, progress)
-    source = StreamSource(png_stream(rows, width, height))
-    # fail_on: a stream cut short must fail the cut, not pad the map with grey.
-    return pyvips.Image.new_from_source(source, "", access="sequential", fail_on="truncated")
-
-
-def _stream_sources(matrix: pyvips.Image) -> list[StreamSource]:
-    # pyvips keeps an image's source alive in ``_references``
-    return [s for s in getattr(matrix, "_references", []) if isinstance(s, StreamSource)]
+    return stream_image(rows, n_cols * cell, n_rows * cell)
 
 
 def dzsave_streamed(matrix: pyvips.Image, target: Path, **options) -> None:
-    """``matrix.dzsave(target, **options)`` for a matrix streamed from the cells: the
-    stream's sources are closed afterwards, and a failure inside them (e.g. a cell
-    that cannot be read) is raised as itself, never as a map cut short."""
-    sources = _stream_sources(matrix)
-    try:
-        matrix.dzsave(str(target), **options)
-    except pyvips.Error as error:
-        cause = next((s.error for s in sources if s.error), None)
-        if cause is not None:
-            raise cause from error
-        raise
-    finally:
-        for source in sources:
-            source.close()
-    cause = next((s.error for s in sources if s.error), None)
-    if cause is not None:  # not expected (fail_on), but a map cut short is no map
-        raise cause
+    """``matrix.dzsave(target, **options)`` for a matrix streamed from the cells
+    (``mosaic.strips.save_streamed``: a cell that cannot be read raises as itself)."""
+    save_streamed(matrix, lambda image: image.dzsave(str(target), **options))
 
 
 def cut_tiles(

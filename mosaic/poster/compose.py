@@ -47,7 +47,7 @@ from mosaic.poster.render import (
     text_colour_for,
 )
 from mosaic.query import QueryError, parse_search_args, search_items
-from mosaic.strip_tiff import write_strip_tiff
+from mosaic.strips import write_tiff
 
 __all__ = [
     "ARRANGEMENTS", "FORMATS", "PosterError", "PosterOptions", "arrange_items",
@@ -309,7 +309,7 @@ def _build_page(
         fetcher.prepare(cell_grid[cell_grid >= 0], tmp)
         strips = iter_montage_strips(cell_grid, fetcher.fetch, layout.cell_px,
                                      layout.gutter_px, options.background)
-        write_strip_tiff(montage_path, strips, *layout.montage_size)
+        write_tiff(montage_path, strips, *layout.montage_size)
     warnings += fetcher.warnings()
     overlays = _place_texts(page, layout, texts, header)
     if options.hotspots:

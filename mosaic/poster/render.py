@@ -23,7 +23,7 @@ import pyvips
 
 from mosaic.colour import Colour
 from mosaic.poster.paper import Page, PosterError
-from mosaic.strip_tiff import iter_cell_strips
+from mosaic.strips import iter_cell_strips
 
 log = logging.getLogger(__name__)
 _BATCH = 128
@@ -168,7 +168,7 @@ def iter_montage_strips(
     ``cell_grid`` is int (n_rows, n_cols) of item ids, -1 for empty cells;
     ``fetch(ids)`` returns their cells as uint8 (k, cell_px, cell_px, 3).
     Strips are one row of cells, then (with a gutter) a gutter strip: the stream
-    of ``mosaic.strip_tiff.iter_cell_strips``, which the map's render streams too.
+    of ``mosaic.strips.iter_cell_strips``, which the map's render streams too.
     The same buffer is reused: consume each strip before asking for the next.
     """
     return iter_cell_strips(cell_grid, fetch, cell_px, gutter_px, background)
