@@ -82,7 +82,7 @@ def layout(variant: str, high: np.ndarray, jobs: int, bundle: Path) -> np.ndarra
     kind, *numbers = variant.split(":")
     high = np.ascontiguousarray(high, dtype=np.float32)
     if kind == "full":
-        return reduce.layout_2d(high, n_jobs=jobs, sample=None)
+        return reduce.layout_2d(high, n_jobs=jobs, sample=None, fast=None)  # openTSNE defaults
     if kind == "random":
         return np.random.default_rng(2).random((len(high), 2))
     if kind == "bundle":  # the layout the pipeline shipped (its time: the manifest's timings)
