@@ -140,7 +140,7 @@ class StreamSource(pyvips.SourceCustom):
     many arenas were kept as RSS), and building the next row overlaps with
     cutting the last. An exception raised by the iterator ends the stream
     (libvips then fails on a truncated image) and is kept in ``error`` for
-    ``cut_tiles`` to raise instead of libvips's message.
+    ``save_streamed`` to raise instead of libvips's message.
     """
 
     def __init__(self, pieces: Iterator[bytes], depth: int = 4):
@@ -159,7 +159,7 @@ class StreamSource(pyvips.SourceCustom):
             if self.producer is None:
                 self.producer = threading.Thread(
                     target=_produce, args=(self.pieces, self.queue, self.closed),
-                    name="matrix-stream", daemon=True)
+                    name="strip-stream", daemon=True)
                 self.producer.start()
             while self.offset >= len(self.piece):
                 if self.closed.is_set():
@@ -192,9 +192,14 @@ def stream_image(blocks: Iterable[np.ndarray], width: int, height: int) -> pyvip
     return pyvips.Image.new_from_source(source, "", access="sequential", fail_on="truncated")
 
 
-def _stream_sources(matrix: pyvips.Image) -> list[StreamSource]:
+def _stream_sources(image: pyvips.Image) -> list[StreamSource]:
     # pyvips keeps an image's source alive in ``_references``
-    return [s for s in getattr(matrix, "_references", []) if isinstance(s, StreamSource)]
+    return [s for s in getattr(image, "_references", []) if isinstance(s, StreamSource)]
+
+
+def _failure(sources: list[StreamSource]) -> BaseException | None:
+    """The exception that ended one of ``sources``' streams, if any."""
+    return next((s.error for s in sources if s.error), None)
 
 
 def save_streamed(image: pyvips.Image, save: Callable[[pyvips.Image], None]) -> None:
@@ -205,14 +210,14 @@ def save_streamed(image: pyvips.Image, save: Callable[[pyvips.Image], None]) -> 
     try:
         save(image)
     except pyvips.Error as error:
-        cause = next((s.error for s in sources if s.error), None)
+        cause = _failure(sources)
         if cause is not None:
             raise cause from error
         raise
     finally:
         for source in sources:
             source.close()
-    cause = next((s.error for s in sources if s.error), None)
+    cause = _failure(sources)
     if cause is not None:  # not expected (fail_on), but an image cut short is none
         raise cause
 
