@@ -11,12 +11,21 @@ found (each with its own original in a group) are a sanity check, not a score
 ``<work>/results.json``.
 
     python bench/duplicates_stage_bench.py --n 10000 --work /tmp/dup-stage
+
+``--bundle DIR`` instead times the stage's search alone on a bundle already built (for
+the 1M bundle of ``bench/scale_bench.py``), ``--cold`` after dropping the page cache
+(root), and compares its groups with those the bundle stores (pairs of items grouped by
+both / by the stored ones: what a change of the search kept), into ``--results``:
+
+    python bench/duplicates_stage_bench.py --bundle /work/bench-data/out/scale-1000000 \
+        --cold --results docs/data/duplicates_1m.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -53,6 +62,58 @@ def build(work: Path, n: int, share: float, seed: int, jobs: int) -> dict[str, s
     return copy_of
 
 
+def grouped_pairs(group: np.ndarray, ids: np.ndarray) -> set[tuple[int, int]]:
+    """Every pair of items in one group, ``(smaller id, larger id)``."""
+    members: dict[int, list[int]] = {}
+    for number, item in zip(group.tolist(), ids.tolist(), strict=True):
+        members.setdefault(number, []).append(item)
+    return {(a, b) for items in members.values() for a in items for b in items if a < b}
+
+
+def time_search(bundle_dir: Path, cold: bool, results: Path | None) -> int:
+    """The duplicates search alone on a built bundle, timed, against its stored groups."""
+    from mosaic import duplicates
+    from mosaic.bundle import Bundle
+
+    if cold:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    bundle = Bundle.open(bundle_dir)
+    started = time.perf_counter()
+    cpu = time.process_time()
+    compared = 0
+
+    def confirmed():
+        nonlocal compared
+        for a, b, difference in duplicates.iter_pair_differences(bundle):
+            compared += len(a)
+            same = difference <= duplicates.MAX_DIFFERENCE
+            yield a[same], b[same]
+
+    group, ids = duplicates.groups_from_labels(
+        duplicates.group_labels(bundle.counts.items, confirmed()))
+    seconds = time.perf_counter() - started
+    found = grouped_pairs(group, ids)
+    stored = duplicates.read_stored(bundle)
+    before = grouped_pairs(*duplicates.stored_groups(stored)) if stored else set()
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "bundle": bundle.id, "items": bundle.counts.items,
+        "page_cache": "dropped" if cold else "as found", "seconds": round(seconds, 1),
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "pairs_compared_at_32px": compared, "groups": int(len(np.unique(group))),
+        "grouped_items": int(len(ids)), "stored_pairs": len(before),
+        "stored_pairs_kept": len(before & found), "new_pairs": len(found - before),
+        "settings": duplicates.SETTINGS,
+        "command": " ".join(["python", *sys.argv]),
+    }
+    print(json.dumps(result))
+    if results:
+        with open(results, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -60,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=0.1, help="originals copied once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="processes that draw the pictures")
-    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="where the generated run goes")
+    parser.add_argument("--bundle", type=Path, help="time the search alone on this bundle")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache first (root)")
+    parser.add_argument("--results", type=Path, help="--bundle: append the result here")
     args = parser.parse_args(argv)
+    if args.bundle:
+        return time_search(args.bundle, args.cold, args.results)
+    if args.work is None:
+        parser.error("--work or --bundle is required")
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     copy_of = build(args.work, args.n, args.share, args.seed, args.jobs)

@@ -9,16 +9,20 @@ the first few. So, with every stage taking and returning arrays:
 1. ``candidate_pairs``: each item and its first ``MAX_RANK`` stored neighbours within
    ``MAX_DISTANCE`` (99.3 % of same-picture pairs are within the first 10 either way),
    of aspects that a crop can join (``similar_aspects``);
-2. ``read_pictures``: each candidate's picture at 32 x 32 RGB from its stored cell,
+2. ``screen_differences``: the test of step 4 at the ``pixels`` vectors' own 16 x 16,
+   with a loose threshold (``SCREEN_DIFFERENCE``): no decoding, and it drops most
+   candidates that are other pictures before their cells are decoded;
+3. ``read_pictures``: each remaining candidate's picture at 32 x 32 RGB from its stored
+   cell,
    with the letterbox bars cut off (``picture_boxes``), decoded once;
-3. ``pair_differences``: the two pictures aligned (the crop of one that best matches
+4. ``pair_differences``: the two pictures aligned (the crop of one that best matches
    the other, found on their row and column profiles: up to ``MAX_CUT`` off each
    side) and the largest colour difference left after a Gaussian blur, less what a
    misalignment of ``SHIFT`` pixel explains at that point (the local slope). A signed
    difference blurred cancels what resampling and JPEG leave (small, both signs,
    along edges) and keeps what makes another picture (a region of another colour:
    another skin tone, a flag's other stripe);
-4. ``group_labels``: union-find over the pairs within ``MAX_DIFFERENCE``;
+5. ``group_labels``: union-find over the pairs within ``MAX_DIFFERENCE``;
    ``groups_from_labels`` numbers the groups of two or more from 0, in order of their
    smallest id.
 
@@ -32,8 +36,8 @@ and stores the groups in the bundle (``duplicates.json``, ``STORED``; docs/bundl
 items ``run.py remove`` took out since; ``mosaic.bundle.collection_document`` says where
 it is to the viewer's "Duplicates" filter (the server's and a published site's).
 
-Memory: the neighbour lists are read ``CHUNK`` items at a time, the candidates'
-pictures (3 KB each) are kept in a temporary file and read back with ``pread``, so the
+Memory: the neighbour lists are read ``CHUNK`` items at a time; the screened pairs and
+the candidates' pictures (3 KB each) are kept in temporary files and read back, so the
 process holds O(N) small integers (labels, row numbers) whatever N is.
 """
 
@@ -41,11 +45,13 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import sqlite3
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +83,26 @@ SIDE = 32              # pictures compared at 32 x 32 RGB
 EMBEDDING = "pixels"   # the distances above are this embedding's
 CHUNK = 65_536         # items whose neighbour lists are read (and paired) at a time
 _BATCH = 512           # pairs compared, or cells decoded, per task of the thread pool
-_COMPARE = 64          # pairs compared at once inside a task: ~1 MB arrays, in cache
+# The screen (step 2): the same test on the stored ``pixels`` vectors (16 px: the
+# blur and the crop step scaled with it), passing a pair up to SCREEN_DIFFERENCE. On the
+# emoji bench it kept 0.28 of the candidates and lost 1 of the 6,983 same-picture pairs
+# that the 32-px test accepts (docs/benchmarks.md, "The pipeline's duplicates stage").
+SCREEN_DIFFERENCE = 40.0
+SCREEN_BLUR = 1.0
+SCREEN_CUT_STEP = 0.02
+SCREEN_PROFILE = 30.0
+_PROCESS_MIN = 20_000  # cells to decode from which read_pictures starts processes
+_COMPARE = 64          # 32-px pairs compared at once inside a task: ~1 MB arrays, in cache
 _TOP = 2              # alignments tried in 2-D per axis and direction: the best by profile
 STORED = "duplicates.json"  # the groups the pipeline stores in the bundle, at MAX_DIFFERENCE
 # What decides the stored groups besides the bundle's own files: the pipeline stage's
 # cache key holds it, so a change of any of these makes the pipeline search again.
-SETTINGS = {"version": 1, "max_difference": MAX_DIFFERENCE, "max_distance": MAX_DISTANCE,
+SETTINGS = {"version": 2, "max_difference": MAX_DIFFERENCE, "max_distance": MAX_DISTANCE,
             "max_rank": MAX_RANK, "max_cut": MAX_CUT, "cut_step": CUT_STEP,
             "max_profile": MAX_PROFILE, "blur": BLUR, "shift": SHIFT, "side": SIDE,
-            "top": _TOP, "embedding": EMBEDDING}
+            "top": _TOP, "embedding": EMBEDDING, "screen": SCREEN_DIFFERENCE,
+            "screen_blur": SCREEN_BLUR, "screen_cut_step": SCREEN_CUT_STEP,
+            "screen_profile": SCREEN_PROFILE}
 
 
 def pixels_embedding(bundle: Bundle) -> Embedding:
@@ -132,8 +149,10 @@ def candidate_pairs(start: int, ids: np.ndarray, distances: np.ndarray,
     b = ids[rows, columns].astype(np.int64)
     low, high = np.minimum(a, b), np.maximum(a, b)
     keep = low != high
-    pairs = np.unique(np.stack([low[keep], high[keep]]), axis=1)
-    return pairs[0], pairs[1]
+    low, high = low[keep], high[keep]
+    span = int(high.max()) + 1 if len(high) else 1
+    pairs = np.unique(low * span + high)  # in (low, high) order; 8x faster than axis=1
+    return pairs // span, pairs % span
 
 
 def similar_aspects(sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -200,20 +219,40 @@ def read_pictures(cells, boxes: np.ndarray, items: np.ndarray, cell_size: int,
     """``(items, uint8 (b, 32, 32, 3))`` blocks: each item's picture (its ``boxes`` row,
     in cell pixels) from its stored cell, squashed to 32 x 32 with an area filter.
 
-    A 128-px cell is decoded at 64 px (libjpeg's DCT scaling: a quarter of the work);
-    blocks run on ``n_jobs`` threads (Pillow releases the GIL while it decodes and
-    resizes), in order, a few at a time."""
+    A 128-px cell is decoded at 64 px (libjpeg's DCT scaling: a quarter of the work).
+    The cells are read here and decoded in ``n_jobs`` processes (Pillow holds the GIL
+    for most of a small JPEG's decode: two threads decoded no faster than one), in
+    order, a few blocks ahead; in this process below ``_PROCESS_MIN`` items, where
+    starting the processes costs more than it saves."""
     items = np.asarray(items, dtype=np.int64)
+    jobs = max(1, n_jobs or os.cpu_count() or 1)
 
-    def run(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = np.empty((len(part), SIDE, SIDE, 3), dtype=np.uint8)
-        for row, item in enumerate(part):
-            out[row] = _picture(cells.read_encoded(int(item)), boxes[item], cell_size)
-        return part, out
+    def task(part: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        return [cells.read_encoded(int(item)) for item in part], boxes[part]
 
     blocks = [items[i:i + _BATCH] for i in range(0, len(items), _BATCH)]
-    with ThreadPoolExecutor(max(1, n_jobs or os.cpu_count() or 1)) as pool:
-        yield from pool.map(run, blocks)
+    if jobs == 1 or len(items) < _PROCESS_MIN:
+        for part in blocks:
+            yield part, _pictures(*task(part), cell_size)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        pending: deque = deque()
+        for part in blocks:
+            pending.append((part, pool.submit(_pictures, *task(part), cell_size)))
+            if len(pending) >= 4 * jobs:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def _pictures(encoded: list[bytes], boxes: np.ndarray, cell_size: int) -> np.ndarray:
+    out = np.empty((len(encoded), SIDE, SIDE, 3), dtype=np.uint8)
+    for row, (data, box) in enumerate(zip(encoded, boxes, strict=True)):
+        out[row] = _picture(data, box, cell_size)
+    return out
 
 
 def _picture(encoded: bytes, box: np.ndarray, cell_size: int) -> np.ndarray:
@@ -261,10 +300,11 @@ def blur_matrix(side: int = SIDE, sigma: float = BLUR) -> np.ndarray:
 
 
 def pair_differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray | None = None,
-                     blur: np.ndarray | None = None) -> np.ndarray:
+                     blur: np.ndarray | None = None, max_profile: float = MAX_PROFILE
+                     ) -> np.ndarray:
     """float32 (P,): for pictures ``x``, ``y`` (P, S, S, 3), the largest blurred colour
     difference (0-255) left after the best alignment of either as a crop of the other;
-    inf where even their profiles differ by more than ``MAX_PROFILE``.
+    inf where even their profiles differ by more than ``max_profile``.
 
     For each direction, the crop of the first picture is chosen per axis by how well
     its grey row (column) profile, cropped and stretched, matches the other's (the
@@ -275,15 +315,17 @@ def pair_differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray | None = No
     blur = blur_matrix(x.shape[1]) if blur is None else blur
     blurred_crops = blur @ crops  # (H, S, S): crop, then blur
     best = np.empty(len(x), dtype=np.float32)
-    for start in range(0, len(x), _COMPARE):
-        part = slice(start, start + _COMPARE)
+    step = _COMPARE * max(1, SIDE // x.shape[1]) ** 2  # the same bytes at a smaller side
+    for start in range(0, len(x), step):
+        part = slice(start, start + step)
         best[part] = _differences(np.asarray(x[part], np.float32),
-                                  np.asarray(y[part], np.float32), crops, blurred_crops, blur)
+                                  np.asarray(y[part], np.float32), crops, blurred_crops, blur,
+                                  max_profile)
     return best
 
 
 def _differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray, blurred_crops: np.ndarray,
-                 blur: np.ndarray) -> np.ndarray:
+                 blur: np.ndarray, max_profile: float) -> np.ndarray:
     """``pair_differences`` of one block of float32 pictures."""
     best = np.full(len(x), np.inf, dtype=np.float32)
     # grey pictures and their row and column profiles, each computed once for both
@@ -296,7 +338,7 @@ def _differences(x: np.ndarray, y: np.ndarray, crops: np.ndarray, blurred_crops:
     for one, other in ((0, 1), (1, 0)):
         row_choices, row_error = _best_crops(crops, rows[one], rows[other])
         col_choices, col_error = _best_crops(crops, cols[one], cols[other])
-        live = np.flatnonzero(row_error + col_error <= MAX_PROFILE)
+        live = np.flatnonzero(row_error + col_error <= max_profile)
         if len(live) == 0:
             continue
         first, target = (x, y)[one][live], blurred[other][live]
@@ -421,37 +463,71 @@ def file_sizes(sources: Iterable[str]) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
+def screen_differences(vectors, a: np.ndarray, b: np.ndarray, scale: float
+                       ) -> np.ndarray:
+    """float32 (P,): ``pair_differences`` of pairs ``(a, b)`` at the stored ``pixels``
+    vectors' own size (``vectors``: a ``VectorRows`` of uint8 rows side x side x 3,
+    read times ``scale``; the blur and the crop step scaled to it). Each item is read
+    once per call."""
+    side = int(round(np.sqrt(vectors.shape[1] / 3)))
+    items, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    pictures = vectors.read_rows(items) * np.float32(1 / scale)
+    pictures = pictures.reshape(len(items), side, side, 3)
+    return pair_differences(pictures[inverse[:len(a)]], pictures[inverse[len(a):]],
+                            crop_matrices(side, step=SCREEN_CUT_STEP),
+                            blur_matrix(side, SCREEN_BLUR * side / SIDE), SCREEN_PROFILE)
+
+
 def iter_pair_differences(bundle: Bundle,
                           max_distance: float = MAX_DISTANCE, max_rank: int = MAX_RANK,
-                          n_jobs: int | None = None
+                          n_jobs: int | None = None, screen: float = SCREEN_DIFFERENCE
                           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(a, b, difference)`` for every candidate pair, a block of items at a time.
+    """``(a, b, difference)`` for every candidate pair that passes the screen (its
+    ``screen_differences`` at most ``screen``; ``inf`` screens nothing), a block of
+    items at a time.
 
-    Two passes over the stored lists: the first finds the items to decode (each
-    once, into a temporary file), the second pairs them and compares the pairs on
-    ``n_jobs`` threads."""
+    Two passes: the first reads the stored lists, screens the candidates on ``n_jobs``
+    threads and keeps those that pass in a temporary file, with the items to decode
+    (each once, into another); the second compares them at 32 px on ``n_jobs``
+    threads."""
     embedding = pixels_embedding(bundle)
     n_items = bundle.counts.items
     sizes = read_sizes(bundle)
-
-    def pairs_of(start: int, ids: np.ndarray, distances: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        a, b = candidate_pairs(start, ids, distances, max_distance, max_rank)
-        keep = similar_aspects(sizes, a, b)
-        return a[keep], b[keep]
-
-    wanted = np.zeros(n_items, dtype=bool)
-    for start, ids, distances in iter_neighbor_blocks(bundle, embedding):
-        a, b = pairs_of(start, ids, distances)
-        wanted[a] = wanted[b] = True
-    items = np.flatnonzero(wanted)
-    row_of = np.full(n_items, -1, dtype=np.int64)
-    row_of[items] = np.arange(len(items))
-    cell_size = bundle.grid.cell_size
-    boxes = picture_boxes(sizes, cell_size, bundle.fit)
-    crops, blur = crop_matrices(), blur_matrix()
     jobs = max(1, n_jobs or os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory(prefix="mosaic-duplicates-") as scratch:
+
+    def batches(a: np.ndarray, b: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(a[i:i + _BATCH], b[i:i + _BATCH]) for i in range(0, len(a), _BATCH)]
+
+    with tempfile.TemporaryDirectory(prefix="mosaic-duplicates-") as scratch, \
+            ThreadPoolExecutor(jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
+        # the pairs run on our own threads: BLAS's own threads on top of them (OpenBLAS
+        # starts one per core for each small product) made the comparison 4x slower on
+        # 2 cores (docs/benchmarks.md, "The pipeline's duplicates stage")
+        wanted = np.zeros(n_items, dtype=bool)
+        screened: list[Path] = []
+        vectors = bundle.open_vectors(embedding)
+        try:
+            for start, ids, distances in iter_neighbor_blocks(bundle, embedding):
+                a, b = candidate_pairs(start, ids, distances, max_distance, max_rank)
+                keep = similar_aspects(sizes, a, b)
+                a, b = a[keep], b[keep]
+                if np.isfinite(screen) and len(a):
+                    differences = np.concatenate(list(pool.map(
+                        lambda pair: screen_differences(vectors, *pair, embedding.scale or 1),
+                        batches(a, b))))
+                    a, b = a[differences <= screen], b[differences <= screen]
+                wanted[a] = wanted[b] = True
+                screened.append(Path(scratch) / f"pairs-{len(screened)}.npy")
+                np.save(screened[-1], np.stack([a, b]))
+        finally:
+            vectors.close()
+        items = np.flatnonzero(wanted)
+        del wanted
+        row_of = np.full(n_items, -1, dtype=np.int64)
+        row_of[items] = np.arange(len(items))
+        cell_size = bundle.grid.cell_size
+        boxes = picture_boxes(sizes, cell_size, bundle.fit)
+        crops, blur = crop_matrices(), blur_matrix()
         pictures = RowFile(Path(scratch) / "pictures.u8", (max(1, len(items)), SIDE, SIDE, 3),
                            np.uint8, writable=True)
         try:
@@ -464,17 +540,11 @@ def iter_pair_differences(bundle: Bundle,
                 return pair_differences(pictures.read_rows(row_of[first]),
                                         pictures.read_rows(row_of[second]), crops, blur)
 
-            # the pairs run on our own threads: BLAS's own threads on top of them
-            # (OpenBLAS starts one per core for each small product) made the comparison
-            # 4x slower on 2 cores (docs/benchmarks.md, "The pipeline's duplicates stage")
-            with ThreadPoolExecutor(jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
-                for start, ids, distances in iter_neighbor_blocks(bundle, embedding):
-                    a, b = pairs_of(start, ids, distances)
-                    batches = [(a[i:i + _BATCH], b[i:i + _BATCH])
-                               for i in range(0, len(a), _BATCH)]
-                    differences = list(pool.map(compare, batches))
-                    yield a, b, (np.concatenate(differences) if differences
-                                 else np.empty(0, np.float32))
+            for path in screened:
+                a, b = np.load(path)
+                differences = list(pool.map(compare, batches(a, b)))
+                yield a, b, (np.concatenate(differences) if differences
+                             else np.empty(0, np.float32))
         finally:
             pictures.close()
 

@@ -32,6 +32,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from mosaic import duplicates
+from mosaic.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -320,3 +321,46 @@ def test_a_picture_differs_from_its_crop_less_than_from_another():
     same, cropped, different = duplicates.pair_differences(x, y)
     assert same == 0
     assert cropped <= duplicates.MAX_DIFFERENCE < different
+
+
+def test_the_screen_drops_candidates_but_no_pair_the_full_test_accepts(collection):
+    """The 16-px screen on the stored ``pixels`` vectors must only save work: the pairs
+    accepted with it are those accepted without it, and it compares fewer at 32 px."""
+    bundle = Bundle.open(collection["work"] / "output" / "dups")
+
+    def accepted(screen: float) -> tuple[set[tuple[int, int]], int]:
+        pairs, compared = set(), 0
+        for a, b, difference in duplicates.iter_pair_differences(bundle, screen=screen):
+            compared += len(a)
+            same = difference <= duplicates.MAX_DIFFERENCE
+            pairs |= set(zip(a[same].tolist(), b[same].tolist()))
+        return pairs, compared
+
+    screened, compared = accepted(duplicates.SCREEN_DIFFERENCE)
+    everything, candidates = accepted(np.inf)
+    assert screened == everything and len(everything) >= len(collection["copy_of"])
+    assert compared < candidates
+    # negative control: a screen at 0 passes only pixel-identical pairs, so it loses copies
+    strict, _ = accepted(0.0)
+    assert len(strict) < len(everything)
+
+
+def test_cells_decode_alike_in_worker_processes_and_in_this_one(collection, monkeypatch):
+    bundle = Bundle.open(collection["work"] / "output" / "dups")
+    boxes = duplicates.picture_boxes(duplicates.read_sizes(bundle), bundle.grid.cell_size,
+                                     bundle.fit)
+    items = np.arange(0, bundle.counts.items, 3)
+
+    def pictures() -> tuple[np.ndarray, np.ndarray]:
+        with bundle.open_cells() as cells:
+            blocks = list(duplicates.read_pictures(cells, boxes, items,
+                                                   bundle.grid.cell_size, n_jobs=2))
+        return (np.concatenate([part for part, _ in blocks]),
+                np.concatenate([block for _, block in blocks]))
+
+    here = pictures()
+    monkeypatch.setattr(duplicates, "_PROCESS_MIN", 0)
+    monkeypatch.setattr(duplicates, "_BATCH", 7)  # several blocks, in order
+    there = pictures()
+    assert np.array_equal(here[0], items) and np.array_equal(there[0], items)
+    assert np.array_equal(here[1], there[1]) and here[1].std() > 0
