@@ -15,7 +15,9 @@ a relative ``--out``; ``--cold`` drops the page cache first (needs root; the res
 says whether it was dropped). A monitor samples, every second, the RSS summed over the
 orchestrator and its worker processes, and the bundle folder's size (and its
 ``cache/`` alone: the scratch). Reported: wall time per stage (the manifest's
-``timings``), peak RSS of the process tree, peak scratch disk, and the final
+``timings``), peak RSS of the process tree (all resident pages, and the anonymous ones
+alone: a memory-mapped file's pages are the page cache's), each stage's peaks (the run
+gets ``-v``, whose log names each stage as it starts), peak scratch disk, and the final
 bundle by kind, and the map's grid P@10 with its random control (``grid.quality``).
 
     python bench/scale_bench.py generate --n 1000000 --work /work/scale
@@ -70,6 +72,13 @@ def write_list(work: Path, n: int) -> Path:
 
 def tree_rss(pid: int) -> int:
     """RSS in bytes of ``pid`` and all its descendants."""
+    return tree_memory(pid)[0]
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """``(RSS, anonymous RSS)`` in bytes of ``pid`` and all its descendants: all their
+    resident pages, and those that are no file's (``RssAnon``: what a file-backed
+    mapping such as an annoy index built on disk does not add)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -83,12 +92,24 @@ def tree_rss(pid: int) -> int:
         process = int(entry)
         children.setdefault(int(fields[1]), []).append(process)
         rss[process] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [pid]
+    total, anonymous, stack = 0, 0, [pid]
     while stack:
         process = stack.pop()
         total += rss.get(process, 0)
+        anonymous += _rss_anon(process)
         stack.extend(children.get(process, []))
-    return total
+    return total, anonymous
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def folder_bytes(root: Path) -> int:
@@ -132,9 +153,11 @@ def run(work: Path, n: int, extra: list[str], tag: str = "", cold: bool = False)
     out = work / "out"
     bundle = out / cid
     subprocess.run(["rm", "-rf", str(bundle)], check=True)
+    # -v: the log names each stage as it starts, so each peak is put to its stage
     command = [sys.executable, str(ROOT / "run.py"), "pipeline", "--images", list_file.name,
-               "--out", "out", "--id", cid, *extra]
-    peaks = {"rss": 0, "bundle": 0, "scratch": 0}
+               "--out", "out", "--id", cid, "-v", *extra]
+    peaks = {"rss": 0, "anon": 0, "bundle": 0, "scratch": 0}
+    by_stage: dict[str, dict[str, int]] = {}
     dropped = drop_page_cache() if cold else False
     if cold and not dropped:
         print("warning: could not drop the page cache (needs root): this run is not cold",
@@ -147,7 +170,14 @@ def run(work: Path, n: int, extra: list[str], tag: str = "", cold: bool = False)
     reader.start()
     next_walk = 0.0
     while process.poll() is None:
-        peaks["rss"] = max(peaks["rss"], tree_rss(process.pid))
+        rss, anon = tree_memory(process.pid)
+        peaks["rss"], peaks["anon"] = max(peaks["rss"], rss), max(peaks["anon"], anon)
+        started_stages = [line for line in log[-200:] if "stage " in line and ": running" in line]
+        stage = started_stages[-1].split("stage ", 1)[1].split(":")[0] if started_stages \
+            else "start"
+        here = by_stage.setdefault(stage, {"rss_mb": 0, "anon_mb": 0})
+        here["rss_mb"] = max(here["rss_mb"], round(rss / 2**20))
+        here["anon_mb"] = max(here["anon_mb"], round(anon / 2**20))
         if time.monotonic() >= next_walk:
             walk_started = time.monotonic()
             peaks["bundle"] = max(peaks["bundle"], folder_bytes(bundle))
@@ -171,6 +201,7 @@ def run(work: Path, n: int, extra: list[str], tag: str = "", cold: bool = False)
             "page_cache": "dropped before the run" if dropped else "warm (not dropped)",
             "wall_s": round(wall, 1),
             "timings": manifest["timings"], "peak_rss_mb": round(peaks["rss"] / 2**20),
+            "peak_anon_mb": round(peaks["anon"] / 2**20), "peak_by_stage": by_stage,
             "peak_bundle_mb": round(peaks["bundle"] / 2**20),
             "peak_scratch_mb": round(peaks["scratch"] / 2**20),
             "bundle_bytes": sum(by_kind.values()), "by_kind": by_kind,

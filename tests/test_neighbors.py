@@ -1,9 +1,16 @@
 import numpy as np
 import pytest
+from sample_collection import build_bundle
 
 from mosaic import knn
+from mosaic.bundle import Bundle, RowFile, read_manifest
 from mosaic.knn import exact_knn_of_rows, exact_neighbors
-from mosaic.pipeline.index import RECALL_TARGET, build_annoy, choose_search_k
+from mosaic.pipeline.index import (
+    RECALL_TARGET,
+    build_annoy,
+    choose_search_k,
+    forest_top_neighbors,
+)
 
 
 def structured_vectors(n: int = 3000, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -102,3 +109,93 @@ def test_top_lists_through_annoy_find_the_true_neighbours(monkeypatch):
     assert recall / 2000 >= RECALL_TARGET - 0.05
     assert control_recall / 2000 < 0.1
     assert not (ids == np.arange(3000)[:, None]).any()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "angular"])
+def test_an_index_built_on_disk_is_the_file_an_in_memory_build_saves(metric, tmp_path):
+    """The pipeline builds its index in the file (annoy's on_disk_build) to keep it out
+    of the process's memory; a resumed run must still write the same bytes."""
+    vectors = structured_vectors(2000)
+    in_memory = build_annoy(vectors, metric, n_trees=5, random_state=3)
+    in_memory.save(str(tmp_path / "saved.ann"))
+    on_disk = build_annoy(vectors, metric, n_trees=5, random_state=3,
+                          path=tmp_path / "built.ann")
+    assert on_disk.get_nns_by_item(7, 10) == in_memory.get_nns_by_item(7, 10)
+    on_disk.unload()
+    assert (tmp_path / "built.ann").read_bytes() == (tmp_path / "saved.ann").read_bytes()
+    # negative control: another seed builds other trees, so other bytes
+    other = build_annoy(vectors, metric, n_trees=5, random_state=4, path=tmp_path / "o.ann")
+    other.unload()
+    assert (tmp_path / "o.ann").read_bytes() != (tmp_path / "saved.ann").read_bytes()
+
+
+def forest_lists(vectors: np.ndarray, metric: str, tmp_path, n_jobs: int = 2, k: int = 20,
+                 **settings) -> tuple[np.ndarray, np.ndarray]:
+    shape = (len(vectors), k)
+    ids_rows = RowFile(tmp_path / f"ids-{n_jobs}", shape, np.int32, writable=True)
+    distance_rows = RowFile(tmp_path / f"distances-{n_jobs}", shape, np.float32,
+                            writable=True)
+    forest_top_neighbors(vectors, metric, ids_rows, distance_rows, k, n_jobs=n_jobs,
+                         **settings)
+    rows = np.arange(len(vectors))
+    return ids_rows.read_rows(rows), distance_rows.read_rows(rows)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "angular"])
+def test_forest_lists_find_the_true_neighbours_in_many_leaves(metric, tmp_path):
+    """Above the exact budget the pipeline's lists come from a random-projection forest
+    (leaves compared by matrix products, then expanded through the lists): nearest
+    first, never the item itself, annoy's distances, recall near the exact lists, the
+    same on 1 thread as on 2; one small partition and no expansion is the control."""
+    vectors = structured_vectors(4000)
+    settings = {"leaf": 200, "random_state": 5}
+    ids, distances = forest_lists(vectors, metric, tmp_path, **settings)
+    assert not (ids == np.arange(4000)[:, None]).any() and (ids >= 0).all()
+    assert (np.diff(distances, axis=1) >= 0).all()
+    recall = 0
+    queries = np.random.default_rng(3).choice(4000, 100, replace=False)
+    for item in queries:
+        truth, _ = exact_neighbors(vectors, vectors[item], 20, metric, exclude=int(item))
+        recall += len(set(truth.tolist()) & set(ids[item].tolist()))
+        assert np.allclose(distances[item], knn.exact_distances(
+            vectors, vectors[item], metric)[ids[item]], atol=1e-3)
+    assert recall / 2000 >= 0.95
+    one_thread = forest_lists(vectors, metric, tmp_path, n_jobs=1, **settings)
+    assert np.array_equal(one_thread[0], ids) and np.array_equal(one_thread[1], distances)
+    # negative control: one partition into leaves of 20 and no expansion misses most
+    poor, _ = forest_lists(vectors, metric, tmp_path, trees=1, expansions=0, leaf=20,
+                           random_state=5)
+    poor_recall = sum(len(set(exact_neighbors(vectors, vectors[i], 20, metric,
+                                              exclude=int(i))[0].tolist())
+                          & set(poor[i].tolist())) for i in queries)
+    assert poor_recall / 2000 < 0.8
+
+
+def test_forest_lists_of_a_tiny_collection_end_in_minus_one(tmp_path):
+    ids, distances = forest_lists(structured_vectors(5), "euclidean", tmp_path, k=8)
+    assert (ids[:, :4] >= 0).all() and (ids[:, 4:] == -1).all()
+    assert np.isinf(distances[:, 4:]).all()
+
+
+def test_the_pipeline_writes_forest_lists_above_the_exact_budget(collection, tmp_path,
+                                                                  monkeypatch):
+    """The CLI's pipeline, in this process, with the exact budget at 0: the manifest
+    says the lists came from the forest and how well they did, and on 36 items (one
+    leaf) they are the exact lists."""
+    monkeypatch.setattr(knn, "EXACT_WORK", 0)
+    images, _ = collection
+    assert build_bundle(images, tmp_path, "forest") == 0
+    bundle = Bundle.open(tmp_path / "forest")
+    embedding = bundle.embeddings[0]
+    entry = read_manifest(tmp_path / "forest")["embeddings"][0]["top"]
+    assert entry["method"] == "forest" and not entry["exact"]
+    assert entry["recall_at_20"] == 1.0
+    vectors = np.asarray(embedding.open_vectors(bundle.path)[:])
+    stored_ids, stored_distances = bundle.open_top_neighbors(embedding)
+    for item in (0, 17, 35):
+        truth, truth_distances = exact_neighbors(vectors, vectors[item], 35,
+                                                 embedding.metric, exclude=item)
+        row = stored_ids.read_rows([item])[0]
+        assert set(row[:35].tolist()) == set(truth.tolist()) and (row[35:] == -1).all()
+        assert np.allclose(stored_distances.read_rows([item])[0][:35], truth_distances,
+                           atol=1e-4)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
+from threadpoolctl import threadpool_limits
 
 from mosaic.knn import exact_knn_of_rows
 
@@ -27,13 +29,22 @@ _VECTOR_OFFSET = {"angular": 12, "euclidean": 16, "manhattan": 16}
 
 
 def build_annoy(vectors: np.ndarray, metric: str, n_trees: int = 20,
-                random_state: int = 0, skip: np.ndarray | None = None) -> AnnoyIndex:
+                random_state: int = 0, skip: np.ndarray | None = None,
+                path: Path | None = None) -> AnnoyIndex:
     """An annoy index over the rows of ``vectors`` (an array or a row reader such as
     ``mosaic.bundle.VectorRows``, read a block at a time); annoy id = item id. Rows
     where the boolean ``skip`` is set are left out (annoy never returns an id it was
-    not given)."""
+    not given).
+
+    With ``path`` the index is built in that file (annoy's ``on_disk_build``; the file
+    is emptied first) and is ready to query when this returns, with nothing to save:
+    the same bytes as ``save`` writes, but its nodes are file pages that the kernel can
+    write back and drop, not the process's own memory (3.3 GB at 1M x 768, which an
+    in-memory build holds, plus annoy's growth margin, until it is saved)."""
     index = AnnoyIndex(vectors.shape[1], metric)
     index.set_seed(random_state)
+    if path is not None:
+        index.on_disk_build(str(path))
     for start in range(0, len(vectors), ADD_BLOCK):
         for offset, vector in enumerate(np.asarray(vectors[start:start + ADD_BLOCK])):
             if skip is None or not skip[start + offset]:
@@ -51,16 +62,10 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
     recall by 1/k). Returns (search_k, recall); the largest candidate if none
     reaches the target.
     """
-    n_items = len(vectors)
-    k = min(RECALL_K, n_items - 1)
+    k = min(RECALL_K, len(vectors) - 1)
     if k < 1:
         return SEARCH_K_CANDIDATES[0], 1.0
-    rng = np.random.default_rng(random_state)
-    sample = np.sort(rng.choice(n_items, size=min(RECALL_SAMPLE, n_items), replace=False))
-    # nearest first; without the item itself (or, where a twin at distance 0 pushed
-    # it out, without the farthest), k each
-    truth = [set([j for j in row.tolist() if j != i][:k]) for i, row in
-             zip(sample, exact_knn_of_rows(vectors, sample, k + 1, metric))]
+    sample, truth = _recall_truth(vectors, metric, k, random_state)
     recall = 0.0
     for search_k in SEARCH_K_CANDIDATES:
         hits = sum(len(truth_set & (set(index.get_nns_by_item(int(i), k + 1,
@@ -70,6 +75,30 @@ def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
         if recall >= RECALL_TARGET:
             return search_k, recall
     return SEARCH_K_CANDIDATES[-1], recall
+
+
+def lists_recall(vectors, ids_rows, metric: str, random_state: int = 0) -> float:
+    """recall@20 of stored top-k lists (``ids_rows``, nearest first), measured as
+    ``choose_search_k`` measures annoy's: against brute force on a seeded sample,
+    the item itself left out of both."""
+    k = min(RECALL_K, len(vectors) - 1)
+    if k < 1:
+        return 1.0
+    sample, truth = _recall_truth(vectors, metric, k, random_state)
+    found = ids_rows.read_rows(sample)[:, :k]
+    return sum(len(t & set(row.tolist())) for t, row in zip(truth, found)) / (k * len(sample))
+
+
+def _recall_truth(vectors, metric: str, k: int, random_state: int
+                  ) -> tuple[np.ndarray, list[set[int]]]:
+    """A seeded sample of ``RECALL_SAMPLE`` items and each one's exact ``k`` nearest:
+    without the item itself (or, where a twin at distance 0 pushed it out, without
+    the farthest)."""
+    n_items = len(vectors)
+    rng = np.random.default_rng(random_state)
+    sample = np.sort(rng.choice(n_items, size=min(RECALL_SAMPLE, n_items), replace=False))
+    return sample, [set([j for j in row.tolist() if j != i][:k]) for i, row in
+                    zip(sample, exact_knn_of_rows(vectors, sample, k + 1, metric))]
 
 
 def drop_items(source: Path, target: Path, ids: np.ndarray, vectors: np.ndarray,
@@ -115,3 +144,165 @@ def drop_items(source: Path, target: Path, ids: np.ndarray, vectors: np.ndarray,
         os.fsync(handle.fileno())
     os.replace(temporary, target)
     return True
+
+
+# -- every item's top-k list by a random-projection forest ---------------------------
+# At 1M x 768 the lists through annoy (1M queries at search_k 5,000) took 936 s of the
+# 1,071-s index stage for recall@20 0.981; the forest's matrix products reach about the
+# same recall in about a third of the time (docs/scale.md, "The index stage at a
+# million"). FOREST_TREES partitions whose leaves are compared whole, then
+# FOREST_EXPANSIONS more in which each leaf is compared with its members' current
+# FOREST_EXPAND_K nearest too (a neighbour's neighbour is likely a neighbour).
+FOREST_TREES = 4
+FOREST_EXPANSIONS = 4
+FOREST_EXPAND_K = 10
+FOREST_LEAF = 1_024
+FOREST_BASIS = 64         # split directions: random mixes of the first principal axes
+FOREST_PCA_SAMPLE = 20_000
+FOREST_METRICS = ("euclidean", "angular")
+# what decides the lists besides the vectors: the index stage's cache key holds it
+FOREST_SETTINGS = {"trees": FOREST_TREES, "expansions": FOREST_EXPANSIONS,
+                   "expand_k": FOREST_EXPAND_K, "leaf": FOREST_LEAF, "basis": FOREST_BASIS,
+                   "pca_sample": FOREST_PCA_SAMPLE}
+
+
+def forest_top_neighbors(vectors, metric: str, ids_rows, distance_rows, k: int,
+                         n_jobs: int = 1, random_state: int = 0,
+                         trees: int = FOREST_TREES, expansions: int = FOREST_EXPANSIONS,
+                         leaf: int = FOREST_LEAF, expand_k: int = FOREST_EXPAND_K) -> None:
+    """Every item's ``k`` nearest (the item itself excluded, nearest first, ``-1`` and
+    ``inf`` past the others), written into the row files ``ids_rows`` (int32 (N, k))
+    and ``distance_rows`` (float32 (N, k)), as ``mosaic.knn.iter_top_neighbors``
+    yields them; euclidean or angular distances as annoy defines them.
+
+    Each pass splits the items at the median of a random direction, level by level,
+    into leaves of at most ``leaf``, and compares every leaf's members with each other
+    by one matrix product (plus, in the ``expansions`` passes, with their current
+    ``expand_k`` nearest); each item keeps the ``k`` nearest it has seen. ``vectors``
+    (an array, or a row file such as ``mosaic.bundle.VectorRows``) and the two row
+    files are memory-mapped: their pages are the page cache's, which the kernel can
+    drop, and the process's own memory holds one leaf per thread and a few numbers per
+    item. Leaves of a pass share no item and a leaf reads only its own members' lists,
+    so the result does not depend on the order the ``n_jobs`` threads finish in."""
+    if metric not in FOREST_METRICS:
+        raise ValueError(f"the forest compares euclidean or angular vectors, not {metric!r}")
+    matrix, scale = _mapped(vectors, "r"), getattr(vectors, "scale", None)
+    ids_map, distance_map = _mapped(ids_rows, "r+"), _mapped(distance_rows, "r+")
+    n_items = len(matrix)
+    ids_map[:] = -1
+    distance_map[:] = np.inf
+    rng = np.random.default_rng(random_state)
+    centre = np.zeros(matrix.shape[1], dtype=np.float32)
+
+    def rows_of(members: np.ndarray) -> np.ndarray:
+        rows = np.asarray(matrix[members], dtype=np.float32)
+        if scale is not None:
+            rows *= np.float32(scale)
+        if metric == "angular":  # annoy's angular distance is the L2 of unit vectors
+            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        # centred (distances do not move): smaller norms, less float32 cancellation in
+        # |a|^2 + |b|^2 - 2ab
+        return rows - centre
+
+    def compare(members: np.ndarray, expand: bool) -> None:
+        rows = rows_of(members)
+        ids, distances = ids_map[members], distance_map[members]
+        if expand:
+            nearest = np.take_along_axis(ids, np.argsort(distances, axis=1)[:, :expand_k], 1)
+            others = np.union1d(members, nearest[nearest >= 0])
+            columns = rows_of(others)
+        else:
+            others, columns = members, rows
+        take = min(k, len(others) - 1)
+        if take < 1:
+            return
+        squared = (np.einsum("ij,ij->i", rows, rows)[:, None]
+                   + np.einsum("ij,ij->i", columns, columns)[None, :] - 2 * (rows @ columns.T))
+        squared[np.arange(len(members)), np.searchsorted(others, members)] = np.inf
+        found = np.argpartition(squared, take - 1, axis=1)[:, :take]
+        ids_map[members], distance_map[members] = _merge(
+            ids, distances, others[found].astype(np.int32),
+            np.take_along_axis(squared, found, axis=1), k)
+
+    basis, centre[:] = _split_basis(rows_of, n_items, rng)
+    depth = max(0, int(np.ceil(np.log2(max(1, n_items) / leaf))))
+    with ThreadPoolExecutor(max(1, n_jobs)) as pool, threadpool_limits(1, user_api="blas"):
+        for number in range(trees + expansions):
+            leaves = _leaves(_projections(rows_of, n_items, basis, rng, depth), leaf)
+            list(pool.map(compare, leaves, [number >= trees] * len(leaves)))
+    # squared distances, in no order -> distances, nearest first
+    for start in range(0, n_items, 65_536):
+        part = slice(start, min(start + 65_536, n_items))
+        order = np.argsort(distance_map[part], axis=1, kind="stable")
+        ids_map[part] = np.take_along_axis(ids_map[part], order, 1)
+        distance_map[part] = np.sqrt(np.maximum(
+            np.take_along_axis(distance_map[part], order, 1), 0))
+    for mapped in (ids_map, distance_map):
+        if isinstance(mapped, np.memmap):
+            mapped.flush()
+
+
+def _mapped(rows, mode: str) -> np.ndarray:
+    """A row file (``mosaic.bundle.RowFile``: path, offset, shape, dtype) as a memmap;
+    an array as it is."""
+    if not hasattr(rows, "path"):
+        return rows
+    return np.memmap(rows.path, dtype=rows.dtype, mode=mode, offset=rows.offset,
+                     shape=rows.shape)
+
+
+def _split_basis(rows_of, n_items: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(basis (dim, FOREST_BASIS), mean (dim,))`` of a sample: its first principal
+    axes, each times its singular value over the first's, so random mixes of them
+    split along the directions the items spread in; and its mean."""
+    sample = np.sort(rng.choice(n_items, min(FOREST_PCA_SAMPLE, n_items), replace=False))
+    rows = rows_of(sample)
+    mean = rows.mean(axis=0)
+    _, values, axes = np.linalg.svd(rows - mean, full_matrices=False)
+    width = min(FOREST_BASIS, len(values))
+    basis = axes[:width].T * (values[:width] / max(values[0], 1e-12))
+    return basis.astype(np.float32), mean.astype(np.float32)
+
+
+def _projections(rows_of, n_items: int, basis: np.ndarray, rng: np.random.Generator,
+                 depth: int) -> np.ndarray:
+    """float32 (N, depth): every item on one random direction per level."""
+    directions = (basis @ rng.standard_normal((basis.shape[1], depth))).astype(np.float32)
+    out = np.empty((n_items, depth), dtype=np.float32)
+    for start in range(0, n_items, 65_536):
+        members = np.arange(start, min(start + 65_536, n_items))
+        out[start:start + len(members)] = rows_of(members) @ directions
+    return out
+
+
+def _leaves(projections: np.ndarray, leaf: int) -> list[np.ndarray]:
+    """Sorted id arrays: the items halved at the median of level l's projection, level
+    by level, until no part holds more than ``leaf``."""
+    parts = [np.arange(len(projections))]
+    for level in range(projections.shape[1]):
+        split = []
+        for part in parts:
+            if len(part) <= leaf:
+                split.append(part)
+                continue
+            order = np.argsort(projections[part, level], kind="stable")
+            half = len(part) // 2
+            split += [np.sort(part[order[:half]]), np.sort(part[order[half:]])]
+        parts = split
+    return parts
+
+
+def _merge(ids: np.ndarray, distances: np.ndarray, new_ids: np.ndarray,
+           new_distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` smallest of its current and new candidates, each id once."""
+    ids = np.concatenate([ids, new_ids], axis=1)
+    distances = np.concatenate([distances, new_distances.astype(np.float32)], axis=1)
+    order = np.argsort(ids, axis=1, kind="stable")
+    ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
+    repeated = np.zeros(ids.shape, dtype=bool)
+    repeated[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
+    distances[repeated] = np.inf
+    ids = np.where(repeated, -1, ids)
+    keep = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, keep, 1), np.take_along_axis(distances, keep, 1)

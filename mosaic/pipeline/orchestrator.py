@@ -56,7 +56,14 @@ from mosaic.pipeline.embed import (
     read_user_vectors,
     weights_signature,
 )
-from mosaic.pipeline.index import build_annoy, choose_search_k
+from mosaic.pipeline.index import (
+    FOREST_METRICS,
+    FOREST_SETTINGS,
+    build_annoy,
+    choose_search_k,
+    forest_top_neighbors,
+    lists_recall,
+)
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db
 from mosaic.pipeline.store import (
     StageCache,
@@ -354,7 +361,7 @@ class _Run:
                                       placed, f"layouts/{spec.slug}/"))
             extra_layouts.append((spec, placed, rendered))
         index_keys = {s.name: cache_key(vectors_key, s.name, c.n_trees, c.random_state, "top",
-                                        knn.TOP_K) for s in self.specs}
+                                        knn.TOP_K, FOREST_SETTINGS) for s in self.specs}
         indexes = [self.stage(f"index-{s.name}", index_keys[s.name],
                               lambda s=s: self.build_annoy(s)) for s in self.specs]
         meta_key = cache_key(grid_key, _file_signature(c.metadata), c.filename_column,
@@ -599,12 +606,12 @@ class _Run:
 
     def build_annoy(self, spec: EmbeddingSpec):
         vectors = self.vectors(spec)
-        index = build_annoy(vectors, spec.metric, self.config.n_trees, self.config.random_state)
-        search_k, recall = choose_search_k(index, vectors, spec.metric, self.config.random_state)
-        top = self.write_top_neighbors(spec, vectors, index, search_k)
         target = self.path(f"embeddings/{spec.name}.ann")
         tmp = target.with_name(f".{target.name}.tmp")
-        index.save(str(tmp))
+        index = build_annoy(vectors, spec.metric, self.config.n_trees, self.config.random_state,
+                            path=tmp)
+        search_k, recall = choose_search_k(index, vectors, spec.metric, self.config.random_state)
+        top = self.write_top_neighbors(spec, vectors, index, search_k)
         index.unload()
         tmp.replace(target)
         return [f"embeddings/{spec.name}.ann", top["ids"], top["distances"]], {
@@ -618,10 +625,14 @@ class _Run:
                              if spec.kind == "clip" else {})}}
 
     def write_top_neighbors(self, spec: EmbeddingSpec, vectors, index, search_k: int) -> dict:
-        """Every item's ``knn.TOP_K`` nearest (exact for small collections, else through
-        ``index`` with ``search_k``), on all cores, into two ``.npy`` files written a block
-        at a time (nothing N-sized in memory) and renamed into place; their manifest entry."""
-        top = {"k": knn.TOP_K, "exact": knn.exact_is_cheap(*vectors.shape, spec.metric),
+        """Every item's ``knn.TOP_K`` nearest, on all cores, into two ``.npy`` files
+        written a block or a leaf at a time (nothing N-sized in memory) and renamed into
+        place; their manifest entry. ``method``: ``exact`` for small collections, else
+        ``forest`` (``index.forest_top_neighbors``, its recall measured) for euclidean
+        and angular, else through ``index`` with ``search_k``."""
+        exact = knn.exact_is_cheap(*vectors.shape, spec.metric)
+        method = "exact" if exact else "forest" if spec.metric in FOREST_METRICS else "annoy"
+        top = {"k": knn.TOP_K, "exact": exact, "method": method,
                "ids": f"embeddings/{spec.name}.top-ids.npy",
                "distances": f"embeddings/{spec.name}.top-distances.npy"}
         shape = (len(vectors), knn.TOP_K)
@@ -630,10 +641,16 @@ class _Run:
             target = self.path(top[part])
             tmp = target.with_name(f".{target.name}.tmp")
             files[part] = (tmp, target, create_npy_rows(tmp, shape, dtype))
-        for start, ids, distances in knn.iter_top_neighbors(
-                vectors, index, spec.metric, search_k, knn.TOP_K, self.config.n_jobs()):
-            files["ids"][2].write_rows(start, ids)
-            files["distances"][2].write_rows(start, distances)
+        if method == "forest":
+            forest_top_neighbors(vectors, spec.metric, files["ids"][2], files["distances"][2],
+                                 knn.TOP_K, self.config.n_jobs(), self.config.random_state)
+            top["recall_at_20"] = round(lists_recall(vectors, files["ids"][2], spec.metric,
+                                                     self.config.random_state), 4)
+        else:
+            for start, ids, distances in knn.iter_top_neighbors(
+                    vectors, index, spec.metric, search_k, knn.TOP_K, self.config.n_jobs()):
+                files["ids"][2].write_rows(start, ids)
+                files["distances"][2].write_rows(start, distances)
         for tmp, target, rows in files.values():
             rows.flush()
             rows.close()
