@@ -13,8 +13,16 @@ the ranking of a text query at 1M items.
   ``-k`` items at a few ``search_k`` with its recall against the exact ranking (and the
   time of that exact ranking over the float16 vectors, a block at a time).
 
+- ``route``: a text query end to end through the server's route
+  (``GET /api/collections/<id>/search?mode=meaning&text=...``, in process, warm) on a
+  synthetic bundle of ``--items`` with a ``clip`` embedding of that ViT-B/32 model
+  (saved with ``save_to_preset`` under ``--work``, random weights; vectors as ``rank``
+  draws them, written by ``bench/synth_bundle.py``), the first request (TensorFlow,
+  the model and the index loaded) apart.
+
     python bench/clip_bench.py towers --batch 32 --batches 3
     python bench/clip_bench.py rank --items 1000000
+    python bench/clip_bench.py route --items 1000000 --work /work/bench-data/clip-route
 """
 
 from __future__ import annotations
@@ -160,6 +168,49 @@ def rank(args) -> dict:
     return result
 
 
+def route(args) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import synth_bundle
+
+    from server import create_app
+
+    work = args.work.resolve()
+    preset, out, cid = work / "preset", work / "out", f"clip{args.items}"
+    if not (preset / "config.json").exists():
+        _, backbone, preprocessor = vit_b32_clip()
+        backbone.save_to_preset(str(preset))
+        preprocessor.save_to_preset(str(preset))
+        del backbone, preprocessor
+    if not (out / cid / "manifest.json").exists():
+        begin = time.perf_counter()
+        # 4-px cells: the route reads the index, the vectors and metadata.sqlite, not
+        # the map, and 32-px cells of 1M items would need 3 GB of scratch
+        synth_bundle.build(out, cid, args.items, clusters=2000, dim=512, cell_size=4,
+                           clip_weights=str(preset))
+        print(f"bundle built in {time.perf_counter() - begin:.0f} s", flush=True)
+    client = create_app({"TESTING": True}, out_dir=str(out)).test_client()
+    url = f"/api/collections/{cid}/search"
+
+    def ask(text: str) -> float:
+        begin = time.perf_counter()
+        response = client.get(url, query_string={"mode": "meaning", "text": text,
+                                                 "k": "100", "limit": "100"})
+        elapsed = time.perf_counter() - begin
+        body = response.get_json()
+        assert response.status_code == 200 and len(body["items"]) == 100, body
+        return elapsed
+
+    first = ask(QUERIES[0])
+    times = [ask(query) for _ in range(args.repeats) for query in QUERIES]
+    return {"items": args.items, "bundle": cid, "k": 100,
+            "first_request_s": round(first, 1),
+            "request_ms_median": round(1000 * statistics.median(times), 1),
+            "request_ms_p95": round(1000 * sorted(times)[int(0.95 * len(times))], 1),
+            "requests": len(times),
+            "search_k": json.loads((out / cid / "manifest.json").read_text())
+            ["embeddings"][0]["search_k"]}
+
+
 def top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:
     """The exact ``k`` best cosines, a block of float16 rows at a time."""
     best = []
@@ -183,8 +234,12 @@ def main() -> int:
     r.add_argument("--trees", type=int, default=20)
     r.add_argument("-k", type=int, default=100)
     r.add_argument("--search-k", type=int, nargs="+", default=[2000, 20000, 100000])
+    q = sub.add_parser("route")
+    q.add_argument("--items", type=int, default=1_000_000)
+    q.add_argument("--work", type=Path, required=True, help="the preset and the bundle go here")
+    q.add_argument("--repeats", type=int, default=10, help="rounds of the six queries")
     args = parser.parse_args()
-    result = towers(args) if args.command == "towers" else rank(args)
+    result = {"towers": towers, "rank": rank, "route": route}[args.command](args)
     result.update(command=args.command, cpus=os.cpu_count(), machine=platform.machine())
     print(json.dumps(result))
     return 0

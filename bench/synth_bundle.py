@@ -37,8 +37,11 @@ WORDS = ("red green blue amber violet harbour mountain river forest desert city 
 
 
 def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
-          cell_size: int = 32, seed: int = 0) -> Path:
-    """Write the bundle ``out/cid`` and return its folder."""
+          cell_size: int = 32, seed: int = 0, clip_weights: str | None = None) -> Path:
+    """Write the bundle ``out/cid`` and return its folder. With ``clip_weights`` (a
+    KerasHub preset folder) the embedding is a ``clip`` one of that model: unit vectors
+    stored as float16, as the pipeline stores clip's, so the server searches it by
+    meaning through that model's text tower (the vectors are still synthetic)."""
     rng = np.random.default_rng(seed)
     folder = out / cid
     (folder / "embeddings").mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,11 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
     labels = np.sort(rng.integers(0, clusters, n))
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     vectors = centres[labels] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
-    np.save(folder / "embeddings" / "synth.npy", vectors)
+    name = "clip" if clip_weights else "synth"
+    if clip_weights:
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.save(folder / "embeddings" / f"{name}.npy",
+            vectors.astype(np.float16) if clip_weights else vectors)
 
     n_rows, n_cols = grid_shape(n)
     positions = np.stack([np.arange(n) // n_cols, np.arange(n) % n_cols], axis=1).astype(np.int32)
@@ -89,9 +96,10 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
     del cells
     (folder / "cells.u8").unlink()  # the raw cells were only the generator's scratch
 
-    index = build_annoy(vectors, "angular", n_trees=20, random_state=seed)
-    index.save(str(folder / "embeddings" / "synth.ann"))
+    index = build_annoy(vectors, "angular", n_trees=20, random_state=seed,
+                        path=folder / "embeddings" / f"{name}.ann")
     search_k, recall = choose_search_k(index, vectors, "angular", random_state=seed)
+    index.unload()
     timings["index"] = time.perf_counter() - started - sum(timings.values())
 
     first_of = {c: int(np.searchsorted(labels, c)) for c in range(clusters)}
@@ -112,11 +120,13 @@ def build(out: Path, cid: str, n: int, clusters: int = 12, dim: int = 64,
                   "layout": "layout.npy", "grid": "grid.i32", "cells": "cells.pack",
                   "cells_index": "cells.idx"},
         "cells": cells_entry(n, cell_size),
-        "embeddings": [{"name": "synth", "kind": "synthetic", "dim": dim, "metric": "angular",
-                        "vectors": "embeddings/synth.npy", "dtype": "float32",
-                        "index": "embeddings/synth.ann",
-                        "n_trees": 20, "search_k": search_k, "recall_at_20": recall}],
-        "layout": {"embedding": "synth", "reducer": "none"},
+        "embeddings": [{"name": name, "kind": "clip" if clip_weights else "synthetic",
+                        "dim": dim, "metric": "angular", "vectors": f"embeddings/{name}.npy",
+                        "dtype": "float16" if clip_weights else "float32",
+                        "index": f"embeddings/{name}.ann",
+                        "n_trees": 20, "search_k": search_k, "recall_at_20": recall,
+                        **({"weights": clip_weights} if clip_weights else {})}],
+        "layout": {"embedding": name, "reducer": "none"},
         "display": {"title": "item {id}", "url": None},
         "columns": [{"name": k, "kind": v} for k, v in kinds.items()],
         "facets": ["category"],
