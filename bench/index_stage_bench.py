@@ -42,6 +42,7 @@ from mosaic.pipeline.index import (  # noqa: E402
     choose_search_k,
     forest_top_neighbors,
     lists_recall,
+    recall_truth,
 )
 from mosaic.pipeline.store import create_npy_rows  # noqa: E402
 
@@ -119,7 +120,8 @@ def main() -> int:
     if args.build_only:
         return finish(args, bundle, memory, seconds, index, vectors, entry, None, None, {})
     step("recall")
-    search_k, recall = choose_search_k(index, vectors, entry["metric"], 0)
+    truth = recall_truth(vectors, entry["metric"], 0)
+    search_k, recall = choose_search_k(index, vectors, entry["metric"], truth=truth)
     done("recall")
     step("top")
     shape = (len(vectors), knn.TOP_K)
@@ -132,7 +134,7 @@ def main() -> int:
                              knn.TOP_K, args.jobs, 0)
         done("top")
         step("lists recall")
-        lists_recall_at_20 = round(lists_recall(vectors, rows["ids"], entry["metric"], 0), 4)
+        lists_recall_at_20 = round(lists_recall(rows["ids"], truth), 4)
         done("lists recall")
     else:
         for start, ids, distances in knn.iter_top_neighbors(vectors, index, entry["metric"],

@@ -43,6 +43,7 @@ process holds O(N) small integers (labels, row numbers) whatever N is.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import multiprocessing
@@ -474,8 +475,14 @@ def screen_differences(vectors, a: np.ndarray, b: np.ndarray, scale: float
     pictures = vectors.read_rows(items) * np.float32(1 / scale)
     pictures = pictures.reshape(len(items), side, side, 3)
     return pair_differences(pictures[inverse[:len(a)]], pictures[inverse[len(a):]],
-                            crop_matrices(side, step=SCREEN_CUT_STEP),
-                            blur_matrix(side, SCREEN_BLUR * side / SIDE), SCREEN_PROFILE)
+                            *_screen_matrices(side), SCREEN_PROFILE)
+
+
+@functools.cache
+def _screen_matrices(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The screen's crops and blur at ``side`` px, made once (every batch uses them)."""
+    return (crop_matrices(side, step=SCREEN_CUT_STEP),
+            blur_matrix(side, SCREEN_BLUR * side / SIDE))
 
 
 def iter_pair_differences(bundle: Bundle,

@@ -54,47 +54,52 @@ def build_annoy(vectors: np.ndarray, metric: str, n_trees: int = 20,
 
 
 def choose_search_k(index: AnnoyIndex, vectors: np.ndarray, metric: str,
-                    random_state: int = 0) -> tuple[int, float]:
+                    random_state: int = 0,
+                    truth: tuple[np.ndarray, list[set[int]]] | None = None
+                    ) -> tuple[int, float]:
     """The smallest candidate search_k whose recall@20 reaches RECALL_TARGET.
 
-    Recall is measured against brute force on a sample of items, the item itself
-    left out of both lists (it is always found, so counting it would inflate
-    recall by 1/k). Returns (search_k, recall); the largest candidate if none
-    reaches the target.
+    Recall is measured against brute force on a sample of items (``recall_truth``, or
+    ``truth`` when the caller has it already), the item itself left out of both lists
+    (it is always found, so counting it would inflate recall by 1/k). Returns
+    (search_k, recall); the largest candidate if none reaches the target.
     """
-    k = min(RECALL_K, len(vectors) - 1)
-    if k < 1:
+    sample, truth_sets = truth or recall_truth(vectors, metric, random_state)
+    if not len(sample):
         return SEARCH_K_CANDIDATES[0], 1.0
-    sample, truth = _recall_truth(vectors, metric, k, random_state)
+    k = len(truth_sets[0])
     recall = 0.0
     for search_k in SEARCH_K_CANDIDATES:
         hits = sum(len(truth_set & (set(index.get_nns_by_item(int(i), k + 1,
                                                               search_k=search_k)) - {int(i)}))
-                   for i, truth_set in zip(sample, truth))
+                   for i, truth_set in zip(sample, truth_sets))
         recall = hits / (k * len(sample))
         if recall >= RECALL_TARGET:
             return search_k, recall
     return SEARCH_K_CANDIDATES[-1], recall
 
 
-def lists_recall(vectors, ids_rows, metric: str, random_state: int = 0) -> float:
-    """recall@20 of stored top-k lists (``ids_rows``, nearest first), measured as
-    ``choose_search_k`` measures annoy's: against brute force on a seeded sample,
-    the item itself left out of both."""
-    k = min(RECALL_K, len(vectors) - 1)
-    if k < 1:
+def lists_recall(ids_rows, truth: tuple[np.ndarray, list[set[int]]]) -> float:
+    """recall@20 of stored top-k lists (``ids_rows``, nearest first), against
+    ``recall_truth``, as ``choose_search_k`` measures annoy's."""
+    sample, truth_sets = truth
+    if not len(sample):
         return 1.0
-    sample, truth = _recall_truth(vectors, metric, k, random_state)
+    k = len(truth_sets[0])
     found = ids_rows.read_rows(sample)[:, :k]
-    return sum(len(t & set(row.tolist())) for t, row in zip(truth, found)) / (k * len(sample))
+    return sum(len(t & set(row.tolist())) for t, row in zip(truth_sets, found)) \
+        / (k * len(sample))
 
 
-def _recall_truth(vectors, metric: str, k: int, random_state: int
-                  ) -> tuple[np.ndarray, list[set[int]]]:
-    """A seeded sample of ``RECALL_SAMPLE`` items and each one's exact ``k`` nearest:
-    without the item itself (or, where a twin at distance 0 pushed it out, without
-    the farthest)."""
+def recall_truth(vectors, metric: str, random_state: int = 0
+                 ) -> tuple[np.ndarray, list[set[int]]]:
+    """A seeded sample of ``RECALL_SAMPLE`` items and each one's exact ``RECALL_K``
+    nearest (fewer in a tiny collection; none with a single item): without the item
+    itself (or, where a twin at distance 0 pushed it out, without the farthest)."""
     n_items = len(vectors)
+    k = min(RECALL_K, n_items - 1)
+    if k < 1:
+        return np.empty(0, dtype=np.int64), []
     rng = np.random.default_rng(random_state)
     sample = np.sort(rng.choice(n_items, size=min(RECALL_SAMPLE, n_items), replace=False))
     return sample, [set([j for j in row.tolist() if j != i][:k]) for i, row in

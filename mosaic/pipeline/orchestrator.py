@@ -63,6 +63,7 @@ from mosaic.pipeline.index import (
     choose_search_k,
     forest_top_neighbors,
     lists_recall,
+    recall_truth,
 )
 from mosaic.pipeline.metadata import ItemRecord, write_metadata_db
 from mosaic.pipeline.store import (
@@ -610,8 +611,10 @@ class _Run:
         tmp = target.with_name(f".{target.name}.tmp")
         index = build_annoy(vectors, spec.metric, self.config.n_trees, self.config.random_state,
                             path=tmp)
-        search_k, recall = choose_search_k(index, vectors, spec.metric, self.config.random_state)
-        top = self.write_top_neighbors(spec, vectors, index, search_k)
+        # one brute-force sample measures both the index and the stored lists
+        truth = recall_truth(vectors, spec.metric, self.config.random_state)
+        search_k, recall = choose_search_k(index, vectors, spec.metric, truth=truth)
+        top = self.write_top_neighbors(spec, vectors, index, search_k, truth)
         index.unload()
         tmp.replace(target)
         return [f"embeddings/{spec.name}.ann", top["ids"], top["distances"]], {
@@ -624,12 +627,14 @@ class _Run:
                           **({"weights": clip_weights(self.config.weights)}
                              if spec.kind == "clip" else {})}}
 
-    def write_top_neighbors(self, spec: EmbeddingSpec, vectors, index, search_k: int) -> dict:
+    def write_top_neighbors(self, spec: EmbeddingSpec, vectors, index, search_k: int,
+                            truth) -> dict:
         """Every item's ``knn.TOP_K`` nearest, on all cores, into two ``.npy`` files
         written a block or a leaf at a time (nothing N-sized in memory) and renamed into
         place; their manifest entry. ``method``: ``exact`` for small collections, else
         ``forest`` (``index.forest_top_neighbors``, its recall measured) for euclidean
-        and angular, else through ``index`` with ``search_k``."""
+        and angular, else through ``index`` with ``search_k``. ``truth``:
+        ``index.recall_truth``, what the forest's lists are measured against."""
         exact = knn.exact_is_cheap(*vectors.shape, spec.metric)
         method = "exact" if exact else "forest" if spec.metric in FOREST_METRICS else "annoy"
         top = {"k": knn.TOP_K, "exact": exact, "method": method,
@@ -644,8 +649,7 @@ class _Run:
         if method == "forest":
             forest_top_neighbors(vectors, spec.metric, files["ids"][2], files["distances"][2],
                                  knn.TOP_K, self.config.n_jobs(), self.config.random_state)
-            top["recall_at_20"] = round(lists_recall(vectors, files["ids"][2], spec.metric,
-                                                     self.config.random_state), 4)
+            top["recall_at_20"] = round(lists_recall(files["ids"][2], truth), 4)
         else:
             for start, ids, distances in knn.iter_top_neighbors(
                     vectors, index, spec.metric, search_k, knn.TOP_K, self.config.n_jobs()):
