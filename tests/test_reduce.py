@@ -81,3 +81,37 @@ def test_neighbour_graph_finds_near_items_never_itself(n):
         exact = exact_knn_of_rows(vectors, np.arange(n), 11, "euclidean")[:, 1:]
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(graph, exact)])
         assert recall > 0.9
+
+
+def test_shared_search_gives_opentsnes_own_affinities_and_stays_nearest_first():
+    """The layout stage's one neighbour search (``layout_neighbours``) feeds openTSNE's
+    affinities, equal to those openTSNE computes itself, and then the grid's graph, whose
+    rows must still be nearest first afterwards (scipy sorts CSR indices in place)."""
+    from openTSNE import affinity
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(8, 16)) * 5
+    vectors = (centres[rng.integers(0, 8, 1200)] + rng.normal(size=(1200, 16))).astype(
+        np.float32)
+    shared = reduce.layout_neighbours(vectors, random_state=2)
+    assert shared.ids.shape == (1200, 90) and shared.ids.dtype == np.int32
+    before = shared.ids.copy()
+    ours = reduce.tsne_affinities(shared, 30.0).P
+    theirs = affinity.MultiscaleMixture(vectors, [30.0], random_state=2).P
+    assert ours.shape == theirs.shape and ours.nnz == theirs.nnz
+    assert abs(ours - theirs).max() < 1e-9 * theirs.max()
+    assert np.array_equal(shared.ids, before)
+    graph = reduce.neighbour_graph(vectors, k=30, neighbours=shared)
+    assert np.array_equal(graph, before[:, :30])
+    gaps = np.linalg.norm(vectors[graph] - vectors[:, None], axis=2)
+    assert (np.diff(gaps, axis=1) >= -1e-4).all()  # nearest first
+    shuffled = np.random.default_rng(0).permuted(graph, axis=1)  # the negative control
+    gaps = np.linalg.norm(vectors[shuffled] - vectors[:, None], axis=2)
+    assert not (np.diff(gaps, axis=1) >= -1e-4).all()
+
+
+@pytest.mark.parametrize("flags", [{"reducer": "umap"}, {"tsne_backend": "sklearn"},
+                                   {"metric": "correlation"}])
+def test_layouts_that_search_their_own_way_share_nothing(flags):
+    vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    assert reduce.layout_neighbours(vectors, **flags) is None

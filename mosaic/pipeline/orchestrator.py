@@ -340,7 +340,8 @@ class _Run:
         layout_key = cache_key(vectors_key, c.pca, c.reducer, c.tsne_backend, c.perplexity,
                                c.n_neighbors, c.min_dist, c.metric, c.random_state,
                                *supervised, *self.layout_method_key(),
-                               *(["graph", reduce.GRAPH_K] if self.specs[0].kind != "xy"
+                               *(["graph", reduce.GRAPH_K, reduce.GRAPH_VERSION]
+                                 if self.specs[0].kind != "xy"
                                  else []))
         layout = self.stage("layout", layout_key, self.build_layout)
         grid_key = cache_key(layout_key, c.grid, *self.grid_refine_key())
@@ -436,18 +437,25 @@ class _Run:
         else:
             reduced = reduce.reduce_pca(vectors, c.pca, c.random_state) if c.pca else vectors
             labels = self.label_codes() if c.label_column else None
+            # One neighbour search for the t-SNE affinities and the grid refinement's graph.
+            shared = reduce.layout_neighbours(reduced, c.reducer, c.tsne_backend, c.perplexity,
+                                              c.metric, c.random_state, c.n_jobs(),
+                                              c.layout_sample, c.layout_fast)
             xy = reduce.layout_2d(reduced, c.reducer, c.tsne_backend, c.perplexity,
                                   c.n_neighbors, c.min_dist, c.metric, c.random_state, c.n_jobs(),
-                                  labels=labels, sample=c.layout_sample, fast=c.layout_fast)
+                                  labels=labels, sample=c.layout_sample, fast=c.layout_fast,
+                                  neighbours=shared)
             if len(xy) > quality.K + 1:
-                outputs += self.write_neighbours(vectors, reduced)
+                outputs += self.write_neighbours(vectors, reduced, shared)
         save_npy_atomic(self.path("layout.npy"), xy)
         return outputs, {}
 
-    def write_neighbours(self, vectors, reduced: np.ndarray) -> list[str]:
+    def write_neighbours(self, vectors, reduced: np.ndarray,
+                         shared: reduce.Neighbours | None = None) -> list[str]:
         """What the grid stage needs from the layout vectors: the map-quality reference
         (each query item's nearest neighbours in their first 50 PCA components) and the
-        grid refinement's neighbour graph; their paths."""
+        grid refinement's neighbour graph (from ``shared``, the layout's own search, where
+        there is one); their paths."""
         c = self.config
         features = reduced[:, :quality.FEATURE_DIMS] \
             if c.pca or reduced.shape[1] <= quality.FEATURE_DIMS \
@@ -456,7 +464,7 @@ class _Run:
         save_npy_atomic(self.path(QUALITY_NEIGHBOURS), quality.feature_neighbours(
             np.asarray(features, dtype=np.float32), queries))
         save_npy_atomic(self.path(LAYOUT_GRAPH), reduce.neighbour_graph(
-            reduced, reduce.GRAPH_K, c.metric, c.random_state, c.n_jobs()))
+            reduced, reduce.GRAPH_K, c.metric, c.random_state, c.n_jobs(), shared))
         return [QUALITY_NEIGHBOURS, LAYOUT_GRAPH]
 
     def layout_method_key(self) -> list:

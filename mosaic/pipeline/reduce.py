@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,8 @@ LAYOUT_SAMPLE = 1_000_000
 LAYOUT_FAST = 200_000
 FAST_TREES = 10
 FAST_ITER = 250
+# openTSNE's own number of Annoy trees (FIt-SNE's), for the default fit.
+TSNE_TREES = 50
 ANNOY_METRICS = ("euclidean", "cosine", "manhattan", "hamming", "dot")
 PLACE_K = 10
 PLACE_BATCH = 50_000
@@ -50,6 +53,9 @@ REFINE_EXAGGERATION_ITER = 0
 REFINE_ITER = 250
 # The grid refinement's graph (neighbour_graph): each item's this many nearest items.
 GRAPH_K = 30
+# 2: the graph is the first GRAPH_K of the openTSNE fit's own search (layout_neighbours),
+# not a search of its own.
+GRAPH_VERSION = 2
 
 
 def reduce_pca(vectors: np.ndarray, n_components: int, random_state: int = 0) -> np.ndarray:
@@ -96,6 +102,7 @@ def layout_2d(
     labels: np.ndarray | None = None,
     sample: int | None = LAYOUT_SAMPLE,
     fast: int | None = LAYOUT_FAST,
+    neighbours: Neighbours | None = None,
 ) -> np.ndarray:
     """Embed (N, D) vectors in 2-D; returns float32 (N, 2) scaled to [0, 1].
 
@@ -104,6 +111,8 @@ def layout_2d(
     ``None`` or 0 fits all items whatever their number. ``fast`` (openTSNE only):
     above this many items (and not above ``sample``), fit all items with a cheaper
     kNN and fewer iterations (``FAST_TREES``, ``FAST_ITER``); ``None`` or 0 never.
+    ``neighbours``: the openTSNE fit's neighbour search, done already
+    (``layout_neighbours``); searched here when None.
 
     ``labels`` (int (N,), -1 = unlabelled; see ``encode_labels``) makes the
     layout supervised; only ``reducer="umap"`` takes them. Fewer than
@@ -132,9 +141,13 @@ def layout_2d(
         perplexity = min(perplexity, (n_items - 1) / 3)
         if tsne_backend == "opentsne" and sample and n_items > sample:
             xy = tsne_sample_place_refine(vectors, sample, perplexity, metric, random_state,
-                                          n_jobs)
+                                          n_jobs, neighbours=neighbours)
         elif tsne_backend == "opentsne" and fast and n_items > fast:
-            xy = _opentsne(vectors, perplexity, metric, random_state, n_jobs, fast=True)
+            xy = _opentsne(vectors, perplexity, metric, random_state, n_jobs, fast=True,
+                           neighbours=neighbours)
+        elif tsne_backend == "opentsne":
+            xy = _opentsne(vectors, perplexity, metric, random_state, n_jobs,
+                           neighbours=neighbours)
         else:
             xy = _TSNE[tsne_backend](vectors, perplexity, metric, random_state, n_jobs)
     return scale_unit(np.asarray(xy, dtype=np.float64))
@@ -174,15 +187,106 @@ def _small_layout(vectors: np.ndarray, random_state: int) -> np.ndarray:
     return xy
 
 
-def _opentsne(vectors, perplexity, metric, random_state, n_jobs, fast=False):
-    from openTSNE import TSNE
+class Neighbours(NamedTuple):
+    """Each item's ``k`` nearest other items, nearest first: ids int32 (N, k) and their
+    distances float64 (N, k)."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+
+
+def tsne_neighbours(vectors: np.ndarray, k: int, metric: str = "euclidean",
+                    random_state: int = 0, n_jobs: int = 1,
+                    trees: int = TSNE_TREES) -> Neighbours:
+    """openTSNE's neighbour search, as its own fit runs it (exact below 1,000 items,
+    Annoy with ``trees`` trees above; the fast fit's ``FAST_TREES`` Annoy at any N, so
+    that small tests reach it), with the search index freed before returning.
+
+    The t-SNE affinities and the grid refinement's graph both come from one such
+    search (``layout_neighbours``): at a million items it is minutes, and the index
+    and openTSNE's int64 copies are gigabytes that its own fit keeps to the end.
+    """
+    from openTSNE import affinity
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if trees == TSNE_TREES:  # openTSNE's own choice, its own number of trees
+        index = affinity.get_knn_index(vectors, "auto", k, metric, n_jobs=n_jobs,
+                                       random_state=random_state)
+    else:
+        index = affinity.get_knn_index(vectors, "annoy", k, metric, n_jobs=n_jobs,
+                                       random_state=random_state,
+                                       knn_kwargs={"n_trees": trees})
+    ids, distances = index.build()
+    del index
+    return Neighbours(np.asarray(ids, dtype=np.int32),
+                      np.asarray(distances, dtype=np.float64))
+
+
+def tsne_k(perplexity: float, n_items: int) -> int:
+    """How many neighbours openTSNE's affinities use: three per unit of perplexity."""
+    return min(n_items - 1, int(3 * perplexity))
+
+
+def tsne_affinities(neighbours: Neighbours, perplexity: float, n_jobs: int = 1):
+    """openTSNE's symmetric perplexity affinities (``joint_probabilities_nn``) from
+    precomputed neighbours, with fewer copies: int32 column indices, symmetrised and
+    normalised in place. ``P / sum(P)`` with ``P = (C + C.T) / 2`` is ``(C + C.T) /
+    sum(C + C.T)``, so one in-place division does both."""
+    from openTSNE import affinity
+
+    k = min(neighbours.ids.shape[1], tsne_k(perplexity, len(neighbours.ids) + 1))
+    # A copy of the ids: scipy sorts a CSR matrix's column indices in place, and they
+    # would be the caller's array (the grid's graph wants them nearest first).
+    conditional = affinity.joint_probabilities_nn(
+        np.array(neighbours.ids[:, :k]), neighbours.distances[:, :k], [perplexity],
+        symmetrize=False, n_jobs=n_jobs)
+    joint = (conditional + conditional.T).tocsr()
+    del conditional
+    joint.data /= joint.data.sum()
+    return affinity.PrecomputedAffinities(joint, normalize=False)
+
+
+def _opentsne(vectors, perplexity, metric, random_state, n_jobs, fast=False,
+              neighbours: Neighbours | None = None):
+    """openTSNE's fit (its defaults; ``fast``: FAST_TREES and FAST_ITER), its affinities
+    from ``neighbours`` (searched here if None) for metrics Annoy supports."""
+    from openTSNE import TSNE, initialization
 
     cheaper = {"n_iter": FAST_ITER} if fast else {}
-    if fast and metric in ANNOY_METRICS:  # Annoy whatever N, so that small tests reach it
-        cheaper.update(neighbors="annoy", knn_kwargs={"n_trees": FAST_TREES})
+    if metric not in ANNOY_METRICS:
+        tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
+                    n_jobs=n_jobs, verbose=False, **cheaper)
+        return np.asarray(tsne.fit(vectors))
+    init = initialization.pca(vectors, random_state=random_state)
+    if neighbours is None:
+        neighbours = tsne_neighbours(vectors, tsne_k(perplexity, len(vectors)), metric,
+                                     random_state, n_jobs, FAST_TREES if fast else TSNE_TREES)
+    affinities = tsne_affinities(neighbours, perplexity, n_jobs)
+    del neighbours
     tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
                 n_jobs=n_jobs, verbose=False, **cheaper)
-    return np.asarray(tsne.fit(vectors))
+    return np.asarray(tsne.fit(affinities=affinities, initialization=init))
+
+
+def layout_neighbours(vectors: np.ndarray, reducer: str = "tsne",
+                      tsne_backend: str = "opentsne", perplexity: float = 30.0,
+                      metric: str = "euclidean", random_state: int = 0, n_jobs: int = 1,
+                      sample: int | None = LAYOUT_SAMPLE, fast: int | None = LAYOUT_FAST,
+                      k_min: int = GRAPH_K) -> Neighbours | None:
+    """The one neighbour search that ``layout_2d`` (its openTSNE fit) and
+    ``neighbour_graph`` (the grid refinement's graph) share, with at least ``k_min``
+    neighbours; None where the layout searches in its own way (UMAP, the other t-SNE
+    backends, a metric Annoy lacks, too few items). Above ``sample`` items it is the
+    search of all items that the sampled method's refinement uses."""
+    n_items = len(vectors)
+    if (reducer != "tsne" or tsne_backend != "opentsne" or metric not in ANNOY_METRICS
+            or n_items < MIN_ITEMS_FOR_MANIFOLD or vectors.shape[1] < 2):
+        return None
+    perplexity = min(perplexity, (n_items - 1) / 3)
+    k = min(n_items - 1, max(k_min, tsne_k(perplexity, n_items)))
+    sampled = sample and n_items > sample  # its refinement's affinities: openTSNE's own
+    trees = FAST_TREES if fast and n_items > fast and not sampled else TSNE_TREES
+    return tsne_neighbours(vectors, k, metric, random_state, n_jobs, trees)
 
 
 def tsne_sample_place_refine(
@@ -194,6 +298,7 @@ def tsne_sample_place_refine(
     n_jobs: int = 1,
     refine_iter: int = REFINE_ITER,
     refine_exaggeration_iter: int = REFINE_EXAGGERATION_ITER,
+    neighbours: Neighbours | None = None,
 ) -> np.ndarray:
     """The large-collection t-SNE: float64 (N, 2), not yet scaled.
 
@@ -203,9 +308,10 @@ def tsne_sample_place_refine(
     and the whole map is optimised from the placed start for ``refine_iter``
     iterations (after ``refine_exaggeration_iter`` exaggerated ones), so that the
     placed items are ordered among themselves too. ``refine_iter=0`` stops after
-    placement.
+    placement. ``neighbours``: the search of all items for the refinement's
+    affinities, done already (``layout_neighbours``); searched here when None.
     """
-    from openTSNE import TSNE, TSNEEmbedding, affinity, initialization
+    from openTSNE import TSNE, TSNEEmbedding, initialization
 
     tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
                 n_jobs=n_jobs, verbose=False)
@@ -219,8 +325,11 @@ def tsne_sample_place_refine(
     del embedding
     if refine_iter <= 0:
         return xy
-    affinities = affinity.PerplexityBasedNN(vectors, perplexity=perplexity, metric=metric,
-                                            n_jobs=n_jobs, random_state=random_state)
+    if neighbours is None:
+        neighbours = tsne_neighbours(vectors, tsne_k(perplexity, len(vectors)), metric,
+                                     random_state, n_jobs)
+    affinities = tsne_affinities(neighbours, perplexity, n_jobs)
+    del neighbours
     refined = TSNEEmbedding(initialization.rescale(xy), affinities, n_jobs=n_jobs,
                             random_state=random_state)
     if refine_exaggeration_iter > 0:
@@ -231,13 +340,17 @@ def tsne_sample_place_refine(
 
 
 def neighbour_graph(vectors: np.ndarray, k: int = GRAPH_K, metric: str = "euclidean",
-                    random_state: int = 0, n_jobs: int = 1) -> np.ndarray:
+                    random_state: int = 0, n_jobs: int = 1,
+                    neighbours: Neighbours | None = None) -> np.ndarray:
     """Each item's ``k`` approximate nearest other items, int32 (N, k), nearest first
     (openTSNE's Annoy search, as its affinities use): the graph that the grid
     refinement (``grid.refine_grid``) keeps together. With ``k`` or fewer other items,
-    each row holds all of them, repeated."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    each row holds all of them, repeated. ``neighbours`` with at least ``k`` columns
+    (the layout's own search, ``layout_neighbours``) are used instead of a new search."""
     n_items = len(vectors)
+    if neighbours is not None and n_items > k + 1 and neighbours.ids.shape[1] >= k:
+        return np.ascontiguousarray(neighbours.ids[:, :k])
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if n_items <= k + 1:
         if n_items < 2:
             return np.zeros((n_items, k), dtype=np.int32)
