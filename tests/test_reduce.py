@@ -115,3 +115,16 @@ def test_shared_search_gives_opentsnes_own_affinities_and_stays_nearest_first():
 def test_layouts_that_search_their_own_way_share_nothing(flags):
     vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
     assert reduce.layout_neighbours(vectors, **flags) is None
+
+
+def test_fast_fit_search_is_the_forest_and_finds_the_nearest():
+    """Above --layout-fast the shared search is the index stage's forest: nearest first,
+    never the item itself, and (at this size, one leaf) exactly the nearest."""
+    from mosaic.knn import exact_knn_of_rows
+
+    vectors = np.random.default_rng(1).normal(size=(500, 12)).astype(np.float32)
+    shared = reduce.layout_neighbours(vectors, fast=100)
+    exact = exact_knn_of_rows(vectors, np.arange(500), 91, "euclidean")[:, 1:]
+    assert shared.ids.shape == (500, 90) and not (shared.ids == np.arange(500)[:, None]).any()
+    assert np.mean([len(set(a) & set(b)) / 90 for a, b in zip(shared.ids, exact)]) > 0.99
+    assert (np.diff(shared.distances, axis=1) >= 0).all()

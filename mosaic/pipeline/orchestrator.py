@@ -479,7 +479,7 @@ class _Run:
             return ["sample-place-refine", c.layout_sample, reduce.PLACE_K,
                     reduce.REFINE_EXAGGERATION_ITER, reduce.REFINE_ITER]
         if c.layout_fast and n_items > c.layout_fast:
-            return ["fast-fit", c.layout_fast, reduce.FAST_TREES, reduce.FAST_ITER]
+            return ["fast-fit", c.layout_fast, reduce.FAST_TREES, reduce.FAST_ITER, "forest"]
         return []
 
     def layout_method(self) -> str:
