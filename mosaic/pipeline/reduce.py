@@ -111,7 +111,7 @@ def layout_2d(
     ``sample`` items, place the rest and refine all (``tsne_sample_place_refine``);
     ``None`` or 0 fits all items whatever their number. ``fast`` (openTSNE only):
     above this many items (and not above ``sample``), fit all items with a cheaper
-    kNN and fewer iterations (``FAST_TREES``, ``FAST_ITER``); ``None`` or 0 never.
+    kNN (``fast_neighbours``) and fewer iterations (``FAST_ITER``); ``None`` or 0 never.
     ``neighbours``: the openTSNE fit's neighbour search, done already
     (``layout_neighbours``); searched here when None.
 
@@ -200,8 +200,9 @@ def tsne_neighbours(vectors: np.ndarray, k: int, metric: str = "euclidean",
                     random_state: int = 0, n_jobs: int = 1,
                     trees: int = TSNE_TREES) -> Neighbours:
     """openTSNE's neighbour search, as its own fit runs it (exact below 1,000 items,
-    Annoy with ``trees`` trees above; the fast fit's ``FAST_TREES`` Annoy at any N, so
-    that small tests reach it), with the search index freed before returning.
+    Annoy with ``trees`` trees above; any other ``trees``, the fast fit's search of
+    non-euclidean vectors, is Annoy at any N), with the search index freed before
+    returning.
 
     The t-SNE affinities and the grid refinement's graph both come from one such
     search (``layout_neighbours``): at a million items it is minutes, and the index
@@ -365,7 +366,7 @@ def neighbour_graph(vectors: np.ndarray, k: int = GRAPH_K, metric: str = "euclid
                     random_state: int = 0, n_jobs: int = 1,
                     neighbours: Neighbours | None = None) -> np.ndarray:
     """Each item's ``k`` approximate nearest other items, int32 (N, k), nearest first
-    (openTSNE's Annoy search, as its affinities use): the graph that the grid
+    (openTSNE's search, as its affinities use): the graph that the grid
     refinement (``grid.refine_grid``) keeps together. With ``k`` or fewer other items,
     each row holds all of them, repeated. ``neighbours`` with at least ``k`` columns
     (the layout's own search, ``layout_neighbours``) are used instead of a new search."""
