@@ -1,9 +1,10 @@
 """The small-image decode's shortcuts give the bytes of the general libvips path.
 
 ``thumbnail._srgb_pixels`` decodes 8-bit sRGB images with one libvips call and
-flattens their alpha in numpy, and ``thumbnail._small_png_pixels`` decodes small
-8-bit PNGs with Pillow; these tests hold both to the general path (libvips's
-loader, ``_to_srgb``, then ``numpy()``), which every other kind of image takes.
+flattens their alpha in numpy, ``thumbnail._small_png_pixels`` decodes small
+8-bit PNGs with Pillow, and ``thumbnail._small_jpeg_pixels`` RGB and grey JPEGs at
+libvips's DCT scale; these tests hold them to the general path (libvips's loader,
+``_to_srgb``, then ``numpy()``, or ``_vips_pixels``), which every other image takes.
 """
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from mosaic.pipeline import thumbnail
 
+WHITE = (255, 255, 255)
 BACKGROUNDS = [(255, 255, 255), (0, 0, 0), (128, 128, 128), (12, 200, 77)]
 
 
@@ -143,3 +145,105 @@ def test_pillow_leaves_large_pngs_and_the_pixel_limit_to_libvips(tmp_path):
     assert thumbnail._small_png_pixels(str(large), (255, 255, 255), 10**8) is None
     assert thumbnail._small_png_pixels(str(small), (255, 255, 255), 1199) is None
     assert thumbnail._small_png_pixels(str(small), (255, 255, 255), 1200) is not None
+
+
+def _vips_decode(source, box, fit):
+    """The libvips path for the same picture: its pixels and upright source size."""
+    return thumbnail._vips_pixels(source, box, fit, (255, 255, 255), None, 10**9)
+
+
+def _photo(height, width, seed=0):
+    """A photo-like picture (smooth colour and edges plus grain) that JPEG keeps detail of."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    picture = np.stack([128 + 100 * np.sin(7 * x + 2 * y), 128 + 90 * np.cos(5 * y),
+                        128 + 80 * np.sin(9 * x * y + 1)], axis=-1)
+    picture += rng.normal(0, 12, picture.shape)
+    return picture.clip(0, 255).astype(np.uint8)
+
+
+# (height, width): sides that are not multiples of the DCT scale, so a shrunk picture has
+# a partial last row and column (libvips drops them, Pillow keeps them)
+JPEG_SIZES = [(97, 61), (150, 181), (301, 229), (419, 603), (645, 1283), (1210, 903)]
+
+
+@pytest.mark.parametrize("fit", ["fit", "fill"])
+@pytest.mark.parametrize("box", [64, 128])
+def test_pillow_decodes_jpegs_at_each_dct_scale_to_the_libvips_bytes(tmp_path, fit, box):
+    shrinks = set()
+    for height, width in JPEG_SIZES:
+        picture = _photo(height, width, seed=height)
+        for mode, pixels in (("RGB", picture), ("L", picture[..., 1])):
+            path = tmp_path / f"{height}x{width}-{mode}.jpg"
+            Image.fromarray(pixels, mode).save(path, quality=85)
+            fast = thumbnail._pillow_pixels(str(path), box, fit, WHITE, 10**9)
+            assert fast is not None, path.name
+            expected = _vips_decode(str(path), box, fit)
+            assert fast[1:] == expected[1:], path.name
+            assert fast[0].dtype == np.uint8 and fast[0].shape == expected[0].shape, path.name
+            assert np.array_equal(fast[0], expected[0]), path.name
+            shrinks.add(thumbnail.dct_shrink(width, height, box, fit))
+    assert len(shrinks) >= 3  # several DCT scales reached with these sizes and boxes
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_pillow_turns_jpegs_upright_as_libvips_does(tmp_path, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(_photo(301, 467), "RGB").save(path, quality=90, exif=exif.tobytes())
+    for source in (str(path), path.read_bytes()):  # a file and an upload's bytes
+        fast = thumbnail._pillow_pixels(source, 64, "fit", WHITE, 10**9)
+        expected = _vips_decode(source, 64, "fit")
+        assert fast is not None and fast[1:] == expected[1:]
+        assert (fast[2] > fast[1]) == (orientation >= 5)  # upright size: 5-8 swap the sides
+        assert np.array_equal(fast[0], expected[0])
+    # negative control: the same pixels with the orientation ignored differ
+    if orientation != 1:
+        plain = tmp_path / "plain.jpg"
+        Image.fromarray(_photo(301, 467), "RGB").save(plain, quality=90)
+        stored = thumbnail._pillow_pixels(str(plain), 64, "fit", WHITE, 10**9)[0]
+        assert stored.shape != fast[0].shape or not np.array_equal(stored, fast[0])
+
+
+def test_jpegs_pillow_does_not_take_go_to_libvips(tmp_path):
+    picture = _photo(120, 160)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(picture, "RGB").convert("CMYK").save(cmyk)
+    huge = tmp_path / "huge.jpg"  # still over DIRECT_DECODE_PIXELS at 1/8
+    Image.new("RGB", (8 * 700, 8 * 400), "red").save(huge)
+    small = tmp_path / "small.jpg"
+    Image.fromarray(picture, "RGB").save(small)
+    assert thumbnail._pillow_pixels(str(cmyk), 64, "fit", WHITE, 10**9) is None
+    assert thumbnail._pillow_pixels(str(huge), 64, "fit", WHITE, 10**9) is None
+    assert thumbnail._pillow_pixels(str(small), 64, "fit", WHITE, 160 * 120 - 1) is None
+    assert thumbnail._pillow_pixels(str(small), 64, "fit", WHITE, 160 * 120) is not None
+
+
+def test_a_broken_jpeg_is_never_decoded_where_libvips_refuses_it(tmp_path):
+    """Truncated or damaged files: Pillow either gives libvips's very pixels or leaves the
+    file to libvips, whose reason the skip records; it never keeps a file libvips refuses."""
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(_photo(400, 600), "RGB").save(path, quality=90)
+    data = path.read_bytes()
+    rng = np.random.default_rng(1)
+    broken = [data[:600], data[:len(data) // 2], data[:-2]]
+    for _ in range(6):
+        damaged = bytearray(data)
+        start = int(rng.integers(len(data) // 3, len(data) - 300))
+        damaged[start:start + int(rng.integers(1, 200))] = bytes(rng.integers(0, 256, 1))
+        broken.append(bytes(damaged))
+    refused = 0
+    for source in broken:
+        fast = thumbnail._pillow_pixels(source, 128, "fit", WHITE, 10**9)
+        try:
+            expected = _vips_decode(source, 128, "fit")
+        except pyvips.Error:
+            assert fast is None
+            refused += 1
+            with pytest.raises(thumbnail.ImageError):
+                thumbnail.decode_image(source)
+            continue
+        if fast is not None:
+            assert np.array_equal(fast[0], expected[0])
+    assert refused >= 3  # the truncated ones at least
