@@ -6,9 +6,11 @@ The model is KerasHub's own CLIP architecture (``CLIPBackbone`` with a
 patches, two transformer layers of width 64 for the pictures and one for the text,
 and a byte-pair vocabulary built for the caption words. ``train`` fits it with
 CLIP's contrastive loss on generated pictures of coloured shapes with their
-captions ("a red circle"), 300 steps in about 40 s on two cores; ``save`` writes it with KerasHub's
-``save_to_preset``, so the product loads it through ``--weights PATH`` exactly as it
-would load a downloaded preset. ``build(seed)`` unsaved and untrained is the
+captions ("a red circle"), 500 steps in about a minute on two cores (300 left two
+captions at precision@10 0.6 on an AMD EPYC machine; 500 gave 1.0 for every caption
+there with three training seeds); ``save`` writes it with KerasHub's ``save_to_preset``,
+so the product loads it through ``--weights PATH`` exactly as it would load a
+downloaded preset. ``build(seed)`` unsaved and untrained is the
 negative control: the same architecture with random weights.
 """
 
@@ -113,7 +115,7 @@ def build(seed: int = 0):
     return backbone, preprocessor
 
 
-def train(backbone, preprocessor, steps: int = 300, batch: int = 48, seed: int = 1) -> None:
+def train(backbone, preprocessor, steps: int = 500, batch: int = 48, seed: int = 1) -> None:
     """Fit with CLIP's symmetric contrastive loss; pictures of the same caption in one
     batch are all right answers (soft targets)."""
     import keras
