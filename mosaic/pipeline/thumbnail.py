@@ -174,17 +174,21 @@ def _pillow_pixels(path: str | bytes, box: int, fit: str, background: tuple[int,
     (``_small_png_pixels``, ``_small_jpeg_pixels``), and its upright source size; None
     for anything else, which libvips decodes (and, if it fails, says why)."""
     try:
-        if isinstance(path, bytes):
-            head = path[:26]
-        else:
-            with open(path, "rb") as handle:
-                head = handle.read(26)
+        head = _head(path)
     except OSError:
         return None
     if head[:3] == JPEG_SIGNATURE:
         return _small_jpeg_pixels(path, box, fit, max_pixels)
     pixels = _small_png_pixels(path, background, max_pixels, head)
     return None if pixels is None else (pixels, pixels.shape[1], pixels.shape[0])
+
+
+def _head(path: str | bytes) -> bytes:
+    """A file's first 26 bytes: enough for a JPEG's signature and a PNG's IHDR."""
+    if isinstance(path, bytes):
+        return path[:26]
+    with open(path, "rb") as handle:
+        return handle.read(26)
 
 
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -262,12 +266,7 @@ def _small_png_pixels(path: str | bytes, background: tuple[int, int, int],
     Pillow cannot read goes to libvips too, which gives the reason it is skipped.
     """
     try:
-        if head is None:
-            if isinstance(path, bytes):
-                head = path[:26]
-            else:
-                with open(path, "rb") as handle:
-                    head = handle.read(26)
+        head = _head(path) if head is None else head
         if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
             return None
         width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
