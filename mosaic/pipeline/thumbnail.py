@@ -207,6 +207,21 @@ _UPRIGHT = {
 }
 
 
+def jpeg_at_scale(image: Image.Image, shrink: int) -> np.ndarray | None:
+    """An open Pillow JPEG decoded at 1/``shrink`` (1, 2, 4 or 8) in the DCT domain, as
+    libjpeg-turbo gives it: uint8 (ceil(h / shrink), ceil(w / shrink)[, 3]), the last
+    partial row and column kept; None if Pillow would not decode it at that scale."""
+    width, height = image.size
+    if shrink > 1:
+        # asks for exactly 1/shrink: Pillow picks the largest scale that keeps the
+        # picture at least this size
+        image.draft(image.mode, (width // shrink, height // shrink))
+        if image.size != (-(-width // shrink), -(-height // shrink)):
+            return None
+    image.load()
+    return np.asarray(image)
+
+
 def _small_jpeg_pixels(path: str | bytes, box: int, fit: str,
                        max_pixels: int) -> tuple[np.ndarray, int, int] | None:
     """A JPEG that is small once shrunk on load, decoded by Pillow at the DCT scale
@@ -235,14 +250,10 @@ def _small_jpeg_pixels(path: str | bytes, box: int, fit: str,
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             if orientation not in _UPRIGHT:
                 return None
-            if shrink > 1:
-                # asks for exactly 1/shrink: Pillow picks the largest scale that keeps
-                # the picture at least this size
-                image.draft(image.mode, (width // shrink, height // shrink))
-                if image.size != (-(-width // shrink), -(-height // shrink)):
-                    return None
-            image.load()
-            pixels = np.asarray(image)[:height // shrink, :width // shrink]
+            pixels = jpeg_at_scale(image, shrink)
+            if pixels is None:
+                return None
+            pixels = pixels[:height // shrink, :width // shrink]
     except Exception:  # noqa: BLE001 -- libvips decodes it again and says why it fails
         return None
     if pixels.ndim == 2:

@@ -9,11 +9,16 @@
 // (mosaic/publish.py): cell_size, fit, background, box, side, direct_decode_pixels,
 // max_pixels. Pixels are RGB, row-major, Uint8Array(width * height * 3).
 //
-// Where the browser cannot follow libvips exactly it comes close (docs/publish.md):
-// a JPEG that libvips decodes at 1/2, 1/4 or 1/8 scale in the DCT domain is decoded
-// whole here and box-averaged to the same size; an image too large for libvips's
-// whole decode (thumbnail() with its lanczos3 kernel) is box-averaged to the same
-// thumbnail size.
+// A JPEG that the pipeline decodes at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's
+// draft(), thumbnail._small_jpeg_pixels) is decoded here at that scale too, by
+// jpeg_scaled.js, to the same bytes. Where the browser cannot follow exactly it comes
+// close (docs/publish.md): such a JPEG that jpeg_scaled.js does not decode (CMYK,
+// arithmetic coding, 12-bit, fractional sampling ratios, a damaged file) or that Python
+// leaves to libvips is decoded whole and box-averaged to the same size; an image too
+// large for libvips's whole decode (thumbnail() with its lanczos3 kernel) is
+// box-averaged to the same thumbnail size.
+
+import { decodeJpegScaled, jpegOrientation, uprightRGB } from "./jpeg_scaled.js";
 
 const PRECISION_BITS = 32 - 8 - 2;
 const MAX_FILE_BYTES = 64 * 1024 * 1024;
@@ -171,14 +176,31 @@ export function jpegShrink(width, height, box, fit) {
   return shrink;
 }
 
+// thumbnail._small_jpeg_pixels at a DCT scale: the JPEG decoded at 1/shrink, its
+// partial last row and column dropped (floor(side / shrink)), made upright by its EXIF
+// orientation; null where Python leaves the file to libvips (a side under `shrink`, an
+// orientation outside 1-8, not RGB or grey) or jpeg_scaled.js cannot decode it.
+function scaledJpeg(bytes, shrink) {
+  const orientation = jpegOrientation(bytes);
+  if (!(orientation >= 1 && orientation <= 8)) return null;
+  const decoded = decodeJpegScaled(bytes, shrink);
+  if (!decoded || Math.min(decoded.sourceWidth, decoded.sourceHeight) < shrink) return null;
+  const keepW = Math.floor(decoded.sourceWidth / shrink);
+  const keepH = Math.floor(decoded.sourceHeight / shrink);
+  const kept = crop(decoded.pixels, decoded.width, 0, 0, keepH, keepW);
+  return uprightRGB(kept, keepW, keepH, orientation);
+}
+
 // The picture libvips hands to the cell code (thumbnail._vips_pixels / the small PNG
-// path): {pixels, width, height}.
+// and JPEG paths): {pixels, width, height}.
 export function basePicture(image, params) {
   const { pixels, width, height, jpeg } = image;
   const { box, fit } = params;
   const shrink = jpeg ? jpegShrink(width, height, box, fit) : 1;
   if (width * height <= params.direct_decode_pixels * shrink * shrink) {
     if (shrink === 1) return { pixels, width, height };
+    const exact = image.bytes ? scaledJpeg(image.bytes, shrink) : null;
+    if (exact) return exact;
     // libjpeg's scaled decode is ceil(side / shrink) pixels; libvips keeps the whole ones
     const w = Math.ceil(width / shrink);
     const h = Math.ceil(height / shrink);
@@ -235,7 +257,8 @@ export function queryVector(image, kind, params) {
 
 // A file decoded upright (EXIF orientation applied), colours as stored (no colour
 // management: libvips applies none to RGB), alpha flattened on the background:
-// {pixels, width, height, jpeg}. Errors say what is wrong with the file.
+// {pixels, width, height, jpeg, bytes}, with a JPEG's bytes for its scaled decode
+// (basePicture). Errors say what is wrong with the file.
 export async function decodeFile(file, params) {
   if (!file || !file.size) throw new Error("the file is empty");
   if (file.size > MAX_FILE_BYTES) {
@@ -244,6 +267,7 @@ export async function decodeFile(file, params) {
   }
   const head = new Uint8Array(await file.slice(0, 3).arrayBuffer());
   const jpeg = head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+  const bytes = jpeg ? new Uint8Array(await file.arrayBuffer()) : null;
   let bitmap;
   try {
     bitmap = await createImageBitmap(file, {
@@ -263,7 +287,7 @@ export async function decodeFile(file, params) {
     const context = canvas.getContext("2d", { willReadFrequently: true });
     context.drawImage(bitmap, 0, 0);
     const rgba = context.getImageData(0, 0, width, height, { colorSpace: "srgb" }).data;
-    return { pixels: flattenAlpha(rgba, params.background), width, height, jpeg };
+    return { pixels: flattenAlpha(rgba, params.background), width, height, jpeg, bytes };
   } finally {
     bitmap.close();
   }
