@@ -5,14 +5,17 @@ flattens their alpha in numpy, ``thumbnail._small_png_pixels`` decodes small
 8-bit PNGs with Pillow, and ``thumbnail._small_jpeg_pixels`` RGB and grey JPEGs at
 libvips's DCT scale; these tests hold them to the general path (libvips's loader,
 ``_to_srgb``, then ``numpy()``, or ``_vips_pixels``), which every other image takes.
+A chunk's read ahead (``decode.read_ahead``) changes none of its arrays either.
 """
+
+import os
 
 import numpy as np
 import pytest
 import pyvips
 from PIL import Image
 
-from mosaic.pipeline import thumbnail
+from mosaic.pipeline import decode, thumbnail
 
 WHITE = (255, 255, 255)
 BACKGROUNDS = [(255, 255, 255), (0, 0, 0), (128, 128, 128), (12, 200, 77)]
@@ -247,3 +250,35 @@ def test_a_broken_jpeg_is_never_decoded_where_libvips_refuses_it(tmp_path):
         if fast is not None:
             assert np.array_equal(fast[0], expected[0])
     assert refused >= 3  # the truncated ones at least
+
+
+def test_a_chunk_asks_for_its_files_ahead_and_decodes_them_as_before(tmp_path, monkeypatch):
+    """decode_chunk advises the kernel to read each file of its chunk it can open
+    (POSIX_FADV_WILLNEED) before decoding any; a missing file still fails with the
+    decode's own reason, and the chunk's arrays are those of a decode without it."""
+    paths = []
+    for number in range(3):
+        path = tmp_path / f"p{number}.jpg"
+        pixels = np.random.default_rng(number).integers(0, 256, (40 + number, 60, 3))
+        Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+        paths.append(str(path.resolve()))
+    paths[1] = str(tmp_path.resolve() / "missing.jpg")
+    advised = []
+    advise = os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        advised.append((os.readlink(f"/proc/self/fd/{fd}"), advice))
+        advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    options = decode.DecodeOptions(cell_size=32, fit="fit", background=(255, 255, 255),
+                                   max_pixels=10**8, kinds=("pixels", "raw"))
+    task = decode.ChunkTask(0, (0, 1, 2), tuple(paths), options)
+    chunk = decode.decode_chunk(task)
+    assert advised == [(paths[0], os.POSIX_FADV_WILLNEED), (paths[2], os.POSIX_FADV_WILLNEED)]
+    assert chunk["status"].tolist() == [decode.DONE, decode.FAILED, decode.DONE]
+    monkeypatch.setattr(decode, "read_ahead", lambda paths: None)
+    plain = decode.decode_chunk(task)
+    assert chunk.keys() == plain.keys()
+    for name, array in plain.items():
+        np.testing.assert_array_equal(chunk[name], array, err_msg=name)
