@@ -9,6 +9,7 @@ A chunk's read ahead (``decode.read_ahead``) changes none of its arrays either.
 """
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -282,3 +283,16 @@ def test_a_chunk_asks_for_its_files_ahead_and_decodes_them_as_before(tmp_path, m
     assert chunk.keys() == plain.keys()
     for name, array in plain.items():
         np.testing.assert_array_equal(chunk[name], array, err_msg=name)
+
+
+def test_read_ahead_passes_over_what_is_not_a_regular_file(tmp_path):
+    """A FIFO among the inputs is neither waited on (opening it for reading would block
+    until a writer came) nor advised; a missing path and a folder are passed over."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    worker = threading.Thread(target=decode.read_ahead,
+                              args=([str(fifo), str(tmp_path / "missing.jpg"), str(tmp_path)],),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "read_ahead blocked on a FIFO"

@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -151,17 +152,20 @@ def read_ahead(paths: Iterable[str]) -> None:
     """Ask the kernel to start reading these files now (``POSIX_FADV_WILLNEED``), so that
     while one picture decodes the next ones are already on their way from the disk: a
     worker reading files one at a time waits for each. No effect where the call is
-    missing or a path cannot be opened (its decode then says why)."""
+    missing, for anything but a regular file, and where a path cannot be opened (its
+    decode then says why). Opened without blocking: a FIFO among the inputs would
+    otherwise wait here for a writer."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             continue
         try:
-            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:
