@@ -156,6 +156,9 @@ def test_keyword_and_range_filters(page):
     page.fill("input[name='year_min']", "1990")
     page.press("input[name='year_min']", "Tab")
     page.wait_for_function("location.hash.includes('year_min=1990')")
+    # the hash changes first; the count follows when the filtered search answers
+    page.wait_for_function(
+        "document.querySelector('#match-count').dataset.total !== '59'", timeout=30_000)
     total = int(page.locator("#match-count").get_attribute("data-total"))
     assert 0 < total < 59
 
