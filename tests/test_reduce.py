@@ -37,16 +37,18 @@ def test_fixed_seed_repeats(backend):
     assert np.array_equal(first, again)
 
 
-def test_pca_reduces_and_incremental_pca_agrees(monkeypatch):
+def test_pca_reduces_and_streamed_pca_is_the_same_pca(monkeypatch):
+    """Large inputs are projected by ``streamed_pca`` (read block by block): the same
+    projection as scikit-learn's PCA of all rows, signs included."""
     vectors, labels = blobs(100, dim=64)
+    vectors = vectors * np.linspace(3, 0.5, 64, dtype=np.float32)  # distinct variances
     full = reduce.reduce_pca(vectors, 8)
-    monkeypatch.setattr(reduce, "INCREMENTAL_PCA_VALUES", 0)
+    monkeypatch.setattr(reduce, "STREAMED_PCA_VALUES", 0)
     monkeypatch.setattr(reduce, "PCA_BATCH_ROWS", 64)
-    incremental = reduce.reduce_pca(vectors, 8)
-    assert full.shape == incremental.shape == (400, 8)
-    assert knn_accuracy(incremental[:, :2], labels) > 0.9
-    # Same subspace up to sign: the leading component correlates perfectly.
-    assert abs(np.corrcoef(full[:, 0], incremental[:, 0])[0, 1]) > 0.99
+    streamed = reduce.reduce_pca(vectors, 8)
+    assert full.shape == streamed.shape == (400, 8) and streamed.dtype == np.float32
+    assert knn_accuracy(streamed[:, :2], labels) > 0.9
+    assert np.abs(streamed - full).max() < 1e-3 * np.abs(full).max()
 
 
 def test_pca_leaves_small_vectors_alone():
@@ -128,3 +130,74 @@ def test_fast_fit_search_is_the_forest_and_finds_the_nearest():
     assert shared.ids.shape == (500, 90) and not (shared.ids == np.arange(500)[:, None]).any()
     assert np.mean([len(set(a) & set(b)) / 90 for a, b in zip(shared.ids, exact)]) > 0.99
     assert (np.diff(shared.distances, axis=1) >= 0).all()
+
+
+def clustered(n: int = 3000, seed: int = 7) -> np.ndarray:
+    """Items of 30 clusters in a shuffled order, as a collection's ids are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, 16)) * 6
+    return (centres[rng.integers(0, 30, n)] + rng.normal(size=(n, 16))).astype(np.float32)
+
+
+def test_graph_order_puts_neighbours_near_each_other():
+    """In ``graph_order``'s numbering an item's nearest items are a few positions away;
+    in the collection's own (shuffled) order they are anywhere (the negative control)."""
+    vectors = clustered()
+    shared = reduce.layout_neighbours(vectors, random_state=0)
+    order = reduce.graph_order(shared.ids)
+    assert order.dtype == np.int32 and np.array_equal(np.sort(order), np.arange(len(order)))
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    near = shared.ids[:, :reduce.ORDER_K]
+    in_order = np.median(np.abs(position[near] - position[:, None]))
+    as_stored = np.median(np.abs(near - np.arange(len(near))[:, None]))
+    assert in_order < 0.05 * as_stored
+    assert as_stored > 0.25 * len(vectors)
+
+
+def test_renumbered_neighbours_are_the_same_graph_and_come_back_unchanged():
+    vectors = clustered(800)
+    shared = reduce.layout_neighbours(vectors, random_state=0)
+    shared.ids[5, -1] = -1  # a missing neighbour stays missing
+    ids, distances = shared.ids.copy(), shared.distances.copy()
+    order = reduce.graph_order(ids)
+    with reduce.renumbered(shared, order) as moved:
+        assert moved.ids[np.argsort(order)[5], -1] == -1
+        # row i is item order[i]'s; its ids are positions: order[] maps them back
+        found = np.where(moved.ids >= 0, order[moved.ids], -1)
+        assert np.array_equal(found, ids[order])
+        assert np.array_equal(moved.distances, distances[order])
+        assert not np.array_equal(moved.ids, ids)
+    assert np.array_equal(shared.ids, ids) and np.array_equal(shared.distances, distances)
+    with pytest.raises(RuntimeError), reduce.renumbered(shared, order):
+        raise RuntimeError("the fit failed")
+    assert np.array_equal(shared.ids, ids)
+
+
+def test_fit_in_graph_order_is_the_fit_in_item_order():
+    """The openTSNE fit in ``graph_order``'s numbering, numbered back, is the fit of the
+    same affinities and start in the collection's order: the same map, up to the float
+    rounding that 750 iterations amplify (the sums run in another order). Each item's
+    10 nearest in 2-D are mostly the same items; numbered back wrongly, they are not."""
+    from openTSNE import TSNE, initialization
+    from scipy.spatial import cKDTree
+
+    vectors = clustered(2000)
+    shared = reduce.layout_neighbours(vectors, random_state=0)
+    ids = shared.ids.copy()
+    ours = reduce._opentsne(vectors, 30.0, "euclidean", 0, 1, neighbours=shared)
+    assert np.array_equal(shared.ids, ids)
+    theirs = np.asarray(TSNE(random_state=0, n_jobs=1).fit(
+        affinities=reduce.tsne_affinities(shared, 30.0),
+        initialization=initialization.pca(vectors, random_state=0)))
+
+    def nearest(xy):
+        return cKDTree(xy).query(xy, k=11)[1][:, 1:]
+
+    def shared_share(a, b):
+        return np.mean([len(set(x) & set(y)) / 10 for x, y in zip(nearest(a), nearest(b))])
+
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
+    assert shared_share(ours, theirs) > 0.7
+    wrong = reduce.numbered_back(ours, np.random.default_rng(0).permutation(len(ours)))
+    assert shared_share(wrong, theirs) < 0.05  # the negative control
