@@ -313,14 +313,21 @@ def _opentsne(vectors, perplexity, metric, random_state, n_jobs, fast=False,
         k = tsne_k(perplexity, len(vectors))
         neighbours = fast_neighbours(vectors, k, metric, random_state, n_jobs) if fast \
             else tsne_neighbours(vectors, k, metric, random_state, n_jobs)
-    order = graph_order(neighbours.ids)
-    with renumbered(neighbours, order):
-        affinities = tsne_affinities(neighbours, perplexity, n_jobs)
+    affinities, order = ordered_affinities(neighbours, perplexity, n_jobs)
     del neighbours
     tsne = TSNE(perplexity=perplexity, metric=metric, random_state=random_state,
                 n_jobs=n_jobs, verbose=False, **cheaper)
     moved = np.asarray(tsne.fit(affinities=affinities, initialization=init[order]))
     return numbered_back(moved, order)
+
+
+def ordered_affinities(neighbours: Neighbours, perplexity: float, n_jobs: int = 1):
+    """openTSNE's affinities (``tsne_affinities``) with the items in ``graph_order``,
+    and that order; ``neighbours`` are left as they were. Fit from ``start[order]`` and
+    number the result back with ``numbered_back``."""
+    order = graph_order(neighbours.ids)
+    with renumbered(neighbours, order):
+        return tsne_affinities(neighbours, perplexity, n_jobs), order
 
 
 def graph_order(ids: np.ndarray, k: int = ORDER_K) -> np.ndarray:
@@ -433,9 +440,7 @@ def tsne_sample_place_refine(
     if neighbours is None:
         neighbours = tsne_neighbours(vectors, tsne_k(perplexity, len(vectors)), metric,
                                      random_state, n_jobs)
-    order = graph_order(neighbours.ids)
-    with renumbered(neighbours, order):
-        affinities = tsne_affinities(neighbours, perplexity, n_jobs)
+    affinities, order = ordered_affinities(neighbours, perplexity, n_jobs)
     del neighbours
     refined = TSNEEmbedding(initialization.rescale(xy)[order], affinities, n_jobs=n_jobs,
                             random_state=random_state)
