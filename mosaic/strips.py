@@ -23,13 +23,16 @@ import struct
 import threading
 import weakref
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyvips
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROWS_AHEAD = 2  # rows of cells fetched before their strip is asked for
 IDAT_BYTES = 1 << 20  # pixel bytes per IDAT chunk: the encoder holds a few chunks at a time
 
 
@@ -45,10 +48,11 @@ def iter_cell_strips(
 
     ``cell_grid`` is int (n_rows, n_cols) of item ids, -1 for empty cells;
     ``fetch(ids)`` returns their cells, in that order, as uint8 (k, cell_px, cell_px, 3)
-    (one call per row of cells, ids in column order). Strips are one row of cells,
-    then (with a gutter) a gutter strip between rows; empty cells and gutters are
-    ``background``. ``progress(1)`` after each row of cells. The same buffer is
-    reused: consume each strip before asking for the next.
+    (one call per row of cells, ids in column order; the calls come in row order from
+    a thread of their own, up to ``ROWS_AHEAD`` rows before their strip is asked for).
+    Strips are one row of cells, then (with a gutter) a gutter strip between rows;
+    empty cells and gutters are ``background``. ``progress(1)`` after each row of
+    cells. The same buffer is reused: consume each strip before asking for the next.
     """
     n_rows, n_cols = cell_grid.shape
     pitch = cell_px + gutter_px
@@ -56,19 +60,34 @@ def iter_cell_strips(
     strip = np.empty((cell_px, width, 3), dtype=np.uint8)
     gutter = np.empty((gutter_px, width, 3), dtype=np.uint8)
     gutter[:] = background
-    for row in range(n_rows):
+    # The next rows' cells are fetched on a thread of their own while this one is
+    # consumed (the cells' JPEG decode releases the GIL): fetched in turn, with libvips
+    # waiting, a core stayed idle (docs/scale.md, "The render stage at a million").
+    pool = ThreadPoolExecutor(1, thread_name_prefix="cell-rows")
+    ahead: deque = deque()
+
+    def fetch_row(row: int) -> tuple[np.ndarray, Future | None]:
         cols = np.flatnonzero(cell_grid[row] >= 0)
-        if len(cols) < n_cols or gutter_px:  # background under the gaps; a full row is cells
-            strip[:] = background
-        if len(cols):
-            cells = fetch(cell_grid[row, cols])
-            for cell, col in zip(cells, cols.tolist(), strict=True):
-                strip[:, col * pitch:col * pitch + cell_px] = cell
-        yield strip
-        if progress is not None:
-            progress(1)
-        if gutter_px and row < n_rows - 1:
-            yield gutter
+        return cols, pool.submit(fetch, cell_grid[row, cols]) if len(cols) else None
+
+    try:
+        ahead.extend(fetch_row(row) for row in range(min(ROWS_AHEAD, n_rows)))
+        for row in range(n_rows):
+            cols, fetched = ahead.popleft()
+            if row + ROWS_AHEAD < n_rows:
+                ahead.append(fetch_row(row + ROWS_AHEAD))
+            if len(cols) < n_cols or gutter_px:  # background under the gaps; a full row is cells
+                strip[:] = background
+            if fetched is not None:
+                for cell, col in zip(fetched.result(), cols.tolist(), strict=True):
+                    strip[:, col * pitch:col * pitch + cell_px] = cell
+            yield strip
+            if progress is not None:
+                progress(1)
+            if gutter_px and row < n_rows - 1:
+                yield gutter
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _png_chunk(kind: bytes, body) -> tuple[bytes, ...]:

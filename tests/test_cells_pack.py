@@ -8,6 +8,7 @@ points. See docs/bundle.md ("Cells") and docs/benchmarks.md ("Cell codec").
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,11 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sample_collection import write_image
 
 import mosaic.bundle as bundle_module
 from mosaic import SCHEMA_VERSION
-from mosaic.bundle import CELL_QUALITY, Bundle, RowFile, open_cells, read_manifest
+from mosaic.bundle import (
+    CELL_QUALITY,
+    Bundle,
+    RowFile,
+    decode_cell,
+    encode_cell,
+    open_cells,
+    read_manifest,
+)
 from mosaic.errors import BundleError
 from mosaic.pipeline.thumbnail import DECODER, decode_image
 from server import create_app
@@ -156,6 +166,28 @@ def test_stored_cells_are_close_to_the_decoded_ones(built):
                                                                    min(scores))
     # and each cell is its own image's: far closer to it than to its neighbour's
     assert psnr(decode_image(good[1], CELL).cell, stored[0]) < min(scores) - 10
+
+
+def test_cells_decode_to_pillows_pixels_and_a_broken_cell_is_a_bundle_error(built):
+    # decode_cell reads through simplejpeg for speed; the pixels must be Pillow's
+    # (what every bundle made before it shows), not merely close to them
+    bundle, _, _ = built
+    cells = open_cells(bundle, read_manifest(bundle))
+    for item in range(N_IMAGES):
+        data = cells.read_encoded(item)
+        with Image.open(io.BytesIO(data)) as image:
+            assert np.array_equal(cells[item], np.asarray(image.convert("RGB")))
+    data = cells.read_encoded(0)
+    cells.close()
+    # a cell of a different picture decodes to other pixels (the check can fail)
+    assert not np.array_equal(decode_cell(data, (CELL, CELL, 3)),
+                              decode_cell(encode_cell(np.zeros((CELL, CELL, 3), np.uint8)),
+                                          (CELL, CELL, 3)))
+    for broken in (b"", data[:20], b"not a jpeg" * 50):
+        with pytest.raises(BundleError, match="does not decode"):
+            decode_cell(broken, (CELL, CELL, 3))
+    with pytest.raises(BundleError, match="not"):
+        decode_cell(data, (CELL // 2, CELL // 2, 3))
 
 
 def test_read_rows_keeps_the_order_and_reads_each_run_once(built, monkeypatch):

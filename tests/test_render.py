@@ -20,7 +20,7 @@ from mosaic.pipeline.render import (
     render_overview,
     stream_matrix,
 )
-from mosaic.strips import png_stream, write_tiff
+from mosaic.strips import ROWS_AHEAD, iter_cell_strips, png_stream, write_tiff
 
 BACKGROUND = (7, 8, 9)
 
@@ -169,6 +169,36 @@ def test_stream_is_the_matrix_and_reads_each_row_of_cells_once():
     assert np.array_equal(matrix.numpy(), expected_matrix(cells, positions, n_rows, n_cols))
     assert len(reader.calls) == n_rows  # one sequential pass: one read per row of cells
     assert sorted(sum(reader.calls, [])) == list(range(20))
+
+
+def test_rows_are_fetched_ahead_in_order_on_one_thread_and_stop_when_closed():
+    n_rows, n_cols = 12, 4
+    grid = np.arange(n_rows * n_cols).reshape(n_rows, n_cols)
+    grid[3] = -1  # an empty row fetches nothing
+    calls, threads = [], set()
+
+    def fetch(ids):
+        calls.append(int(ids[0]) // n_cols)
+        threads.add(threading.get_ident())
+        return np.repeat(ids.astype(np.uint8)[:, None, None, None], 2, 1).repeat(2, 2) \
+            .repeat(3, 3)
+
+    strips = iter_cell_strips(grid, fetch, 2)
+    for row in range(5):
+        strip = next(strips)
+        # the strip is its row's cells, whichever thread fetched them
+        expected = 0 if row == 3 else grid[row, 0]
+        assert strip[0, 0, 0] == (255 if row == 3 else expected)
+        assert max(calls) <= row + ROWS_AHEAD  # never more than ROWS_AHEAD ahead
+    strips.close()
+    fetched = list(calls)
+    assert fetched == sorted(fetched) and 3 not in fetched
+    assert threads and threading.get_ident() not in threads and len(threads) == 1
+    assert max(fetched) <= 4 + ROWS_AHEAD  # closing stopped it: no row past those asked
+    # negative control: read to the end, every non-empty row is fetched exactly once
+    calls.clear()
+    assert len(list(iter_cell_strips(grid, fetch, 2))) == n_rows
+    assert calls == [row for row in range(n_rows) if row != 3]
 
 
 def test_png_stream_checks_the_blocks():
