@@ -7,6 +7,8 @@ from mosaic.bundle import Bundle, RowFile, read_manifest
 from mosaic.knn import exact_knn_of_rows, exact_neighbors
 from mosaic.pipeline.index import (
     RECALL_TARGET,
+    _merge,
+    _merge_numpy,
     build_annoy,
     choose_search_k,
     forest_top_neighbors,
@@ -199,3 +201,28 @@ def test_the_pipeline_writes_forest_lists_above_the_exact_budget(collection, tmp
         assert set(row[:35].tolist()) == set(truth.tolist()) and (row[35:] == -1).all()
         assert np.allclose(stored_distances.read_rows([item])[0][:35], truth_distances,
                            atol=1e-4)
+
+
+def test_compiled_merge_keeps_what_the_numpy_merge_keeps():
+    # the forest's merge, compiled, must keep the same k per row in the same order,
+    # ties included (equal distances are common among near-identical pictures)
+    rng = np.random.default_rng(3)
+    rows, k, new = 300, 12, 20
+    ids = np.stack([rng.choice(60, k, replace=False) for _ in range(rows)]).astype(np.int32)
+    distances = rng.integers(0, 6, (rows, k)).astype(np.float32)  # many ties
+    ids[:40, -5:], distances[:40, -5:] = -1, np.inf  # rows not yet full
+    new_ids = np.stack([rng.choice(60, new, replace=False) for _ in range(rows)]).astype(
+        np.int32)
+    new_distances = rng.integers(0, 6, (rows, new)).astype(np.float32)
+    compiled = _merge(ids, distances, new_ids, new_distances, k)
+    reference = _merge_numpy(ids, distances, new_ids, new_distances, k)
+    assert np.array_equal(compiled[0], reference[0])
+    assert np.array_equal(compiled[1], reference[1])
+    kept = compiled[0]
+    for row in kept:  # each id once
+        assert len(set(row[row >= 0].tolist())) == (row >= 0).sum()
+    # negative control: ties broken by position rather than by id keep other ids
+    by_position = np.argsort(np.concatenate([distances, new_distances], 1), axis=1,
+                             kind="stable")[:, :k]
+    assert not np.array_equal(np.take_along_axis(np.concatenate([ids, new_ids], 1),
+                                                 by_position, 1), kept)
