@@ -8,7 +8,6 @@ from mosaic.knn import exact_knn_of_rows, exact_neighbors
 from mosaic.pipeline.index import (
     RECALL_TARGET,
     _merge,
-    _merge_numpy,
     build_annoy,
     choose_search_k,
     forest_top_neighbors,
@@ -203,6 +202,21 @@ def test_the_pipeline_writes_forest_lists_above_the_exact_budget(collection, tmp
                            atol=1e-4)
 
 
+def merge_numpy(ids: np.ndarray, distances: np.ndarray, new_ids: np.ndarray,
+                 new_distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_merge`` as numpy did it before it was compiled: the reference."""
+    ids = np.concatenate([ids, new_ids], axis=1)
+    distances = np.concatenate([distances, new_distances.astype(np.float32)], axis=1)
+    order = np.argsort(ids, axis=1, kind="stable")
+    ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
+    repeated = np.zeros(ids.shape, dtype=bool)
+    repeated[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
+    distances[repeated] = np.inf
+    ids = np.where(repeated, -1, ids)
+    keep = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, keep, 1), np.take_along_axis(distances, keep, 1)
+
+
 def test_compiled_merge_keeps_what_the_numpy_merge_keeps():
     # the forest's merge, compiled, must keep the same k per row in the same order,
     # ties included (equal distances are common among near-identical pictures)
@@ -215,7 +229,7 @@ def test_compiled_merge_keeps_what_the_numpy_merge_keeps():
         np.int32)
     new_distances = rng.integers(0, 6, (rows, new)).astype(np.float32)
     compiled = _merge(ids, distances, new_ids, new_distances, k)
-    reference = _merge_numpy(ids, distances, new_ids, new_distances, k)
+    reference = merge_numpy(ids, distances, new_ids, new_distances, k)
     assert np.array_equal(compiled[0], reference[0])
     assert np.array_equal(compiled[1], reference[1])
     kept = compiled[0]

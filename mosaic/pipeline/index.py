@@ -302,8 +302,9 @@ def _leaves(projections: np.ndarray, leaf: int) -> list[np.ndarray]:
 def _merge(ids: np.ndarray, distances: np.ndarray, new_ids: np.ndarray,
            new_distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` smallest of its current and new candidates, each id once
-    (``_merge_numpy``'s result, compiled: a third of the forest's CPU at k = 90 was
-    this merge in numpy)."""
+    (compiled: a third of the forest's CPU at k = 90 was this merge in numpy). The
+    k kept are the smallest by (distance, id), in that order: what two stable numpy
+    argsorts, by id and then by distance, keep (tests/test_neighbors.py)."""
     out_ids = np.empty((len(ids), k), dtype=np.int32)
     out_distances = np.empty((len(ids), k), dtype=np.float32)
     _merge_kernel()(np.ascontiguousarray(ids, dtype=np.int32),
@@ -321,7 +322,7 @@ def _merge_kernel():
     from numba import njit
 
     @njit(inline="always")
-    def before(distance_a, id_a, distance_b, id_b):  # the order _merge_numpy sorts in
+    def before(distance_a, id_a, distance_b, id_b):  # (distance, id) order
         return distance_a < distance_b or (distance_a == distance_b and id_a < id_b)
 
     @njit(inline="always")
@@ -376,17 +377,3 @@ def _merge_kernel():
 
     return merge
 
-
-def _merge_numpy(ids: np.ndarray, distances: np.ndarray, new_ids: np.ndarray,
-                 new_distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``_merge`` in numpy: the reference the compiled one is tested against."""
-    ids = np.concatenate([ids, new_ids], axis=1)
-    distances = np.concatenate([distances, new_distances.astype(np.float32)], axis=1)
-    order = np.argsort(ids, axis=1, kind="stable")
-    ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
-    repeated = np.zeros(ids.shape, dtype=bool)
-    repeated[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
-    distances[repeated] = np.inf
-    ids = np.where(repeated, -1, ids)
-    keep = np.argsort(distances, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(ids, keep, 1), np.take_along_axis(distances, keep, 1)
